@@ -1,0 +1,59 @@
+# Refinery: `make demo` runs the platform on the embedded default (SQLite, no services);
+# `make test` runs the whole test suite (PostgreSQL lane, then the SQLite lane).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PG_URL ?= postgres://postgres@127.0.0.1:5432/refinery
+SQLITE_TEST_URL ?= sqlite:///var/test.sqlite3
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-postgres test-sqlite lint bench-queue bench-engine clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is pinned to 2.13.0: a looser pin would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet -r requirements.lock
+	mkdir -p var
+	touch $@
+
+demo: install
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py demo_setup
+	DEBUG=1 $(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	DATABASE_URL=$(SQLITE_TEST_URL) $(BIN)/python manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(SQLITE_TEST_URL) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file var/schema.yml
+
+# pytest exits 5 when it collected nothing: for this project that is a failure, not a pass.
+define run_pytest
+	$(BIN)/pytest $(1); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests in: $(1)"; exit 1; fi; exit $$rc
+endef
+
+test-postgres: install
+	DATABASE_URL=$(PG_URL) $(call run_pytest,-p no:cacheprovider tests)
+
+test-sqlite: install
+	mkdir -p var
+	DATABASE_URL=$(SQLITE_TEST_URL) $(call run_pytest,-p no:cacheprovider tests --ignore=tests/engine -m "not browser")
+
+test: lint test-postgres test-sqlite
+
+bench-queue: install
+	$(BIN)/python bench/queue.py
+
+bench-engine: install
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

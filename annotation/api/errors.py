@@ -1,0 +1,53 @@
+"""One error shape for the whole API: {"detail": message, "code": code, "field": name?}."""
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from annotation.questions import AnswerError
+from annotation.services import QueueError
+
+
+def _first_message(detail, prefix=""):
+    """Flatten DRF's nested validation errors to the first (field, message)."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            if not value:
+                continue
+            if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+                name = f"{prefix}[{key}]"
+            elif key in ("non_field_errors", "__all__"):
+                name = prefix
+            elif key.startswith("["):
+                name = f"{prefix}{key}"
+            else:
+                name = f"{prefix}.{key}" if prefix else key
+            return _first_message(value, name)
+    if isinstance(detail, list):
+        for index, value in enumerate(detail):
+            if isinstance(value, dict | list):
+                if value:
+                    return _first_message(value, f"{prefix}[{index}]")
+                continue
+            return prefix, str(value)
+    return prefix, str(detail)
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, AnswerError):
+        return Response(
+            {"detail": f"{exc.field}: {exc.message}", "code": "invalid", "field": exc.field},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, QueueError):
+        return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.ValidationError):
+        field, message = _first_message(exc.detail)
+        response.data = {
+            "detail": f"{field}: {message}" if field else message,
+            "code": "invalid",
+            "field": field or None,
+            "errors": exc.detail,
+        }
+    return response

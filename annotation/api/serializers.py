@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+from django.db import transaction
+from rest_framework import serializers
+
+from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task, TaskOutput
+from annotation.questions import QuestionsConfigError, questions_for, validate_questions_config
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = [
+            "id",
+            "name",
+            "description",
+            "kind",
+            "guidelines",
+            "questions",
+            "overlap",
+            "lease_seconds",
+            "gold_rate",
+            "base_model",
+            "generation",
+            "loop_settings",
+            "archived",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+
+    def validate_questions(self, value):
+        try:
+            return validate_questions_config(value)
+        except QuestionsConfigError as error:
+            raise serializers.ValidationError(str(error)) from error
+
+
+class BulkListSerializer(serializers.ListSerializer):
+    """All-or-nothing bulk create: every item is validated before anything is written."""
+
+    def create(self, validated_data):
+        with transaction.atomic():
+            return [self.child.create(attrs) for attrs in validated_data]
+
+
+class PromptListSerializer(BulkListSerializer):
+    def validate(self, attrs):
+        seen = set()
+        for index, item in enumerate(attrs):
+            key = (item["project"].pk, item["external_id"])
+            if key in seen:
+                raise serializers.ValidationError({f"[{index}].external_id": f"{key[1]!r} appears twice"})
+            seen.add(key)
+        by_project: dict[int, list[str]] = {}
+        for project_id, external_id in seen:
+            by_project.setdefault(project_id, []).append(external_id)
+        for project_id, external_ids in by_project.items():
+            taken = Prompt.objects.filter(project_id=project_id, external_id__in=external_ids).first()
+            if taken is not None:
+                index = next(i for i, item in enumerate(attrs) if item["external_id"] == taken.external_id)
+                raise serializers.ValidationError(
+                    {f"[{index}].external_id": f"{taken.external_id!r} already exists in this project"}
+                )
+        return attrs
+
+
+class PromptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Prompt
+        fields = ["id", "project", "external_id", "text", "context", "data", "split", "gold", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        list_serializer_class = PromptListSerializer
+        # Uniqueness of (project, external_id) is checked for the whole batch in PromptListSerializer.
+        validators: list = []
+
+    def validate_text(self, value):
+        if not value.strip():
+            raise serializers.ValidationError("must not be empty")
+        return value
+
+
+class OutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Output
+        fields = [
+            "id",
+            "prompt",
+            "text",
+            "source",
+            "model_name",
+            "adapter",
+            "round_number",
+            "generation",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+        list_serializer_class = BulkListSerializer
+
+
+class TaskOutputIdsField(serializers.ListField):
+    """A task's output ids in position order."""
+
+    def get_attribute(self, instance):
+        return [link.output_id for link in instance.task_outputs.all()]
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    outputs = TaskOutputIdsField(
+        child=serializers.IntegerField(), min_length=1, max_length=10, help_text="Output ids, in order"
+    )
+
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "project",
+            "prompt",
+            "kind",
+            "outputs",
+            "status",
+            "judgment_count",
+            "is_gold",
+            "gold_answers",
+            "priority",
+            "round_number",
+            "created_at",
+        ]
+        read_only_fields = ["id", "status", "judgment_count", "created_at"]
+        list_serializer_class = BulkListSerializer
+
+    def validate(self, attrs):
+        prompt, kind, output_ids = attrs["prompt"], attrs.get("kind", Task.Kind.SINGLE), attrs["outputs"]
+        if prompt.project_id != attrs["project"].pk:
+            raise serializers.ValidationError({"prompt": "belongs to another project"})
+        expected = {Task.Kind.SINGLE: (1, 1), Task.Kind.PAIRWISE: (2, 2), Task.Kind.RANKING: (2, 10)}[kind]
+        if not expected[0] <= len(output_ids) <= expected[1] or len(set(output_ids)) != len(output_ids):
+            raise serializers.ValidationError(
+                {"outputs": f"a {kind} task takes {expected[0]}–{expected[1]} distinct outputs"}
+            )
+        found = set(Output.objects.filter(pk__in=output_ids, prompt=prompt).values_list("pk", flat=True))
+        missing = [pk for pk in output_ids if pk not in found]
+        if missing:
+            raise serializers.ValidationError(
+                {"outputs": f"output {missing[0]} is not an output of this prompt"}
+            )
+        if not questions_for(attrs["project"].questions, kind):
+            raise serializers.ValidationError({"kind": f"the project asks no questions on {kind} tasks"})
+        return attrs
+
+    def create(self, validated_data):
+        output_ids = validated_data.pop("outputs")
+        task = Task.objects.create(**validated_data)
+        TaskOutput.objects.bulk_create(
+            TaskOutput(task=task, output_id=pk, position=i) for i, pk in enumerate(output_ids)
+        )
+        return task
+
+
+class LeaseTaskOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+    label = serializers.CharField(help_text="A, B, C … in the order this rater sees them")
+
+
+class LeaseSerializer(serializers.ModelSerializer):
+    """A lease with the content of its task, as the rater sees it (outputs in display order)."""
+
+    task = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Lease
+        fields = ["id", "state", "created_at", "expires_at", "task"]
+
+    def get_task(self, lease) -> dict:
+        task = lease.task
+        project = task.project
+        texts = dict(Output.objects.filter(task_outputs__task=task).values_list("id", "text"))
+        order = lease.display_order or list(texts)
+        return {
+            "id": task.pk,
+            "kind": task.kind,
+            "project": project.pk,
+            "prompt": {
+                "id": task.prompt_id,
+                "external_id": task.prompt.external_id,
+                "text": task.prompt.text,
+                "context": task.prompt.context,
+            },
+            "outputs": [
+                {"id": pk, "text": texts[pk], "label": chr(ord("A") + i)} for i, pk in enumerate(order)
+            ],
+            "questions": questions_for(project.questions, task.kind),
+        }
+
+
+class SubmitSerializer(serializers.Serializer):
+    answers = serializers.DictField(help_text="Answers keyed by question name (see the task's questions).")
+    time_spent_ms = serializers.IntegerField(required=False, min_value=0, max_value=24 * 3600 * 1000)
+
+
+class AnswerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Answer
+        fields = ["question", "kind", "value"]
+
+
+class JudgmentSerializer(serializers.ModelSerializer):
+    answers = serializers.SerializerMethodField()
+    rater = serializers.CharField(source="rater.get_username", read_only=True)
+
+    class Meta:
+        model = Judgment
+        fields = [
+            "id",
+            "project",
+            "task",
+            "rater",
+            "lease",
+            "answers",
+            "display_order",
+            "time_spent_ms",
+            "late",
+            "status",
+            "round_number",
+            "created_at",
+        ]
+
+    def get_answers(self, judgment) -> dict:
+        return {answer.question: answer.value for answer in judgment.answer_rows.all()}

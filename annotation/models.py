@@ -1,0 +1,275 @@
+"""The human side of Refinery: what is rated, by whom, and what they said."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class Project(models.Model):
+    """What is being improved: a model, the questions raters answer about its outputs, and how."""
+
+    class Kind(models.TextChoices):
+        TEXT = "text", "Text"
+        CODE = "code", "Code"
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TEXT)
+    guidelines = models.TextField(blank=True, help_text="Shown to raters beside every task (Markdown).")
+    # The questions raters answer; validated by annotation.questions.validate_questions_config.
+    questions = models.JSONField(default=list)
+    overlap = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(50)],
+        help_text="How many different raters judge each task.",
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=600,
+        validators=[MinValueValidator(10)],
+        help_text="How long a rater holds a task before it goes back to the pool.",
+    )
+    gold_rate = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of handed-out tasks drawn from gold tasks (known answers).",
+    )
+    base_model = models.CharField(
+        max_length=500, blank=True, help_text="Hugging Face model id or local path of the model improved."
+    )
+    generation = models.JSONField(default=dict, blank=True, help_text="Default generation settings.")
+    loop_settings = models.JSONField(default=dict, blank=True, help_text="Refiner, selector and training.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    archived = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def lease_time(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        RATER = "rater", "Rater"
+        CURATOR = "curator", "Curator"
+        ADMIN = "admin", "Admin"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.RATER)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "project"], name="one_membership_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.project} · {self.role}"
+
+    @property
+    def can_curate(self) -> bool:
+        return self.is_active and self.role in (self.Role.CURATOR, self.Role.ADMIN)
+
+
+class Prompt(models.Model):
+    class Split(models.TextChoices):
+        TRAIN = "train", "Train"
+        EVAL = "eval", "Eval"
+        TEST = "test", "Test"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    external_id = models.CharField(max_length=200)
+    text = models.TextField()
+    context = models.TextField(blank=True, help_text="Shown above the prompt (a document, a conversation).")
+    # Structured extras: a code task's unit tests, entry point, reference solution ...
+    data = models.JSONField(default=dict, blank=True)
+    split = models.CharField(max_length=5, choices=Split.choices, default=Split.TRAIN)
+    gold = models.JSONField(null=True, blank=True, help_text="Known good answer(s), where there are any.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "external_id"], name="prompt_external_id_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id}:{self.external_id}"
+
+
+class Output(models.Model):
+    """A text for a prompt, from a model, a person, or the loop's refiner, with its provenance."""
+
+    class Source(models.TextChoices):
+        MODEL = "model", "Model"
+        HUMAN = "human", "Human"
+        REFINEMENT = "refinement", "Refinement"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="outputs")
+    text = models.TextField()
+    source = models.CharField(max_length=12, choices=Source.choices, default=Source.MODEL)
+    model_name = models.CharField(max_length=500, blank=True)
+    adapter = models.CharField(max_length=500, blank=True, help_text="Adapter name or path, if any.")
+    round_number = models.PositiveIntegerField(null=True, blank=True)
+    generation = models.JSONField(default=dict, blank=True, help_text="Settings it was generated with.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["round_number"])]
+
+    def __str__(self) -> str:
+        return f"output {self.pk} of prompt {self.prompt_id}"
+
+
+class Task(models.Model):
+    """What a rater is shown: one output (rate, feedback, fix) or several (compare, rank)."""
+
+    class Kind(models.TextChoices):
+        SINGLE = "single", "Single output"
+        PAIRWISE = "pairwise", "Pairwise comparison"
+        RANKING = "ranking", "Ranking"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        COMPLETE = "complete", "Complete"
+        CLOSED = "closed", "Closed by a curator"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SINGLE)
+    outputs = models.ManyToManyField(Output, through="TaskOutput", related_name="tasks")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    # Submitted judgments; only changed while the task row is locked (see services).
+    judgment_count = models.PositiveIntegerField(default=0)
+    is_gold = models.BooleanField(default=False)
+    gold_answers = models.JSONField(null=True, blank=True, help_text="Expected answers, by question name.")
+    priority = models.IntegerField(default=0, help_text="Lower is handed out first.")
+    round_number = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["project", "status", "is_gold", "priority", "id"], name="task_queue_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.pk} ({self.kind})"
+
+
+class TaskOutput(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="task_outputs")
+    output = models.ForeignKey(Output, on_delete=models.CASCADE, related_name="task_outputs")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["task", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "position"], name="task_output_position_unique"),
+            models.UniqueConstraint(fields=["task", "output"], name="task_output_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"output {self.output_id} at {self.position} in task {self.task_id}"
+
+
+class Lease(models.Model):
+    """A task handed to one rater until `expires_at`. One per (task, rater), ever."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="leases")
+    rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    # Output ids in the order this rater sees them (sides randomised per lease, and recorded).
+    display_order = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["task", "rater"], name="one_lease_per_task_rater")]
+        indexes = [
+            models.Index(fields=["task", "state", "expires_at"], name="lease_live_idx"),
+            models.Index(fields=["rater", "state", "expires_at"], name="lease_rater_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"lease {self.pk} of task {self.task_id} to {self.rater_id}"
+
+    def is_live(self, now=None) -> bool:
+        return self.state == self.State.ACTIVE and self.expires_at > (now or timezone.now())
+
+
+class Judgment(models.Model):
+    """One rater's answers to one task. Curators accept, reject, or exclude it from training."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending review"
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected"
+        EXCLUDED = "excluded", "Excluded from training"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="judgments")
+    rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments")
+    lease = models.OneToOneField(
+        Lease, on_delete=models.SET_NULL, null=True, blank=True, related_name="judgment"
+    )
+    display_order = models.JSONField(default=list, help_text="Output ids in the order the rater saw them.")
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    late = models.BooleanField(default=False, help_text="Submitted after the lease had expired.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    round_number = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # The last line of defence for "no rater judges a task twice", whatever the code above does.
+            models.UniqueConstraint(fields=["task", "rater"], name="one_judgment_per_task_rater")
+        ]
+        indexes = [models.Index(fields=["project", "status", "id"], name="judgment_project_idx")]
+
+    def __str__(self) -> str:
+        return f"judgment {self.pk} on task {self.task_id} by {self.rater_id}"
+
+
+class Answer(models.Model):
+    """One question's answer inside a judgment, typed by kind so exports and the loop can query it."""
+
+    class Kind(models.TextChoices):
+        LIKERT = "likert", "Likert scores"
+        PAIRWISE = "pairwise", "Pairwise preference"
+        RANKING = "ranking", "Ranking"
+        FEEDBACK = "feedback", "Written feedback"
+        FIX = "fix", "Fix (improved output)"
+        RUBRIC = "rubric", "Rubric flags"
+
+    judgment = models.ForeignKey(Judgment, on_delete=models.CASCADE, related_name="answer_rows")
+    question = models.CharField(max_length=100)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    value = models.JSONField()
+
+    class Meta:
+        ordering = ["judgment", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["judgment", "question"], name="one_answer_per_question")
+        ]
+        indexes = [models.Index(fields=["kind", "judgment"], name="answer_kind_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.question} ({self.kind}) of judgment {self.judgment_id}"

@@ -1,0 +1,71 @@
+"""Everything that reads on the human side, with the access rules in one place."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from annotation.models import Judgment, Lease, Membership, Project, Task
+
+CURATOR_ROLES = (Membership.Role.CURATOR, Membership.Role.ADMIN)
+
+
+def projects_for(user: AbstractBaseUser) -> QuerySet[Project]:
+    """Projects the user may see: staff see all; everyone else those they are an active member of."""
+    if user.is_staff:
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user, memberships__is_active=True).distinct()
+
+
+def membership_of(user: AbstractBaseUser, project: Project | int) -> Membership | None:
+    project_id = project if isinstance(project, int) else project.pk
+    return Membership.objects.filter(user=user, project_id=project_id, is_active=True).first()
+
+
+def can_curate(user: AbstractBaseUser, project: Project | int) -> bool:
+    if user.is_staff:
+        return True
+    project_id = project if isinstance(project, int) else project.pk
+    return Membership.objects.filter(
+        user=user, project_id=project_id, is_active=True, role__in=CURATOR_ROLES
+    ).exists()
+
+
+def curated_projects(user: AbstractBaseUser) -> QuerySet[Project]:
+    if user.is_staff:
+        return Project.objects.all()
+    return Project.objects.filter(
+        memberships__user=user, memberships__is_active=True, memberships__role__in=CURATOR_ROLES
+    ).distinct()
+
+
+def judgments_visible_to(user: AbstractBaseUser) -> QuerySet[Judgment]:
+    """Curators see their projects' judgments; raters see only their own."""
+    if user.is_staff:
+        return Judgment.objects.all()
+    return Judgment.objects.filter(
+        Q(project__in=curated_projects(user)) | Q(rater=user, project__in=projects_for(user))
+    )
+
+
+def project_progress(project: Project, *, rater: AbstractBaseUser | None = None) -> dict:
+    """Done / remaining task counts (gold tasks aside), and the rater's own count if given."""
+    counts = Task.objects.filter(project=project, is_gold=False).aggregate(
+        total=Count("id"),
+        done=Count("id", filter=~Q(status=Task.Status.OPEN)),
+        judgments=Count("judgments"),
+    )
+    progress = {
+        "tasks": counts["total"],
+        "tasks_done": counts["done"],
+        "tasks_remaining": counts["total"] - counts["done"],
+        "judgments": counts["judgments"],
+        "judgments_needed": counts["total"] * project.overlap,
+    }
+    if rater is not None:
+        progress["own_judgments"] = Judgment.objects.filter(project=project, rater=rater).count()
+        progress["holding_lease"] = Lease.objects.filter(
+            task__project=project, rater=rater, state=Lease.State.ACTIVE, expires_at__gt=timezone.now()
+        ).exists()
+    return progress

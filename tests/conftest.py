@@ -1,0 +1,66 @@
+"""The cast of every test: alice curates project A, bob rates it, charlie has no access,
+dave rates project B only."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from tests.factories import QUESTIONS
+
+
+@pytest.fixture
+def users(db, django_user_model):
+    make = django_user_model.objects.create_user
+    return {
+        "alice": make("alice", password="pw-alice-123"),
+        "bob": make("bob", password="pw-bob-123"),
+        "charlie": make("charlie", password="pw-charlie-123"),
+        "dave": make("dave", password="pw-dave-123"),
+    }
+
+
+@pytest.fixture
+def alice(users):
+    return users["alice"]
+
+
+@pytest.fixture
+def bob(users):
+    return users["bob"]
+
+
+@pytest.fixture
+def charlie(users):
+    return users["charlie"]
+
+
+@pytest.fixture
+def dave(users):
+    return users["dave"]
+
+
+@pytest.fixture
+def project(db, alice, bob):
+    from annotation.models import Membership, Project
+
+    project = Project.objects.create(name="Summaries", questions=QUESTIONS, overlap=2, lease_seconds=600)
+    Membership.objects.create(user=alice, project=project, role=Membership.Role.CURATOR)
+    Membership.objects.create(user=bob, project=project, role=Membership.Role.RATER)
+    return project
+
+
+@pytest.fixture
+def other_project(db, dave):
+    from annotation.models import Membership, Project
+
+    project = Project.objects.create(name="Other", questions=QUESTIONS, overlap=1)
+    Membership.objects.create(user=dave, project=project, role=Membership.Role.RATER)
+    return project
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
