@@ -5,6 +5,7 @@ from annotation import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("projects/<int:project_id>/annotate/", views.annotate, name="annotate"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -1,7 +1,9 @@
 """Server-rendered pages for raters and curators."""
 
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.http import Http404
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 
 from annotation import selectors
 from annotation.models import Membership
@@ -19,3 +21,20 @@ def home(request):
         for m in memberships.order_by("project__name")
     ]
     return render(request, "home.html", {"rows": rows})
+
+
+@login_required
+def annotate(request, project_id: int):
+    """The rating page. Its script pulls tasks from the queue API, one after another."""
+    project = get_object_or_404(selectors.projects_for(request.user), pk=project_id)
+    if selectors.membership_of(request.user, project) is None:
+        raise Http404("not a rater of this project")
+    config = {
+        "project": project.pk,
+        "kind": project.kind,
+        "nextTaskUrl": reverse("project-next-task", args=[project.pk]),
+        "progressUrl": reverse("project-progress", args=[project.pk]),
+        "submitUrl": reverse("lease-submit", args=[0]).replace("/0/", "/{id}/"),
+        "skipUrl": reverse("lease-skip", args=[0]).replace("/0/", "/{id}/"),
+    }
+    return render(request, "annotate.html", {"project": project, "config": config})
