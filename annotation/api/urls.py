@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from annotation.api import views
+from annotation.api import io_views, views
 
 router = DefaultRouter()
 router.register("projects", views.ProjectViewSet, basename="project")
@@ -12,5 +12,7 @@ router.register("leases", views.LeaseViewSet, basename="lease")
 router.register("judgments", views.JudgmentViewSet, basename="judgment")
 
 urlpatterns = [
+    path("projects/<int:project_id>/import/", io_views.ProjectImportView.as_view(), name="project-import"),
+    path("projects/<int:project_id>/export/", io_views.ProjectExportView.as_view(), name="project-export"),
     path("", include(router.urls)),
 ]

@@ -1,0 +1,590 @@
+"""Importing prompts (and outputs, and tasks over them) from JSONL or CSV, all or nothing.
+
+A file is read line by line and every line is validated before anything is written; the first
+bad line stops the import with its line number and the reason, and the database is untouched.
+Then everything is written in one transaction with `bulk_create`.
+
+Fields of a line (after the mapping `{our_field: their_field}` renames the file's own names):
+
+- `external_id` (required): unique within the file and not already used in the project.
+- `text` (required, non-empty), `context`, `split` (train / eval / test, default train).
+- `data`: an object (a code task's `tests`, `entry_point` ...); in CSV a JSON string.
+- `gold`: known good answer(s), any JSON; in CSV the cell's text.
+- `outputs`: a list of output texts or objects `{text, model_name, adapter, source, generation}`;
+  in CSV a JSON string. `output` is the flat form: one output text (the usual CSV column).
+  `model_name`, `adapter` and `source` on the line are the defaults for its outputs.
+
+Other fields of a line are ignored.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import IO, Any
+
+from django.db import IntegrityError, transaction
+
+from annotation.models import Output, Project, Prompt, Task, TaskOutput
+
+FORMATS = ("jsonl", "csv")
+TASK_MODES = ("none", "single", "pairwise", "ranking")
+FIELDS = (
+    "external_id",
+    "text",
+    "context",
+    "split",
+    "data",
+    "gold",
+    "outputs",
+    "output",
+    "model_name",
+    "adapter",
+    "source",
+)
+OUTPUT_KEYS = ("text", "model_name", "adapter", "source", "generation")
+SPLITS = tuple(Prompt.Split.values)
+SOURCES = tuple(Output.Source.values)
+RANKING_SIZE = (2, 10)
+BATCH_SIZE = 1000
+# How many external ids one "already in the project?" query checks (SQLite caps query parameters).
+LOOKUP_CHUNK = 900
+READ_CHUNK = 1 << 16
+
+_external_id_length = Prompt._meta.get_field("external_id").max_length
+_provenance_length = Output._meta.get_field("model_name").max_length
+
+
+class ImportFileError(ValueError):
+    """The file cannot be imported. `line` is 1-based, or None when no one line is at fault."""
+
+    def __init__(self, line: int | None, message: str, *, field: str | None = None, unit: str = "line"):
+        super().__init__(message)
+        self.line = line
+        self.message = message
+        self.field = field  # which input the error is about, when it is not the file itself ("mapping")
+        self.unit = unit  # "line" for files, "row" for a list of rows sent as JSON
+
+    def __str__(self) -> str:
+        return f"{self.unit} {self.line}: {self.message}" if self.line is not None else self.message
+
+
+@dataclass
+class OutputRow:
+    text: str
+    source: str = Output.Source.MODEL
+    model_name: str = ""
+    adapter: str = ""
+    generation: dict = field(default_factory=dict)
+
+
+@dataclass
+class PromptRow:
+    line: int
+    external_id: str
+    text: str
+    context: str = ""
+    split: str = Prompt.Split.TRAIN
+    data: dict = field(default_factory=dict)
+    gold: Any = None
+    outputs: list[OutputRow] = field(default_factory=list)
+
+
+@dataclass
+class ImportResult:
+    prompts: int
+    outputs: int
+    tasks: int
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _open(source: str | Path | IO) -> tuple[IO, str, bool]:
+    """The stream to read, its name (to guess the format by), and whether we opened it."""
+    if isinstance(source, str | Path):
+        return open(source, "rb"), str(source), True
+    return source, str(getattr(source, "name", "") or ""), False
+
+
+def _raw_lines(stream: IO) -> Iterator[bytes | str]:
+    """Lines of a binary or text stream, ends kept, read in chunks (constant memory per line)."""
+    pending: bytes | str | None = None
+    while True:
+        chunk = stream.read(READ_CHUNK)
+        if not chunk:
+            break
+        pending = chunk if pending is None else pending + chunk
+        newline = b"\n" if isinstance(pending, bytes) else "\n"
+        *complete, pending = pending.split(newline)
+        for line in complete:
+            yield line + newline
+    if pending:
+        yield pending
+
+
+def _text_lines(stream: IO) -> Iterator[str]:
+    """Decoded lines: UTF-8 (a byte order mark at the start is dropped), anything else rejected."""
+    for number, line in enumerate(_raw_lines(stream), start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ImportFileError(
+                    number,
+                    f"is not valid UTF-8 (byte 0x{line[error.start]:02x} at position {error.start + 1}); "
+                    "save the file as UTF-8",
+                ) from error
+        if number == 1 and line.startswith(codecs.BOM_UTF8.decode("utf-8")):
+            line = line[1:]
+        yield line
+
+
+def _guess_format(name: str, first_line: str | None) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "jsonl" if (first_line or "").lstrip().startswith("{") else "csv"
+
+
+def _jsonl_records(lines: Iterator[str]) -> Iterator[tuple[int, dict]]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ImportFileError(
+                number, f"is not valid JSON ({error.msg} at column {error.colno})"
+            ) from error
+        if not isinstance(record, dict):
+            raise ImportFileError(number, f"must be a JSON object, not {_json_type(record)}")
+        yield number, record
+
+
+def _csv_records(lines: Iterator[str], mapping: dict[str, str]) -> Iterator[tuple[int, dict]]:
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as error:
+        raise ImportFileError(1, f"is not valid CSV ({error})") from error
+    header = [name.strip() for name in header]
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise ImportFileError(1, f"the header names the column {duplicated[0]!r} twice")
+    missing = [theirs for theirs in mapping.values() if theirs not in header]
+    if missing:
+        raise ImportFileError(
+            1,
+            f"the mapping names the column {missing[0]!r}, which is not in the header "
+            f"(columns: {', '.join(header)})",
+            field="mapping",
+        )
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ImportFileError(start, f"is not valid CSV ({error})") from error
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            raise ImportFileError(start, f"has {len(cells)} columns, the header has {len(header)}")
+        # In CSV an empty cell is an absent value.
+        yield start, {name: cell for name, cell in zip(header, cells, strict=True) if cell != ""}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def clean_mapping(mapping: dict[str, str] | None) -> dict[str, str]:
+    """Check a `{our_field: their_field}` mapping; raises ImportFileError(field="mapping")."""
+    if not mapping:
+        return {}
+    if not isinstance(mapping, dict):
+        raise ImportFileError(None, "the mapping must be an object {our_field: their_field}", field="mapping")
+    for ours, theirs in mapping.items():
+        if ours not in FIELDS:
+            raise ImportFileError(
+                None,
+                f"the mapping names {ours!r}, which is not a field (fields: {', '.join(FIELDS)})",
+                field="mapping",
+            )
+        if not isinstance(theirs, str) or not theirs.strip():
+            raise ImportFileError(None, f"the mapping of {ours!r} must be a column name", field="mapping")
+    theirs_used = list(mapping.values())
+    twice = sorted({name for name in theirs_used if theirs_used.count(name) > 1})
+    if twice:
+        raise ImportFileError(None, f"the mapping uses {twice[0]!r} for two fields", field="mapping")
+    return {ours: theirs.strip() for ours, theirs in mapping.items()}
+
+
+# ---------------------------------------------------------------- validating
+
+
+def _label(name: str, mapping: dict[str, str]) -> str:
+    return f"{mapping[name]!r} (mapped to {name})" if name in mapping else repr(name)
+
+
+def _clean_text(value: Any, label: str, *, required: bool, max_length: int | None = None) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ValueError(f"{label} is missing" if value is None else f"{label} is empty")
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{label} must be a string, not {_json_type(value)}")
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(f"{label} must be at most {max_length} characters")
+    return value
+
+
+def _clean_choice(value: Any, label: str, choices: tuple[str, ...], default: str) -> str:
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or value.strip().lower() not in choices:
+        raise ValueError(f"{label} must be one of {', '.join(choices)} (got {value!r})")
+    return value.strip().lower()
+
+
+def _from_json_cell(value: Any, label: str, *, csv_cell: bool) -> Any:
+    if not csv_cell or value is None:
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{label} is not valid JSON ({error.msg})") from error
+
+
+def _clean_outputs(record: dict, mapping: dict[str, str], *, csv_cell: bool) -> list[OutputRow]:
+    def get(name: str) -> Any:
+        return record.get(mapping.get(name, name))
+
+    defaults = {
+        "source": _clean_choice(get("source"), _label("source", mapping), SOURCES, Output.Source.MODEL),
+        "model_name": _clean_text(
+            get("model_name"), _label("model_name", mapping), required=False, max_length=_provenance_length
+        ),
+        "adapter": _clean_text(
+            get("adapter"), _label("adapter", mapping), required=False, max_length=_provenance_length
+        ),
+    }
+    many, one = get("outputs"), get("output")
+    if many is not None and one is not None:
+        raise ValueError(f"give either {_label('outputs', mapping)} or {_label('output', mapping)}, not both")
+    if one is not None:
+        return [OutputRow(text=_clean_text(one, _label("output", mapping), required=True), **defaults)]
+    label = _label("outputs", mapping)
+    many = _from_json_cell(many, label, csv_cell=csv_cell)
+    if many is None:
+        return []
+    if not isinstance(many, list):
+        raise ValueError(f"{label} must be a list of texts or objects, not {_json_type(many)}")
+    outputs = []
+    for index, item in enumerate(many):
+        where = f"{label}[{index}]"
+        if isinstance(item, str):
+            outputs.append(OutputRow(text=_clean_text(item, where, required=True), **defaults))
+            continue
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be a text or an object, not {_json_type(item)}")
+        unknown = sorted(set(item) - set(OUTPUT_KEYS))
+        if unknown:
+            raise ValueError(f"{where} has an unknown key {unknown[0]!r} (keys: {', '.join(OUTPUT_KEYS)})")
+        generation = item.get("generation") or {}
+        if not isinstance(generation, dict):
+            raise ValueError(f"{where}.generation must be an object")
+        outputs.append(
+            OutputRow(
+                text=_clean_text(item.get("text"), f"{where}.text", required=True),
+                source=_clean_choice(item.get("source"), f"{where}.source", SOURCES, defaults["source"]),
+                model_name=_clean_text(
+                    item.get("model_name"),
+                    f"{where}.model_name",
+                    required=False,
+                    max_length=_provenance_length,
+                )
+                or defaults["model_name"],
+                adapter=_clean_text(
+                    item.get("adapter"), f"{where}.adapter", required=False, max_length=_provenance_length
+                )
+                or defaults["adapter"],
+                generation=generation,
+            )
+        )
+    return outputs
+
+
+def clean_record(record: dict, mapping: dict[str, str], *, line: int, csv_cell: bool = False) -> PromptRow:
+    """One line of the file as a PromptRow; raises ValueError with the reason."""
+
+    def get(name: str) -> Any:
+        return record.get(mapping.get(name, name))
+
+    external_id = get("external_id")
+    if isinstance(external_id, int) and not isinstance(external_id, bool):
+        external_id = str(external_id)  # JSONL ids are often numbers
+    data = _from_json_cell(get("data"), _label("data", mapping), csv_cell=csv_cell)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{_label('data', mapping)} must be an object, not {_json_type(data)}")
+    return PromptRow(
+        line=line,
+        external_id=_clean_text(
+            external_id, _label("external_id", mapping), required=True, max_length=_external_id_length
+        ).strip(),
+        text=_clean_text(get("text"), _label("text", mapping), required=True),
+        context=_clean_text(get("context"), _label("context", mapping), required=False),
+        split=_clean_choice(get("split"), _label("split", mapping), SPLITS, Prompt.Split.TRAIN),
+        data=data,
+        gold=get("gold"),
+        outputs=_clean_outputs(record, mapping, csv_cell=csv_cell),
+    )
+
+
+def clean_records(
+    records: Iterable[tuple[int, dict]],
+    mapping: dict[str, str],
+    *,
+    csv_cell: bool = False,
+    unit: str = "line",
+) -> Iterator[PromptRow]:
+    """Validate numbered records one by one: each becomes a PromptRow or stops it all with ImportFileError."""
+    seen: dict[str, int] = {}
+    mapped_seen: set[str] = set()
+    count = 0
+    for line, record in records:
+        mapped_seen.update(theirs for theirs in mapping.values() if theirs in record)
+        try:
+            row = clean_record(record, mapping, line=line, csv_cell=csv_cell)
+        except ValueError as error:
+            raise ImportFileError(line, str(error), unit=unit) from error
+        if row.external_id in seen:
+            raise ImportFileError(
+                line,
+                f"external_id {row.external_id!r} is already used on {unit} {seen[row.external_id]}",
+                unit=unit,
+            )
+        seen[row.external_id] = line
+        count += 1
+        yield row
+    if not count:
+        raise ImportFileError(None, "there are no prompts to import")
+    # A CSV header was checked up front; JSON lines have no header, so a mapped name that no line
+    # has is caught here (a typo in the mapping would otherwise drop a field silently).
+    never = [theirs for theirs in mapping.values() if theirs not in mapped_seen]
+    if never:
+        raise ImportFileError(None, f"the mapping names {never[0]!r}, which no {unit} has", field="mapping")
+
+
+def iter_prompt_file(
+    source: str | Path | IO, *, fmt: str | None = None, mapping: dict[str, str] | None = None
+) -> Iterator[PromptRow]:
+    """Read and validate a JSONL or CSV file lazily, a PromptRow per line (see `parse_prompt_file`)."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ImportFileError(
+            None, f"format must be one of {', '.join(FORMATS)} (got {fmt!r})", field="format"
+        )
+    mapping = clean_mapping(mapping)
+    stream, name, opened = _open(source)
+    try:
+        lines = _text_lines(stream)
+        first = next(lines, None)
+        lines = chain([first] if first is not None else [], lines)
+        fmt = fmt or _guess_format(name, first)
+        if fmt == "jsonl":
+            yield from clean_records(_jsonl_records(lines), mapping)
+        else:
+            yield from clean_records(_csv_records(lines, mapping), mapping, csv_cell=True)
+    finally:
+        if opened:
+            stream.close()
+
+
+def parse_prompt_file(
+    source: str | Path | IO, *, fmt: str | None = None, mapping: dict[str, str] | None = None
+) -> list[PromptRow]:
+    """Every line of a JSONL or CSV file, validated, or ImportFileError for the first bad line.
+
+    `source` is a path or a binary (or text) stream; `fmt` is "jsonl" or "csv", or None to guess
+    from the file's extension, then its first line. `mapping` is `{our_field: their_field}`.
+    """
+    return list(iter_prompt_file(source, fmt=fmt, mapping=mapping))
+
+
+def parse_prompt_rows(rows: Any, *, mapping: dict[str, str] | None = None) -> list[PromptRow]:
+    """The same validation for rows given as a list of objects (the API's JSON body); rows count from 1."""
+    if not isinstance(rows, list):
+        raise ImportFileError(None, "rows must be a list of objects", field="rows")
+    mapping = clean_mapping(mapping)
+
+    def records() -> Iterator[tuple[int, dict]]:
+        for number, record in enumerate(rows, start=1):
+            if not isinstance(record, dict):
+                raise ImportFileError(number, f"must be an object, not {_json_type(record)}", unit="row")
+            yield number, record
+
+    return list(clean_records(records(), mapping, unit="row"))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _check_task_shape(rows: list[PromptRow], tasks: str, unit: str) -> None:
+    if tasks == "pairwise":
+        for row in rows:
+            if len(row.outputs) != 2:
+                raise ImportFileError(
+                    row.line,
+                    f"pairwise tasks need exactly 2 outputs per prompt (this has {len(row.outputs)})",
+                    unit=unit,
+                )
+    elif tasks == "ranking":
+        low, high = RANKING_SIZE
+        for row in rows:
+            if not low <= len(row.outputs) <= high:
+                raise ImportFileError(
+                    row.line,
+                    f"ranking tasks need {low} to {high} outputs per prompt (this has {len(row.outputs)})",
+                    unit=unit,
+                )
+
+
+def _check_not_in_project(project: Project, rows: list[PromptRow], unit: str) -> None:
+    line_of = {row.external_id: row.line for row in rows}
+    ids = list(line_of)
+    taken: list[str] = []
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        taken.extend(
+            Prompt.objects.filter(
+                project=project, external_id__in=ids[start : start + LOOKUP_CHUNK]
+            ).values_list("external_id", flat=True)
+        )
+    if taken:
+        first = min(taken, key=line_of.__getitem__)
+        raise ImportFileError(
+            line_of[first], f"external_id {first!r} is already in project {project.name!r}", unit=unit
+        )
+
+
+def prompts_import(
+    *,
+    project: Project,
+    rows: list[PromptRow],
+    make_tasks: str | None = None,
+    unit: str = "line",
+    progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    """Write validated rows: prompts, their outputs, and tasks over them, in one transaction.
+
+    `make_tasks`: "none"; "single" (a task per output; the default when any row has outputs);
+    "pairwise" (a task per prompt over its two outputs; every prompt must have exactly 2);
+    "ranking" (a task per prompt over its 2 to 10 outputs). Raises ImportFileError (nothing
+    written) for an external id already in the project or outputs that do not fit the tasks.
+    `progress` is called with the number of prompts written after each batch.
+    """
+    if make_tasks is None:
+        make_tasks = "single" if any(row.outputs for row in rows) else "none"
+    if make_tasks not in TASK_MODES:
+        raise ImportFileError(
+            None, f"tasks must be one of {', '.join(TASK_MODES)} (got {make_tasks!r})", field="tasks"
+        )
+    _check_task_shape(rows, make_tasks, unit)
+    _check_not_in_project(project, rows, unit)
+
+    counts = ImportResult(prompts=0, outputs=0, tasks=0)
+    try:
+        with transaction.atomic():
+            # Batches of prompts keep every list below at BATCH_SIZE-ish rows, however big the file.
+            for start in range(0, len(rows), BATCH_SIZE):
+                batch = rows[start : start + BATCH_SIZE]
+                _write_batch(project, batch, make_tasks, counts)
+                if progress is not None:
+                    progress(len(batch))
+    except IntegrityError as error:
+        # Only a concurrent import of the same external ids gets here: the check above passed.
+        raise ImportFileError(
+            None, "some of these external ids were added to the project meanwhile; nothing was written"
+        ) from error
+    return counts
+
+
+def _write_batch(project: Project, batch: list[PromptRow], make_tasks: str, counts: ImportResult) -> None:
+    prompts = Prompt.objects.bulk_create(
+        [
+            Prompt(
+                project=project,
+                external_id=row.external_id,
+                text=row.text,
+                context=row.context,
+                split=row.split,
+                data=row.data,
+                gold=row.gold,
+            )
+            for row in batch
+        ],
+        batch_size=BATCH_SIZE,
+    )
+    outputs = Output.objects.bulk_create(
+        [
+            Output(
+                prompt=prompt,
+                text=item.text,
+                source=item.source,
+                model_name=item.model_name,
+                adapter=item.adapter,
+                generation=item.generation,
+            )
+            for prompt, row in zip(prompts, batch, strict=True)
+            for item in row.outputs
+        ],
+        batch_size=BATCH_SIZE,
+    )
+    counts.prompts += len(prompts)
+    counts.outputs += len(outputs)
+    if make_tasks == "none":
+        return
+
+    # Each task with the outputs it shows, in position order.
+    planned: list[tuple[Task, list[Output]]] = []
+    taken = iter(outputs)
+    for prompt, row in zip(prompts, batch, strict=True):
+        own = [next(taken) for _ in row.outputs]
+        if make_tasks == "single":
+            planned.extend((Task(project=project, prompt=prompt, kind=Task.Kind.SINGLE), [o]) for o in own)
+        elif own:
+            planned.append((Task(project=project, prompt=prompt, kind=make_tasks), own))
+    tasks = Task.objects.bulk_create([task for task, _ in planned], batch_size=BATCH_SIZE)
+    TaskOutput.objects.bulk_create(
+        [
+            TaskOutput(task=task, output=output, position=position)
+            for task, (_, shown) in zip(tasks, planned, strict=True)
+            for position, output in enumerate(shown)
+        ],
+        batch_size=BATCH_SIZE,
+    )
+    counts.tasks += len(tasks)
+
+
+def project_by_reference(reference: str | int) -> Project:
+    """A project by id or by name (for the command line); raises Project.DoesNotExist."""
+    reference = str(reference).strip()
+    if reference.isdigit():
+        project = Project.objects.filter(pk=int(reference)).first()
+        if project is not None:
+            return project
+    return Project.objects.get(name=reference)

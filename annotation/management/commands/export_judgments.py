@@ -1,0 +1,71 @@
+"""manage.py export_judgments PROJECT: judgments, SFT or preference data as JSONL or parquet, streamed."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from annotation import exporting, importing
+from annotation.models import Project
+
+
+class Command(BaseCommand):
+    help = (
+        "Export a project's judgments (kind judgments), or training data that TRL reads directly: "
+        "sft ({prompt, completion} from fixes) or preference ({prompt, chosen, rejected}). "
+        "Rows are streamed from the database; memory stays constant."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("project", help="Project id or name.")
+        parser.add_argument("--format", dest="fmt", choices=exporting.FORMATS, default="jsonl")
+        parser.add_argument("--kind", choices=exporting.KINDS, default="judgments")
+        parser.add_argument(
+            "--output",
+            "-o",
+            help="File to write. Default: standard output (JSONL only; parquet needs a file).",
+        )
+        parser.add_argument(
+            "--status",
+            action="append",
+            default=[],
+            help="Only judgments with this status (repeatable or comma-separated). "
+            "sft and preference take pending and accepted ones, never rejected or excluded.",
+        )
+        parser.add_argument("--round", dest="round_number", type=int, help="Only judgments of this round.")
+
+    def handle(self, *args, project, fmt, kind, output, status, round_number, **options):
+        try:
+            project = importing.project_by_reference(project)
+        except Project.DoesNotExist as error:
+            raise CommandError(f"no project with id or name {project!r}") from error
+        if fmt == "parquet" and not output:
+            raise CommandError("--format parquet needs --output FILE")
+        statuses = [name.strip() for item in status for name in item.split(",") if name.strip()] or None
+        try:
+            rows = exporting.export_rows(project, kind=kind, statuses=statuses, round_number=round_number)
+        except exporting.ExportError as error:
+            raise CommandError(str(error)) from error
+        rows = tqdm(rows, desc=f"exporting {kind}", unit=" rows", file=sys.stderr, disable=None)
+
+        if not output:
+            count = exporting.write_jsonl(rows, self.stdout)
+        else:
+            # Written beside the target and moved into place, so a failed export leaves no half file.
+            partial = f"{output}.partial"
+            try:
+                if fmt == "parquet":
+                    count = exporting.write_parquet(rows, partial, kind=kind)
+                else:
+                    with open(partial, "w", encoding="utf-8") as stream:
+                        count = exporting.write_jsonl(rows, stream)
+                os.replace(partial, output)
+            except BaseException:
+                if os.path.exists(partial):
+                    os.remove(partial)
+                raise
+        where = output or "standard output"
+        self.stderr.write(f"Wrote {count} {kind} rows of project {project.name!r} to {where}.")
