@@ -273,3 +273,37 @@ class Answer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.question} ({self.kind}) of judgment {self.judgment_id}"
+
+
+class AuditEvent(models.Model):
+    """One curation action: who did what to which row, when, why, and the status before and after."""
+
+    class Action(models.TextChoices):
+        ACCEPT = "accept", "Accepted a judgment"
+        REJECT = "reject", "Rejected a judgment"
+        EXCLUDE = "exclude", "Excluded a judgment from training"
+        REOPEN = "reopen", "Put a judgment back to pending review"
+        MEMBER_ADD = "member_add", "Added a member"
+        MEMBER_CHANGE = "member_change", "Changed or reactivated a member"
+        MEMBER_DEACTIVATE = "member_deactivate", "Deactivated a member"
+
+    # PROTECT: an audit trail that loses its "who" is no audit trail; deactivate users instead.
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="audit_events")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_events")
+    action = models.CharField(max_length=20, choices=Action.choices)
+    object_type = models.CharField(max_length=20, help_text="judgment or membership")
+    object_id = models.PositiveBigIntegerField()
+    reason = models.TextField(blank=True)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["project", "created_at"], name="audit_project_idx"),
+            models.Index(fields=["object_type", "object_id"], name="audit_object_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor_id} {self.action} {self.object_type} {self.object_id}"

@@ -12,8 +12,11 @@ CURATOR_ROLES = (Membership.Role.CURATOR, Membership.Role.ADMIN)
 
 
 def projects_for(user: AbstractBaseUser) -> QuerySet[Project]:
-    """Projects the user may see: staff see all; everyone else those they are an active member of."""
-    if user.is_staff:
+    """Projects the user may see: superusers see all; everyone else those they are an active member of.
+
+    Curators are staff (the admin's door) but not superusers: staff status alone opens no project.
+    """
+    if user.is_superuser:
         return Project.objects.all()
     return Project.objects.filter(memberships__user=user, memberships__is_active=True).distinct()
 
@@ -24,7 +27,7 @@ def membership_of(user: AbstractBaseUser, project: Project | int) -> Membership 
 
 
 def can_curate(user: AbstractBaseUser, project: Project | int) -> bool:
-    if user.is_staff:
+    if user.is_superuser:
         return True
     project_id = project if isinstance(project, int) else project.pk
     return Membership.objects.filter(
@@ -33,7 +36,7 @@ def can_curate(user: AbstractBaseUser, project: Project | int) -> bool:
 
 
 def curated_projects(user: AbstractBaseUser) -> QuerySet[Project]:
-    if user.is_staff:
+    if user.is_superuser:
         return Project.objects.all()
     return Project.objects.filter(
         memberships__user=user, memberships__is_active=True, memberships__role__in=CURATOR_ROLES
@@ -42,7 +45,7 @@ def curated_projects(user: AbstractBaseUser) -> QuerySet[Project]:
 
 def judgments_visible_to(user: AbstractBaseUser) -> QuerySet[Judgment]:
     """Curators see their projects' judgments; raters see only their own."""
-    if user.is_staff:
+    if user.is_superuser:
         return Judgment.objects.all()
     return Judgment.objects.filter(
         Q(project__in=curated_projects(user)) | Q(rater=user, project__in=projects_for(user))

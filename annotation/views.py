@@ -16,6 +16,7 @@ def home(request):
         {
             "project": m.project,
             "role": m.get_role_display(),
+            "curate": m.can_curate,
             "progress": selectors.project_progress(m.project, rater=request.user),
         }
         for m in memberships.order_by("project__name")

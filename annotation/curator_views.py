@@ -1,0 +1,203 @@
+"""Curator pages: a project's dashboard (progress, agreement, score distributions), its raters,
+prompt import and export downloads. Everything else curators do happens in the admin.
+
+Access: anonymous users go to the login page; a project the user cannot see is a 404; a member
+who does not curate it gets a 403.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from annotation import curation, exporting, importing, quality, selectors
+from annotation.curator_forms import DeactivateForm, ImportForm, MemberAddForm
+from annotation.models import AuditEvent, Membership, Project
+
+# A parquet export is built in memory up to this size, then on disk, before it is sent.
+PARQUET_SPOOL_BYTES = 32 * 1024 * 1024
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+
+
+def _curated_project(request, project_id: int) -> Project:
+    project = get_object_or_404(selectors.projects_for(request.user), pk=project_id)
+    if not selectors.can_curate(request.user, project):
+        raise PermissionDenied("only the project's curators can see this page")
+    return project
+
+
+def _export_links(project: Project) -> list[dict]:
+    return [
+        {"kind": kind, "formats": [(fmt, f"{kind}.{fmt}") for fmt in exporting.FORMATS]}
+        for kind in exporting.KINDS
+    ]
+
+
+@require_GET
+@login_required
+def dashboard(request, project_id: int):
+    project = _curated_project(request, project_id)
+    context = {
+        "project": project,
+        "section": "dashboard",
+        "progress": selectors.project_progress(project),
+        "review_counts": quality.review_counts(project),
+        "agreement": quality.project_agreement(project),
+        "plots": quality.distribution_plots(quality.score_distributions(project)),
+        "active_raters": Membership.objects.filter(
+            project=project, is_active=True, role=Membership.Role.RATER
+        ).count(),
+        "exports": _export_links(project),
+        "audit_events": AuditEvent.objects.filter(project=project).select_related("actor")[:10],
+    }
+    return render(request, "curation/dashboard.html", context)
+
+
+def _raters_page(request, project, *, add_form=None, new_account=None, status=200):
+    context = {
+        "project": project,
+        "section": "raters",
+        "rows": quality.rater_stats(project),
+        "add_form": add_form or MemberAddForm(),
+        "new_account": new_account,
+        "tolerance": quality.GOLD_LIKERT_TOLERANCE,
+    }
+    response = render(request, "curation/raters.html", context, status=status)
+    if new_account:
+        response["Cache-Control"] = "no-store"  # the one-time password must not linger in a cache
+    return response
+
+
+@require_GET
+@login_required
+def raters(request, project_id: int):
+    return _raters_page(request, _curated_project(request, project_id))
+
+
+@require_POST
+@login_required
+def member_add(request, project_id: int):
+    project = _curated_project(request, project_id)
+    form = MemberAddForm(request.POST)
+    if not form.is_valid():
+        return _raters_page(request, project, add_form=form, status=400)
+    username, role = form.cleaned_data["username"].strip(), form.cleaned_data["role"]
+    password = None
+    try:
+        with transaction.atomic():
+            if form.cleaned_data["create_account"]:
+                user, password = curation.user_create(username=username)
+            else:
+                user = get_user_model().objects.filter(username=username).first()
+                if user is None:
+                    raise curation.CurationError(
+                        f"there is no account {username!r}; tick “Create a new account” to make one"
+                    )
+            curation.membership_add(actor=request.user, project=project, user=user, role=role)
+    except curation.CurationError as error:
+        form.add_error("username", str(error))
+        return _raters_page(request, project, add_form=form, status=400)
+    except PermissionDenied as error:
+        form.add_error("role", str(error))
+        return _raters_page(request, project, add_form=form, status=403)
+    if password is not None:
+        # Shown on this response only: nothing stores it, and a reload will not show it again.
+        return _raters_page(
+            request, project, new_account={"username": user.get_username(), "password": password}
+        )
+    messages.success(request, f"{user.get_username()} is now an active {role} of {project.name}.")
+    return redirect("curation-raters", project_id=project.pk)
+
+
+@require_POST
+@login_required
+def member_deactivate(request, project_id: int, user_id: int):
+    project = _curated_project(request, project_id)
+    membership = get_object_or_404(
+        Membership.objects.select_related("user"), project=project, user_id=user_id
+    )
+    form = DeactivateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Say why this member is deactivated: the reason goes in the audit log.")
+        return redirect("curation-raters", project_id=project.pk)
+    try:
+        excluded = curation.rater_deactivate(
+            actor=request.user,
+            project=project,
+            user=membership.user,
+            exclude_judgments=form.cleaned_data["exclude_judgments"],
+            reason=form.cleaned_data["reason"],
+        )
+    except curation.CurationError as error:
+        messages.error(request, str(error))
+        return redirect("curation-raters", project_id=project.pk)
+    note = f"; {excluded} of their judgments excluded from training" if excluded else ""
+    messages.success(request, f"{membership.user.get_username()} is deactivated{note}.")
+    return redirect("curation-raters", project_id=project.pk)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def import_prompts(request, project_id: int):
+    project = _curated_project(request, project_id)
+    form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                rows = importing.parse_prompt_file(
+                    data["file"], fmt=data["format"] or None, mapping=data["mapping"]
+                )
+                result = importing.prompts_import(
+                    project=project, rows=rows, make_tasks=data["tasks"] or None
+                )
+            except importing.ImportFileError as error:
+                field = error.field if error.field in form.fields else "file"
+                form.add_error(field, f"{error} — nothing was imported.")
+            else:
+                messages.success(
+                    request,
+                    f"Imported {result.prompts} prompts, {result.outputs} outputs and {result.tasks} tasks "
+                    f"from {data['file'].name}.",
+                )
+                return redirect("curation-import", project_id=project.pk)
+    return render(
+        request,
+        "curation/import.html",
+        {"project": project, "section": "import", "form": form, "fields": importing.FIELDS},
+        status=status,
+    )
+
+
+@require_GET
+@login_required
+def export(request, project_id: int, kind: str, fmt: str):
+    """Download an export (annotation.exporting): judgments, or sft / preference training data."""
+    project = _curated_project(request, project_id)
+    if kind not in exporting.KINDS or fmt not in exporting.FORMATS:
+        raise Http404("no such export")
+    rows = exporting.export_rows(project, kind=kind)
+    filename = f"{slugify(project.name) or f'project-{project.pk}'}-{kind}.{fmt}"
+    if fmt == "jsonl":
+        response = StreamingHttpResponse(
+            (line.encode("utf-8") for line in exporting.jsonl_lines(rows)),
+            content_type=f"{MEDIA_TYPES['jsonl']}; charset=utf-8",
+        )
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+    # Parquet writes its footer last, so the file is finished before it is sent.
+    spool = tempfile.SpooledTemporaryFile(max_size=PARQUET_SPOOL_BYTES)  # noqa: SIM115 -- FileResponse closes it
+    exporting.write_parquet(rows, spool, kind=kind)
+    spool.seek(0)
+    return FileResponse(spool, as_attachment=True, filename=filename, content_type=MEDIA_TYPES["parquet"])
