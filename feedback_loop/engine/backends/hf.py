@@ -1,0 +1,284 @@
+"""A local Hugging Face causal language model, optionally with LoRA adapters switched in place.
+
+Prompts are sorted by length inside each call so that a batch holds prompts of similar length
+(less padding), and the results are put back in the caller's order. Padding is on the left, so
+every prompt ends at the same position: generation continues all rows at once, and the tokens we
+score sit at the right edge of the batch, where `logits_to_keep` can keep only them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from feedback_loop.engine.types import ContinuationScore, GenerationConfig
+
+
+def pick_device(device: str | None = None) -> str:
+    """The device asked for, else the GPU when there is one, else the CPU."""
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, dtype: str | None = None) -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 elsewhere (CPU matmuls in bf16 are slow and imprecise)."""
+    if dtype and dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text up to (not including) the earliest stop string."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+class HFBackend:
+    """A transformers causal LM from a model id or a local folder, with optional peft LoRA adapters."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        adapter: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = str(model)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            # Models like GPT-2 ship without a pad token; padded positions are masked out anyway.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype).to(self.device)
+        self.model.eval()
+        self.active_adapter: str | None = None
+        if adapter is not None:
+            self.load_adapter(adapter, "default")
+            self.set_adapter("default")
+
+    # -- adapters --------------------------------------------------------------------------------
+
+    def load_adapter(self, path: str | Path, name: str) -> None:
+        """Load a LoRA adapter next to the others; the base weights stay as they are."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(
+                self.model, str(path), adapter_name=name, is_trainable=False
+            )
+        self.model.to(self.device)
+        self.model.eval()
+        # peft activates the first adapter it loads; keep what the caller chose until set_adapter.
+        if self.active_adapter is not None:
+            self.model.set_adapter(self.active_adapter)
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make `name` the active adapter; None runs the base model."""
+        if name is not None:
+            if name not in self.adapters:
+                raise KeyError(f"adapter {name!r} is not loaded (loaded: {sorted(self.adapters)})")
+            self.model.set_adapter(name)
+        self.active_adapter = name
+
+    def delete_adapter(self, name: str) -> None:
+        """Free an adapter's weights (a long-lived worker loads a new one every round)."""
+        if name == self.active_adapter:
+            self.active_adapter = None
+        self.model.delete_adapter(name)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(getattr(self.model, "peft_config", {}) or {})
+
+    def _adapter_context(self):
+        if self.active_adapter is None and self.adapters:
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _context_ids(self, prompt: str) -> list[int]:
+        # A causal LM needs at least one token to condition on; an empty prompt gets the BOS token.
+        ids = self._encode(prompt)
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            ids = [bos if bos is not None else self.tokenizer.eos_token_id]
+        return ids
+
+    def _candidate_ids(self, token: str) -> list[int]:
+        """The ids `token` gets when it follows other text, as it does after a prompt.
+
+        Encoded alone, " Yes" is one token for byte-level BPE but may become "▁" + "▁Yes" for
+        SentencePiece tokenizers that add a dummy prefix; after text, both give the one token a
+        model would actually write next.
+        """
+        prefix = self._encode("a")
+        joined = self._encode("a" + token)
+        if joined[: len(prefix)] == prefix:
+            return joined[len(prefix) :]
+        return self._encode(token)
+
+    @property
+    def max_length(self) -> int:
+        n = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None
+        )
+        return int(n or 2048)
+
+    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Indices grouped into batches of similar length, longest first (an OOM shows up at once)."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(order), self.batch_size)
+        for s in tqdm(starts, disable=not self.progress or len(starts) < 2, desc=self.name, leave=False):
+            yield order[s : s + self.batch_size]
+
+    def _left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        attention_mask = torch.tensor(
+            [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device
+        )
+        return input_ids, attention_mask
+
+    @staticmethod
+    def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+        # With left padding, the first real token must sit at position 0 (GPT-2 has absolute positions).
+        return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    # -- the backend interface -------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
+        """`config.n` completions per prompt, stop strings cut off, in the prompts' order."""
+        if not prompts:
+            return []
+        room = self.max_length - config.max_new_tokens
+        if room < 1:
+            raise ValueError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt")
+        # Keep the end of an over-long prompt: it is what the continuation depends on.
+        encoded = [self._context_ids(p)[-room:] for p in prompts]
+        sampling = config.temperature > 0
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        options = dict(max_new_tokens=config.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if sampling:
+            options.update(
+                do_sample=True,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=0,  # no hidden top-k cut: temperature and top-p are the whole sampling rule
+                num_return_sequences=config.n,
+            )
+        else:
+            options.update(do_sample=False)
+        if config.stop:
+            # Stop early once every row has written a stop string; the text is cut below anyway.
+            options.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
+
+        results: list[list[str]] = [[] for _ in prompts]
+        with self._adapter_context():
+            for batch in self._batches([len(e) for e in encoded]):
+                input_ids, attention_mask = self._left_pad([encoded[i] for i in batch])
+                output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+                new_tokens = output[:, input_ids.shape[1] :]
+                texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                texts = [cut_at_stop(t, config.stop) for t in texts]
+                per_prompt = config.n if sampling else 1
+                for j, i in enumerate(batch):
+                    own = texts[j * per_prompt : (j + 1) * per_prompt]
+                    # Greedy decoding gives the same text every time: n copies of one.
+                    results[i] = own if sampling else own * config.n
+        return results
+
+    def _forward_logprobs(self, rows: Sequence[list[int]], keep: int) -> torch.Tensor:
+        """Log-softmax of the last `keep` positions' logits, fp32, shape (batch, keep, vocab)."""
+        input_ids, attention_mask = self._left_pad(rows)
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=self._position_ids(attention_mask),
+            logits_to_keep=keep,
+        ).logits
+        return F.log_softmax(logits.float(), dim=-1)
+
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ContinuationScore]:
+        """Sum of log p(continuation tokens | prompt); prompt and continuation are tokenized apart."""
+        if len(prompts) != len(continuations):
+            raise ValueError("score needs one continuation per prompt")
+        pairs = []
+        for prompt, continuation in zip(prompts, continuations, strict=True):
+            cont = self._encode(continuation)[: self.max_length - 1]
+            context = self._context_ids(prompt)[-(self.max_length - len(cont)) :]
+            pairs.append((context, cont))
+        scores: list[ContinuationScore | None] = [None] * len(pairs)
+        with self._adapter_context():
+            for batch in self._batches([len(c) + len(t) for c, t in pairs]):
+                rows = [pairs[i][0] + pairs[i][1] for i in batch]
+                n_cont = [len(pairs[i][1]) for i in batch]
+                longest = max(n_cont)
+                if longest == 0:
+                    for i in batch:
+                        scores[i] = ContinuationScore(logprob=0.0, n_tokens=0)
+                    continue
+                # Left padding right-aligns the continuations: the logits that predict them are the
+                # `longest` positions just before the last one.
+                logprobs = self._forward_logprobs(rows, keep=longest + 1)[:, :-1]
+                for j, i in enumerate(batch):
+                    n = n_cont[j]
+                    if n == 0:
+                        scores[i] = ContinuationScore(logprob=0.0, n_tokens=0)
+                        continue
+                    target = torch.tensor(pairs[i][1], device=logprobs.device)
+                    picked = logprobs[j, longest - n :].gather(-1, target[:, None]).squeeze(-1)
+                    scores[i] = ContinuationScore(logprob=picked.sum().item(), n_tokens=n)
+        return scores  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompts: Sequence[str], tokens: Sequence[str]) -> list[dict[str, float]]:
+        """Log-prob of each candidate after each prompt; a candidate of several tokens gets their sum."""
+        ids = {t: self._candidate_ids(t) for t in tokens}
+        single = {t: i[0] for t, i in ids.items() if len(i) == 1}
+        several = [t for t in tokens if t not in single]
+        results: list[dict[str, float]] = [{} for _ in prompts]
+        if single:
+            encoded = [self._context_ids(p)[-self.max_length :] for p in prompts]
+            with self._adapter_context():
+                for batch in self._batches([len(e) for e in encoded]):
+                    last = self._forward_logprobs([encoded[i] for i in batch], keep=1)[:, -1]
+                    for j, i in enumerate(batch):
+                        results[i].update({t: last[j, k].item() for t, k in single.items()})
+        for t in several:
+            # Rare: the tokenizer splits the candidate; chain rule over its tokens (scored as a continuation).
+            for i, s in enumerate(self.score(prompts, [t] * len(prompts))):
+                results[i][t] = s.logprob if s.n_tokens else float("-inf")
+        return results

@@ -1,0 +1,178 @@
+"""Any OpenAI-compatible completions server (vLLM, TGI, OpenAI) over HTTP.
+
+Everything goes through `/v1/completions`, the one endpoint that offers all three operations:
+sampling (`n`, `temperature`, `top_p`, `seed`, `stop`), scoring (`echo=True` with `logprobs`
+returns the prompt's own token log-probs, where the server supports it) and next-token log-probs
+(`logprobs=k` returns the top k). Rate limits (429), server errors (5xx), dropped connections and
+timeouts are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from feedback_loop.engine.types import ContinuationScore, GenerationConfig
+
+
+class BackendError(RuntimeError):
+    """The server refused a request or kept failing after every retry."""
+
+
+class ScoringNotSupported(BackendError):
+    """The server does not return prompt log-probs (`echo=True` with `logprobs`)."""
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        if s and (i := text.find(s)) != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+class OpenAIBackend:
+    """A model served behind an OpenAI-compatible HTTP API."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60,
+        max_retries: int = 5,
+        batch_size: int = 16,
+        top_logprobs: int = 20,
+        backoff_s: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        base_url = base_url.rstrip("/")
+        if not base_url.endswith("/v1"):
+            base_url += "/v1"
+        self.name = model
+        self.model = model
+        self.max_retries = max_retries
+        self.batch_size = batch_size  # prompts per request
+        self.top_logprobs = top_logprobs  # OpenAI allows 5, vLLM 20 by default
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- HTTP with retries -----------------------------------------------------------------------
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = self._client.post(path, json=payload)
+            except httpx.TransportError as error:  # connection refused or reset, timeouts
+                if last:
+                    raise BackendError(f"POST {path} failed after {attempt + 1} tries: {error!r}") from error
+                self._sleep(self.backoff_s * 2**attempt)
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                if last:
+                    raise BackendError(
+                        f"POST {path} failed after {attempt + 1} tries: {response.status_code} {response.text[:500]}"
+                    )
+                self._sleep(self._retry_delay(response, attempt))
+                continue
+            if response.status_code >= 400:
+                raise BackendError(f"POST {path}: {response.status_code} {response.text[:500]}")
+            return response.json()
+        raise AssertionError("unreachable")
+
+    def _retry_delay(self, response: httpx.Response, attempt: int) -> float:
+        # A server that says when to come back knows better than our backoff schedule.
+        retry_after = response.headers.get("retry-after")
+        try:
+            if retry_after is not None:
+                return min(float(retry_after), 60.0)
+        except ValueError:
+            pass
+        return self.backoff_s * 2**attempt
+
+    def _complete(self, prompts: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        """One choice per (prompt, sample), ordered by prompt then sample, batched by `batch_size`."""
+        n = options.get("n", 1)
+        choices: list[dict[str, Any]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = list(prompts[start : start + self.batch_size])
+            body = self._post("/completions", {"model": self.model, "prompt": chunk, **options})
+            got = sorted(body.get("choices", []), key=lambda c: c.get("index", 0))
+            if len(got) != len(chunk) * n:
+                raise BackendError(f"expected {len(chunk) * n} choices, the server returned {len(got)}")
+            choices.extend(got)
+        return choices
+
+    # -- the backend interface -------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
+        sampling = config.temperature > 0
+        n = config.n if sampling else 1  # greedy decoding gives one text; we copy it n times
+        options: dict[str, Any] = {
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p if sampling else 1.0,
+            "n": n,
+        }
+        if config.seed is not None:
+            options["seed"] = config.seed
+        if config.stop:
+            options["stop"] = list(config.stop)
+        choices = self._complete(prompts, **options)
+        texts = [_cut_at_stop(c.get("text", ""), config.stop) for c in choices]
+        return [texts[i * n : (i + 1) * n] * (1 if sampling else config.n) for i in range(len(prompts))]
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ContinuationScore]:
+        """Prompt log-probs echoed back by the server; tokens are assigned by their character offset."""
+        if len(prompts) != len(continuations):
+            raise ValueError("score needs one continuation per prompt")
+        full = [p + c for p, c in zip(prompts, continuations, strict=True)]
+        try:
+            # max_tokens=1, not 0: some servers reject 0; the generated token is dropped below.
+            choices = self._complete(full, max_tokens=1, temperature=0.0, echo=True, logprobs=1)
+        except BackendError as error:
+            if "echo" in str(error) or "logprobs" in str(error):
+                raise ScoringNotSupported(
+                    f"{self.model}: the server cannot score text (echo=True with logprobs): {error}"
+                ) from error
+            raise
+        scores = []
+        for prompt, text, choice in zip(prompts, full, choices, strict=True):
+            logprobs = choice.get("logprobs") or {}
+            offsets, token_logprobs = logprobs.get("text_offset"), logprobs.get("token_logprobs")
+            if not offsets or token_logprobs is None:
+                raise ScoringNotSupported(
+                    f"{self.model}: the server returned no prompt log-probs for echo=True; it cannot score text"
+                )
+            total, count = 0.0, 0
+            for k, (start, lp) in enumerate(zip(offsets, token_logprobs, strict=False)):
+                end = offsets[k + 1] if k + 1 < len(offsets) else len(text)
+                # A token belongs to the continuation if it ends past the prompt; tokens starting at the
+                # end of the echoed text are the generated one we asked for, not part of the input.
+                if start >= len(text) or end <= len(prompt) or lp is None:
+                    continue
+                total += lp
+                count += 1
+            scores.append(ContinuationScore(logprob=total, n_tokens=count))
+        return scores
+
+    def next_token_logprobs(self, prompts: Sequence[str], tokens: Sequence[str]) -> list[dict[str, float]]:
+        """Read from the top log-probs of the first generated token; a token not among them gets -inf."""
+        choices = self._complete(prompts, max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
+        results = []
+        for choice in choices:
+            top = ((choice.get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}
+            results.append({t: float(top.get(t, -math.inf)) for t in tokens})
+        return results

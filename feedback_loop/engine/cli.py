@@ -1,0 +1,374 @@
+"""Every step of the ILF loop from the command line, on JSON-lines files, without the platform.
+
+    python -m feedback_loop.engine tiny models/tiny --pretrain-steps 300
+    python -m feedback_loop.engine generate --model models/tiny --input prompts.jsonl --output outputs.jsonl
+    python -m feedback_loop.engine refine   --model models/tiny --input feedback.jsonl --output refinements.jsonl
+    python -m feedback_loop.engine select   --method instruct_rm --model models/tiny \\
+        --input refinements.jsonl --output selected.jsonl --sft-output train.jsonl
+    python -m feedback_loop.engine train    --model models/tiny --train train.jsonl --output-dir adapters/r1
+    python -m feedback_loop.engine evaluate --model models/tiny --adapter adapters/r1/adapter \\
+        --held-out eval.jsonl --probes
+
+Rows keep every field they came with; each step adds its own:
+- generate: reads `prompt`, adds `outputs` (a list of n texts);
+- refine: reads `prompt`, `output`, `feedback` (and `kind`, `tests`, `entry_point`), adds
+  `refinements` (a list of {"text", "source", "sample_index"});
+- select: reads the same plus `refinements` (texts or such dicts), adds `selected` (text or null),
+  `selected_index` and `scores`; `--sft-output` also writes {"prompt", "completion"} per selection.
+A model is a local folder (`--model`, optionally `--adapter`), or a model served by an
+OpenAI-compatible server (`--base-url` with `--model` naming it; the key comes from OPENAI_API_KEY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from feedback_loop.engine.types import FeedbackItem, GenerationConfig, ModelBackend, Refinement
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """One JSON object per non-empty line; the error names the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"{path}:{number}: not JSON ({error})") from error
+            if not isinstance(row, dict):
+                raise SystemExit(f"{path}:{number}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write to a temporary file and rename it: a crash never leaves half a file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    partial.replace(path)
+
+
+def _require(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str) -> None:
+    for number, row in enumerate(rows, start=1):
+        missing = [f for f in fields if not isinstance(row.get(f), str)]
+        if missing:
+            raise SystemExit(f"{path}: row {number} lacks string field(s) {missing}")
+
+
+def feedback_item(row: dict[str, Any]) -> FeedbackItem:
+    return FeedbackItem(
+        prompt=row["prompt"],
+        output=row["output"],
+        feedback=row["feedback"],
+        kind=row.get("kind", "text"),
+        tests=row.get("tests") or "",
+        entry_point=row.get("entry_point"),
+    )
+
+
+def _refinement(value: str | dict[str, Any]) -> Refinement:
+    if isinstance(value, str):
+        return Refinement(text=value)
+    return Refinement(
+        text=value["text"], source=value.get("source", "model"), sample_index=value.get("sample_index", 0)
+    )
+
+
+# -- backends ---------------------------------------------------------------------------------------
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", required=required, help="local model folder or HF id; with --base-url, the served name"
+    )
+    group.add_argument("--adapter", help="LoRA adapter folder to apply to a local model")
+    group.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    group.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: cuda when available)")
+    group.add_argument("--dtype", help="bfloat16, float16, float32 (default: bf16 on a GPU, fp32 on the CPU)")
+    group.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass or request")
+
+
+def _backend(args: argparse.Namespace) -> ModelBackend:
+    from feedback_loop.engine.backends import load_backend
+
+    if args.base_url:
+        if args.adapter:
+            raise SystemExit("--adapter applies to local models; a server loads its adapters itself")
+        return load_backend(
+            {
+                "kind": "openai",
+                "base_url": args.base_url,
+                "model": args.model,
+                "api_key": os.environ.get("OPENAI_API_KEY"),
+                "batch_size": args.batch_size,
+            }
+        )
+    return load_backend(
+        {
+            "kind": "hf",
+            "model": args.model,
+            "adapter": args.adapter,
+            "device": args.device,
+            "dtype": args.dtype,
+            "batch_size": args.batch_size,
+            "progress": True,
+        }
+    )
+
+
+def _add_sampling_arguments(
+    parser: argparse.ArgumentParser, *, n: int, temperature: float, max_new_tokens: int
+):
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--n", type=int, default=n, help="samples per prompt")
+    group.add_argument("--temperature", type=float, default=temperature, help="0 means greedy")
+    group.add_argument("--top-p", type=float, default=1.0 if temperature == 0 else 0.95)
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    group.add_argument("--seed", type=int, default=0)
+
+
+# -- subcommands ------------------------------------------------------------------------------------
+
+
+def cmd_tiny(args: argparse.Namespace) -> None:
+    from feedback_loop.engine.tiny import build_tiny_model
+
+    path = build_tiny_model(args.path, seed=args.seed, pretrain_steps=args.pretrain_steps)
+    print(path)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    rows = read_jsonl(args.input)
+    _require(rows, ["prompt"], args.input)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        n=args.n,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    outputs = _backend(args).generate([row["prompt"] for row in rows], config)
+    write_jsonl(args.output, ({**row, "outputs": texts} for row, texts in zip(rows, outputs, strict=True)))
+
+
+def cmd_refine(args: argparse.Namespace) -> None:
+    from feedback_loop.engine.refine import RefineConfig, refine
+
+    rows = read_jsonl(args.input)
+    _require(rows, ["prompt", "output", "feedback"], args.input)
+    config = RefineConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+    results = refine(_backend(args), [feedback_item(row) for row in rows], n=args.n, config=config)
+    write_jsonl(
+        args.output,
+        (
+            {**row, "refinements": [vars(r) for r in refinements]}
+            for row, refinements in zip(rows, results, strict=True)
+        ),
+    )
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from feedback_loop.engine.select import select
+
+    rows = read_jsonl(args.input)
+    _require(rows, ["prompt", "output", "feedback"], args.input)
+    items = [feedback_item(row) for row in rows]
+    candidates = [[_refinement(r) for r in row.get("refinements", [])] for row in rows]
+    backend = None
+    if args.method in ("instruct_rm", "reward_model"):
+        if not args.model:
+            raise SystemExit(f"--method {args.method} needs --model")
+        backend = _backend(args)
+    limits = None
+    if args.method == "unit_tests":
+        from feedback_loop.engine.sandbox import SandboxLimits
+
+        limits = SandboxLimits(timeout_s=args.timeout_s)
+    selections = select(args.method, items, candidates, backend=backend, limits=limits, seed=args.seed)
+    out, sft = [], []
+    for row, cands, selection in zip(rows, candidates, selections, strict=True):
+        chosen = cands[selection.index].text if selection.index is not None else None
+        out.append(
+            {
+                **row,
+                "selected": chosen,
+                "selected_index": selection.index,
+                "scores": selection.scores,
+                "selection_method": selection.method,
+            }
+        )
+        if chosen is not None:
+            sft.append({"prompt": row["prompt"], "completion": chosen})
+    write_jsonl(args.output, out)
+    if args.sft_output:
+        write_jsonl(args.sft_output, sft)
+    print(f"selected {len(sft)} of {len(rows)} by {args.method}", file=sys.stderr)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from feedback_loop.engine import evaluate
+
+    metrics: dict[str, Any] = {}
+    if args.win_outcomes:
+        outcomes = [float(row["outcome"]) for row in read_jsonl(args.win_outcomes)]
+        result = evaluate.win_rate(outcomes)
+        metrics.update(
+            {
+                "win_rate": result.rate,
+                "win_rate_low": result.low,
+                "win_rate_high": result.high,
+                "win_rate_n": result.n,
+            }
+        )
+    if args.held_out or args.multiple_choice or args.probes or args.code:
+        if not args.model:
+            raise SystemExit("evaluating a model needs --model")
+        backend = _backend(args)
+        if args.held_out:
+            from feedback_loop.engine.types import SFTExample
+
+            rows = read_jsonl(args.held_out)
+            _require(rows, ["prompt", "completion"], args.held_out)
+            examples = [SFTExample(row["prompt"], row["completion"]) for row in rows]
+            metrics["held_out_loss"] = evaluate.held_out_loss(backend, examples)
+        if args.multiple_choice:
+            from feedback_loop.engine.probes import load_multiple_choice_jsonl
+
+            result = evaluate.multiple_choice(backend, load_multiple_choice_jsonl(args.multiple_choice))
+            metrics.update({"multiple_choice/accuracy": result.accuracy, "multiple_choice/loss": result.loss})
+        if args.code:
+            metrics.update(_code_metrics(backend, args))
+        if args.probes:
+            from feedback_loop.engine.probes import run_probes
+
+            metrics.update(run_probes(backend))
+    if not metrics:
+        raise SystemExit(
+            "nothing to evaluate: give --held-out, --multiple-choice, --code, --probes or --win-outcomes"
+        )
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+def _code_metrics(backend: ModelBackend, args: argparse.Namespace) -> dict[str, float]:
+    """pass@k on code tasks: n samples per task, each run against the task's tests in the sandbox."""
+    from feedback_loop.engine.evaluate import mean_pass_at_k
+    from feedback_loop.engine.sandbox import SandboxLimits, run_unit_tests_many
+
+    rows = read_jsonl(args.code)
+    _require(rows, ["prompt", "tests"], args.code)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        n=args.n,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    samples = backend.generate([row["prompt"] for row in rows], config)
+    limits = SandboxLimits(timeout_s=args.timeout_s)
+    passed = []
+    for row, texts in zip(rows, samples, strict=True):
+        # The model continues the prompt (a signature and docstring), so the program is both together.
+        programs = [row["prompt"] + text for text in texts]
+        results = run_unit_tests_many(
+            programs, row["tests"], limits=limits, entry_point=row.get("entry_point")
+        )
+        passed.append([r.status == "pass" for r in results])
+    return {f"pass@{k}": mean_pass_at_k(passed, k) for k in args.k if k <= args.n}
+
+
+# -- the parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m feedback_loop.engine", description=__doc__.split("\n\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tiny = commands.add_parser("tiny", help="build the tiny local model for tests and the demo")
+    tiny.add_argument("path")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--pretrain-steps", type=int, default=300)
+    tiny.set_defaults(run=cmd_tiny)
+
+    generate = commands.add_parser("generate", help="outputs for prompts")
+    generate.add_argument("--input", required=True)
+    generate.add_argument("--output", required=True)
+    generate.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    _add_backend_arguments(generate)
+    _add_sampling_arguments(generate, n=1, temperature=0.0, max_new_tokens=64)
+    generate.set_defaults(run=cmd_generate)
+
+    refine = commands.add_parser("refine", help="N refinements per (prompt, output, feedback)")
+    refine.add_argument("--input", required=True)
+    refine.add_argument("--output", required=True)
+    _add_backend_arguments(refine)
+    _add_sampling_arguments(refine, n=5, temperature=0.8, max_new_tokens=128)
+    refine.set_defaults(run=cmd_refine)
+
+    select = commands.add_parser("select", help="one refinement per feedback")
+    select.add_argument(
+        "--method", required=True, choices=["instruct_rm", "unit_tests", "reward_model", "random", "first"]
+    )
+    select.add_argument("--input", required=True)
+    select.add_argument("--output", required=True)
+    select.add_argument("--sft-output", help="also write the selections as {prompt, completion} for `train`")
+    select.add_argument("--seed", type=int, default=0, help="for --method random")
+    select.add_argument("--timeout-s", type=float, default=5.0, help="sandbox time limit per candidate")
+    _add_backend_arguments(select, required=False)
+    select.set_defaults(run=cmd_select)
+
+    # `train` hands its arguments to feedback_loop.engine.train.main (see main below); listed for --help.
+    commands.add_parser("train", help="fine-tune a LoRA adapter (see `train --help`)", add_help=False)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="held-out loss, multiple choice, pass@k, probes, win rate"
+    )
+    evaluate.add_argument("--held-out", help="JSONL of {prompt, completion}: mean NLL per completion token")
+    evaluate.add_argument("--multiple-choice", help="JSONL of {prompt, classes, answer_index}")
+    evaluate.add_argument("--code", help="JSONL of {prompt, tests, entry_point?}: pass@k in the sandbox")
+    evaluate.add_argument("--k", type=int, nargs="+", default=[1], help="pass@k for these k (k <= n)")
+    evaluate.add_argument(
+        "--probes", action="store_true", help="the regression probes on their built-in items"
+    )
+    evaluate.add_argument("--win-outcomes", help="JSONL of {outcome: 1|0.5|0} from rater comparisons")
+    evaluate.add_argument("--stop", action="append", default=[], help="stop string for --code samples")
+    evaluate.add_argument("--timeout-s", type=float, default=5.0, help="sandbox time limit per sample")
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    _add_backend_arguments(evaluate, required=False)
+    _add_sampling_arguments(evaluate, n=1, temperature=0.0, max_new_tokens=128)
+    evaluate.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from feedback_loop.engine.train import main as train_main
+
+        train_main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    args.run(args)

@@ -1,0 +1,659 @@
+"""Run a task's unit tests against a candidate program, in a sandbox.
+
+Generated code is untrusted text. `run_unit_tests(program, tests)` never runs it in the calling
+process: it starts a fresh interpreter (`python -I -S -B this_file.py`, isolated from the caller's
+environment, user site and site-packages), which confines itself *before* it reads a line of the
+candidate, then loads the program, runs the tests and reports each result on a private pipe.
+
+The layers, from the strongest to the weakest, and what each one does:
+
+- **Own process, own session.** The child is a new process group (`start_new_session`); on timeout
+  the parent kills the group with SIGKILL and, when the child ran under its own uid, every process of
+  that uid. The parent's memory, files and interpreter are never touched by the candidate.
+- **Resource limits** (`resource.setrlimit`, set by the child on itself before the candidate runs):
+  RLIMIT_CPU (CPU seconds; SIGXCPU then SIGKILL), RLIMIT_AS (address space: a memory bomb gets a
+  MemoryError), RLIMIT_FSIZE (largest file written), RLIMIT_NOFILE (open files) and RLIMIT_NPROC
+  (processes and threads). The kernel ignores RLIMIT_NPROC for root, so it only bounds a fork bomb
+  once the child has dropped to its own uid (next layer); the audit hook bounds it otherwise.
+  A wall-clock deadline in the parent covers what CPU time does not (sleeping, blocking).
+- **Namespaces, chroot and a throwaway uid** (only when the parent runs as root with the
+  capabilities to do so; detected at run time, silently skipped otherwise). The child unshares a
+  new network namespace (no interfaces but a down loopback: no network at all) and a new mount
+  namespace, mounts a size-limited tmpfs as its working folder, bind-mounts the standard library
+  read-only beside it, `chroot`s into that little tree and drops to a random unused uid and gid.
+  The project's files, /proc, /tmp and every other file of the host are then simply not in its view,
+  the only writable place is its tmpfs, it cannot signal other sandboxes, and it cannot get root back.
+- **Audit hooks** (`sys.addaudithook`, PEP 578), installed in the child after it confined itself and
+  before the candidate is compiled. They refuse socket creation, process creation (fork, exec,
+  spawn, subprocess, system), signals, ctypes, `chdir`, opening files for writing or mutating paths
+  (remove, rename, mkdir, chmod, ...) outside the working folder, and reading or listing anything
+  that is neither the working folder nor the standard library. Audit hooks are a guard rail inside
+  the same interpreter, not a security boundary: code that finds a gap (an extension module without
+  audit events, `os.mkfifo`, ...) gets past them. They are what holds when the OS layers are not
+  available (not root, no CAP_SYS_ADMIN), and a second line when they are.
+- **Environment and folder.** The child gets an almost empty environment (never `os.environ`: no
+  secrets, no PATH) and a fresh temporary folder as its working directory, deleted afterwards.
+
+Results come back on a dedicated pipe, not stdout, each line prefixed with a random nonce, so a
+program that prints something looking like a result cannot fake one. This guards against accidents,
+not against a program that sets out to subvert the harness: the candidate and its tests share one
+interpreter, so a determined program can always make its own tests pass. Treat "pass" as "the tests
+passed", not as proof of good faith.
+
+Test formats (all may be mixed in one `tests` string, which runs in the program's namespace):
+`test_*` functions (one test each), a HumanEval `check(candidate)` function (one test, called with
+the program's `entry_point` function) and top-level `assert` statements as in MBPP (one test each;
+other top-level statements are setup and run in order). The program runs as a module named
+`candidate` and may import only the standard library (the child starts with `-S`: no site-packages).
+
+The child sets its limits on itself rather than in a `preexec_fn`: `preexec_fn` is unsafe when the
+parent has threads (`run_unit_tests_many`, web and Celery workers), and the child does it before any
+untrusted code runs, which is what matters.
+
+This file is also the child's entry point: `python -I -S -B sandbox.py PAYLOAD` runs `_child_main`.
+It must therefore import only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["pass", "fail", "error", "timeout"]
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    timeout_s: float = 5.0  # wall-clock limit for the whole run; the process group is killed after it
+    cpu_s: int = 5  # CPU seconds (RLIMIT_CPU): SIGXCPU at this limit, SIGKILL one second later
+    memory_mb: int = 256  # address space of the child (RLIMIT_AS); allocations beyond raise MemoryError
+    file_size_mb: int = 16  # largest file it may write (RLIMIT_FSIZE), and the size of its tmpfs folder
+    max_processes: int = 16  # RLIMIT_NPROC for its own uid (bites only once it is not root)
+    max_open_files: int = 64  # RLIMIT_NOFILE
+    max_output_bytes: int = 64_000  # stdout+stderr kept in the result; the rest is read and dropped
+    os_isolation: bool = True  # as root: network/mount namespaces, chroot and a throwaway uid
+    audit_hooks: bool = True  # in-interpreter guard rail (tests switch one layer off to test the other)
+
+
+@dataclass(frozen=True)
+class UnitTestResult:
+    status: Status  # pass: every test passed; fail: some failed; error: did not load or crashed
+    passed: int  # tests that passed (counted up to a timeout or crash)
+    failed: int  # tests that failed
+    output: str  # what the program printed, then one line per failed test, truncated
+    duration_s: float  # wall-clock time of the whole run, start-up and clean-up included
+    isolation: tuple[str, ...] = ()  # the layers that were in force, as the child reported them
+
+
+_SIGXCPU = getattr(signal, "SIGXCPU", None)
+_CHILD_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}  # deliberately nothing from os.environ
+_MAX_RESULT_BYTES = 1_000_000  # the harness writes a few hundred bytes per test; anything beyond is abuse
+_UID_RANGE = (1_000_000, 2_000_000_000)  # far above any real account; one random uid per run
+
+
+def run_unit_tests(
+    program: str,
+    tests: str,
+    *,
+    limits: SandboxLimits = SandboxLimits(),
+    entry_point: str | None = None,
+) -> UnitTestResult:
+    """Run `tests` against `program` in a fresh sandboxed interpreter and classify the outcome.
+
+    `entry_point` names the program's function that a HumanEval `check(candidate)` receives; it may
+    be left out when the program defines exactly one top-level function.
+    """
+    start = time.monotonic()
+    nonce = secrets.token_hex(16)
+    box = Path(tempfile.mkdtemp(prefix="refinery-sandbox-"))
+    read_fd, write_fd = os.pipe()
+    uid = _throwaway_uid() if limits.os_isolation else None
+    proc = None
+    try:
+        work = box / "work"
+        work.mkdir(mode=0o700)
+        if uid is not None:
+            os.chown(work, uid, uid)
+            box.chmod(0o711)  # the dropped uid must be able to reach its folder (when not chrooted)
+        payload = {
+            "program": program,
+            "tests": tests,
+            "entry_point": entry_point,
+            "nonce": nonce,
+            "box": str(box),
+            "work": str(work),
+            "uid": uid,
+            "limits": asdict(limits),
+            "result_fd": write_fd,
+        }
+        # Handed over in a file the child reads and deletes before it confines itself.
+        payload_path = box / "payload.json"
+        payload_path.touch(mode=0o600)
+        payload_path.write_text(json.dumps(payload))
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-B", str(Path(__file__).resolve()), str(payload_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=work,
+            env=_CHILD_ENV,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+        os.close(write_fd)  # the child holds the only write end now: EOF when it (and its forks) end
+        write_fd = -1
+        output, result_lines, timed_out = _collect(proc, read_fd, start + limits.timeout_s, limits)
+    finally:
+        if write_fd >= 0:
+            os.close(write_fd)
+        os.close(read_fd)
+        if proc is not None:
+            _kill_everything(proc, uid)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        shutil.rmtree(box, ignore_errors=True)
+    records = _parse_records(result_lines, nonce)
+    return _classify(records, proc.returncode, timed_out, output, time.monotonic() - start)
+
+
+def run_unit_tests_many(
+    programs: Sequence[str],
+    tests: str,
+    *,
+    limits: SandboxLimits = SandboxLimits(),
+    entry_point: str | None = None,
+    max_workers: int | None = None,
+) -> list[UnitTestResult]:
+    """`run_unit_tests` for each program (the same tests), several sandboxes at a time, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Threads are enough: each one only waits on its own child process.
+    workers = max_workers or min(len(programs), os.cpu_count() or 1) or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [
+            pool.submit(run_unit_tests, program, tests, limits=limits, entry_point=entry_point)
+            for program in programs
+        ]
+        return [future.result() for future in futures]
+
+
+def isolation_layers(limits: SandboxLimits = SandboxLimits()) -> tuple[str, ...]:
+    """The layers a sandbox gets on this machine (e.g. to log once when a worker starts)."""
+    return run_unit_tests("", "assert True", limits=limits).isolation
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parent side
+
+
+def _throwaway_uid() -> int | None:
+    """A random uid the kernel accepts (mapped in our user namespace), or None when not root."""
+    if not hasattr(os, "setresuid") or os.geteuid() != 0:
+        return None
+    try:
+        ranges = [
+            tuple(int(x) for x in line.split())
+            for line in Path("/proc/self/uid_map").read_text().splitlines()
+        ]
+    except OSError:
+        return None
+    low, high = _UID_RANGE
+    for inside, _outside, count in ranges:
+        first, last = max(inside, low), min(inside + count - 1, high)
+        if first < last:
+            return first + secrets.randbelow(last - first)
+    return None
+
+
+def _collect(proc: subprocess.Popen, read_fd: int, deadline: float, limits: SandboxLimits):
+    """Drain stdout and the result pipe until the child exits or the deadline passes."""
+    import selectors
+
+    output = bytearray()
+    results = bytearray()
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ, "output")
+    selector.register(read_fd, selectors.EVENT_READ, "results")
+    timed_out = False
+    try:
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = proc.poll() is None
+                break
+            # A short wait so that an exited child is noticed even if a stray grandchild
+            # still holds the pipes open.
+            events = selector.select(timeout=min(remaining, 0.05))
+            for key, _ in events:
+                fd = key.fd
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                if key.data == "output":
+                    room = limits.max_output_bytes + 1 - len(output)
+                    output += chunk[: max(room, 0)]
+                elif len(results) < _MAX_RESULT_BYTES:
+                    results += chunk
+            if not events and proc.poll() is not None:
+                break
+    finally:
+        selector.close()
+    text = output.decode("utf-8", errors="replace")
+    if len(output) > limits.max_output_bytes:
+        text = output[: limits.max_output_bytes].decode("utf-8", errors="replace") + "\n[output truncated]"
+    return text, results.decode("utf-8", errors="replace").splitlines(), timed_out
+
+
+def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
+    """SIGKILL the child's process group and, when it had its own uid, every process of that uid."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    if uid is None:
+        return
+    # A forked process may have left the group (setsid); the uid is ours alone, so sweep it.
+    for _ in range(20):
+        alive = [pid for pid in _pids_of_uid(uid)]
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is `uid`, read from /proc."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = Path(entry.path, "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get("State", "").strip().startswith(
+            "Z"
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _parse_records(lines: list[str], nonce: str) -> list[dict]:
+    """Result records from the harness: lines that start with this run's nonce."""
+    records = []
+    prefix = nonce + " "
+    for line in lines:
+        if line.startswith(prefix):
+            try:
+                records.append(json.loads(line[len(prefix) :]))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def _classify(records: list[dict], returncode: int, timed_out: bool, output: str, duration: float):
+    isolation: tuple[str, ...] = ()
+    tests = []
+    load_error = None
+    done = False
+    for record in records:
+        event = record.get("event")
+        if event == "isolation":
+            isolation = tuple(record.get("layers", ()))
+        elif event == "test":
+            tests.append(record)
+        elif event == "load_error":
+            load_error = record.get("error", "")
+        elif event == "done":
+            done = True
+    passed = sum(1 for t in tests if t.get("ok"))
+    failed = len(tests) - passed
+    notes = [f"FAILED {t.get('name')}: {t.get('error')}" for t in tests if not t.get("ok")]
+    if timed_out:
+        status, notes = "timeout", [*notes, "TIMEOUT: wall-clock limit reached"]
+    elif _SIGXCPU is not None and returncode == -_SIGXCPU:
+        status, notes = "timeout", [*notes, "TIMEOUT: CPU limit reached"]
+    elif load_error is not None:
+        status, notes = "error", [*notes, f"ERROR: {load_error}"]
+    elif not done:
+        status, notes = "error", [*notes, f"ERROR: the sandbox exited early (exit status {returncode})"]
+    elif any(t.get("resource") for t in tests):
+        status, notes = "error", [*notes, "ERROR: a resource limit was hit"]
+    elif not tests:
+        status, notes = "error", [*notes, "ERROR: no tests found"]
+    else:
+        status = "fail" if failed else "pass"
+    if notes:
+        separator = "\n" if output and not output.endswith("\n") else ""
+        output = output + separator + "\n".join(notes)
+    return UnitTestResult(status, passed, failed, output, duration, isolation)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Child side: everything below runs in the sandboxed interpreter (standard library only).
+
+
+def _child_main(payload_path: str) -> None:
+    payload = json.loads(Path(payload_path).read_text())
+    os.remove(payload_path)
+    nonce = payload["nonce"]
+    results = os.fdopen(payload["result_fd"], "w", buffering=1, encoding="utf-8")
+
+    def report(**record) -> None:
+        results.write(f"{nonce} {json.dumps(record)}\n")
+        results.flush()
+
+    layers = _confine(payload)
+    report(event="isolation", layers=layers)
+    _run_harness(payload["program"], payload["tests"], payload["entry_point"], report)
+    report(event="done")
+    results.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: atexit handlers and __del__ methods are the candidate's code.
+    os._exit(0)
+
+
+def _confine(payload: dict) -> list[str]:
+    """Apply every available layer to this process; returns their names."""
+    import resource
+
+    limits = payload["limits"]
+    work = payload["work"]
+    layers: list[str] = []
+    read_roots = [p for p in sys.path if p and os.path.isdir(p)]
+    uid = payload["uid"]
+    chrooted = False
+    if limits["os_isolation"] and os.geteuid() == 0:
+        libc = _libc()
+        if libc is not None and libc.unshare(_CLONE_NEWNET) == 0:
+            layers.append("network-namespace")
+        if libc is not None and libc.unshare(_CLONE_NEWNS) == 0:
+            chrooted, read_roots = _enter_jail(
+                libc, payload["box"], work, uid, limits["file_size_mb"], read_roots
+            )
+            if chrooted:
+                work = "/work"
+                layers += ["mount-namespace", "tmpfs-folder", "chroot"]
+
+    megabyte = 1024 * 1024
+    for name, value in [
+        ("RLIMIT_CPU", limits["cpu_s"]),
+        ("RLIMIT_AS", limits["memory_mb"] * megabyte),
+        ("RLIMIT_FSIZE", limits["file_size_mb"] * megabyte),
+        ("RLIMIT_NOFILE", limits["max_open_files"]),
+        ("RLIMIT_NPROC", limits["max_processes"]),
+        ("RLIMIT_CORE", 0),
+    ]:
+        hard = value + 1 if name == "RLIMIT_CPU" else value  # one second between SIGXCPU and SIGKILL
+        resource.setrlimit(getattr(resource, name), (value, hard))
+    layers.append("rlimits")
+
+    if uid is not None and (chrooted or _readable_by_others(read_roots)):
+        libc = _libc()
+        if libc is not None:
+            libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        layers.append("own-uid")
+
+    os.chdir(work)
+    # ctypes served the confinement; the candidate gets no handle on it (the hook refuses re-imports).
+    for name in [m for m in sys.modules if m == "_ctypes" or m == "ctypes" or m.startswith("ctypes.")]:
+        del sys.modules[name]
+    if limits["audit_hooks"]:
+        _install_audit_hook(work, tuple(read_roots))
+        layers.append("audit-hooks")
+    return layers
+
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWNET = 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = (
+    1,
+    2,
+    4,
+    32,
+    4096,
+    16384,
+    1 << 18,
+)
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def _enter_jail(libc, box: str, work: str, uid: int | None, size_mb: int, read_roots: list[str]):
+    """In a fresh mount namespace: tmpfs folder, read-only standard library, chroot into `box`.
+
+    Returns (chrooted, the read roots as seen from inside). Any failure leaves the process as it
+    was (still in its own mount namespace, which is harmless) and the caller falls back to the hooks.
+    """
+    # Private propagation first, so nothing mounted here shows up in the host's namespace.
+    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return False, read_roots
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    options = f"size={size_mb}m,mode=0700{owner}".encode()
+    if libc.mount(b"tmpfs", work.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) != 0:
+        return False, read_roots
+    inside = []
+    for i, root in enumerate(read_roots):
+        target = os.path.join(box, "lib", str(i))
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        if libc.mount(root.encode(), target.encode(), None, _MS_BIND | _MS_REC, None) != 0:
+            return False, read_roots
+        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+        if libc.mount(None, target.encode(), None, flags, None) != 0:
+            return False, read_roots
+        inside.append(f"/lib/{i}")
+    os.chmod(os.path.join(box, "lib"), 0o755)
+    os.chroot(box)
+    os.chdir("/")
+    # Imports from now on find the standard library at its new place, including submodules of
+    # packages loaded before the chroot (encodings, importlib, ...), which search their __path__.
+    moved = dict(zip(read_roots, inside, strict=True))
+
+    def relocate(path: str) -> str:
+        for old, new in moved.items():
+            if path == old or path.startswith(old.rstrip("/") + "/"):
+                return new + path[len(old) :]
+        return path
+
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            search[:] = [relocate(p) for p in search]
+    sys.path[:] = inside
+    sys.path_importer_cache.clear()
+    return True, inside
+
+
+def _readable_by_others(paths: list[str]) -> bool:
+    """Whether a process with another uid could still import from these folders."""
+    import stat
+
+    for path in paths:
+        parts = Path(path).resolve().parts
+        for depth in range(1, len(parts) + 1):
+            mode = os.stat(Path(*parts[:depth])).st_mode
+            if not mode & stat.S_IXOTH:
+                return False
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+    return True
+
+
+def _install_audit_hook(work: str, read_roots: tuple[str, ...]) -> None:
+    """Refuse network, processes, signals, ctypes, and file access outside `work` (reads: + stdlib)."""
+    realpath, fsdecode, fspath, isdir = os.path.realpath, os.fsdecode, os.fspath, os.path.isdir
+    work = realpath(work)
+    readable = (work, *(realpath(root) for root in read_roots))
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    refused_prefixes = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "pty.")
+    refused_events = {
+        "os.fork",
+        "os.forkpty",
+        "os.system",
+        "os.kill",
+        "os.killpg",
+        "os.chdir",
+        "os.startfile",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "sys._current_frames",
+    }
+    refused_imports = {"_ctypes", "ctypes", "_posixsubprocess", "_xxsubinterpreters"}
+    # Event name -> positions of the path arguments that are written to.
+    mutating = {
+        "os.remove": (0,),
+        "os.rmdir": (0,),
+        "os.mkdir": (0,),
+        "os.rename": (0, 1),
+        "os.link": (1,),
+        "os.symlink": (1,),
+        "os.truncate": (0,),
+        "os.chmod": (0,),
+        "os.chown": (0,),
+        "os.utime": (0,),
+        "os.chflags": (0,),
+        "os.setxattr": (0,),
+        "os.removexattr": (0,),
+        "shutil.rmtree": (0,),
+    }
+    listing = {"os.listdir", "os.scandir", "os.walk", "os.fwalk", "glob.glob", "os.listxattr", "os.getxattr"}
+
+    def resolve(path) -> str | None:
+        if path is None or isinstance(path, int):
+            return None  # the working directory or an already open descriptor
+        return realpath(fsdecode(fspath(path)))
+
+    def inside(path: str, roots: tuple[str, ...]) -> bool:
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+    def refuse(event: str, detail: object = "") -> None:
+        raise PermissionError(f"sandbox: {event} is not allowed {detail}".strip())
+
+    def hook(event: str, args: tuple) -> None:
+        if event in refused_events or event.startswith(refused_prefixes):
+            refuse(event)
+        if event == "import" and args and args[0] in refused_imports:
+            refuse(event, args[0])
+        if event == "open":
+            path = resolve(args[0])
+            if path is None:
+                return
+            mode, flags = args[1], args[2] or 0
+            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool(flags & write_flags)
+            if writes and not inside(path, (work,)):
+                refuse("writing", path)
+            if not inside(path, readable) or (isdir(path) and not inside(path, (work,))):
+                refuse("reading", path)
+        elif event in mutating:
+            for position in mutating[event]:
+                path = resolve(args[position]) if position < len(args) else None
+                if path is not None and not inside(path, (work,)):
+                    refuse(event, path)
+        elif event in listing and args:
+            path = resolve(args[0])
+            if path is not None and not inside(path, readable):
+                refuse(event, path)
+
+    sys.addaudithook(hook)
+
+
+def _run_harness(program: str, tests: str, entry_point: str | None, report) -> None:
+    """Load the program, then run every test in its namespace, reporting each one."""
+    import ast
+    import linecache
+    import traceback
+    import types
+
+    def describe(error: BaseException) -> str:
+        frames = traceback.extract_tb(error.__traceback__)
+        where = next((f"{f.filename}:{f.lineno}" for f in reversed(frames) if f.filename.startswith("<")), "")
+        text = f"{type(error).__name__}: {error}".strip().rstrip(":")
+        return f"{text} ({where})" if where else text
+
+    for name, source in [("<program>", program), ("<tests>", tests)]:
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    try:
+        program_code = compile(program, "<program>", "exec")
+        tests_tree = ast.parse(tests, "<tests>")
+    except SyntaxError as error:
+        report(event="load_error", error=describe(error))
+        return
+    # A real module, so that code which looks itself up in sys.modules (dataclasses, pickle) works.
+    module = types.ModuleType("candidate")
+    sys.modules["candidate"] = module
+    namespace = module.__dict__
+    try:
+        exec(program_code, namespace)
+    except BaseException as error:  # SystemExit and MemoryError too: the program did not load
+        report(event="load_error", error="program: " + describe(error))
+        return
+
+    def run_one(name: str, test) -> None:
+        try:
+            test()
+            report(event="test", name=name, ok=True)
+        except BaseException as error:
+            resource_hit = isinstance(error, MemoryError)
+            report(event="test", name=name, ok=False, error=describe(error), resource=resource_hit)
+
+    # Top-level statements in order: asserts are tests, everything else is setup.
+    for statement in tests_tree.body:
+        code = compile(ast.Module(body=[statement], type_ignores=[]), "<tests>", "exec")
+        if isinstance(statement, ast.Assert):
+            run_one(f"assert at line {statement.lineno}", lambda code=code: exec(code, namespace))
+            continue
+        try:
+            exec(code, namespace)
+        except BaseException as error:
+            report(event="load_error", error="tests: " + describe(error))
+            return
+    defined = [s.name for s in tests_tree.body if isinstance(s, ast.FunctionDef)]
+    for name in defined:
+        if name.startswith("test"):
+            run_one(name, namespace[name])
+    if "check" in defined:
+        if entry_point is None:
+            functions = [s.name for s in ast.parse(program).body if isinstance(s, ast.FunctionDef)]
+            entry_point = functions[0] if len(functions) == 1 else None
+        if entry_point is None or not callable(namespace.get(entry_point)):
+            report(event="load_error", error=f"check(candidate) needs the program's function {entry_point!r}")
+            return
+        check, candidate = namespace["check"], namespace[entry_point]
+        run_one("check", lambda: check(candidate))
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])

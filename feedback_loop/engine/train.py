@@ -1,0 +1,729 @@
+"""LoRA fine-tuning on (prompt → completion) pairs: one training loop you can read top to bottom.
+
+    result = train_lora("path/to/base", examples, "out/round-3", LoRATrainingConfig(rank=16))
+
+What it does, in order (see `train_lora`):
+
+1. Tokenize each example as prompt tokens + completion tokens (+ EOS). Labels are the input ids on
+   the completion and IGNORE_INDEX (-100) on the prompt, so the loss is on completion tokens only.
+2. Plan the batches of every epoch from the seed alone (`plan_batches`), so a resumed run sees the
+   same data in the same order as an uninterrupted one. Batches carry almost no padding:
+   - "group_by_length" (default): shuffle, sort within mega-batches of 50 batches by length, cut
+     into batches, shuffle the batches. Rows are right-padded and run with no attention mask: in a
+     causal model a real token only attends to earlier positions, and with right padding those are
+     all real, so the padding can never leak into the loss, and attention keeps its fast causal kernel.
+   - "pack": whole examples are packed best-fit-decreasing into rows of `max_length` tokens, with
+     position ids restarting at 0 for every example. transformers turns restarting position ids into
+     a block-diagonal causal mask (or flash-attention varlen), so packed examples never see each other.
+3. AdamW on the LoRA matrices only; linear warmup then linear decay of the learning rate; gradient
+   accumulation that averages the loss over all completion tokens of an optimizer step; gradient
+   clipping; bf16 autocast on a GPU, fp32 on a CPU. Logits are computed only where a completion token
+   is predicted, which skips most of the output layer (large for 150k-token vocabularies).
+4. Every `save_every_steps` optimizer steps, a checkpoint (adapter, optimizer, RNG state, step)
+   goes to `output_dir/checkpoints/`; `train_lora` called again on the same folder resumes from it.
+5. At the end, `output_dir` holds the adapter (`save_pretrained`), `training_config.json`,
+   `metrics.json` and `adapter.sha256` (written last: its presence marks a finished run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from feedback_loop.engine.types import SFTExample
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100  # label of tokens that carry no loss (the value PyTorch's cross_entropy skips)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT needs to load the adapter
+CHECKSUM_FILE = "adapter.sha256"
+CHECKPOINTS_DIR = "checkpoints"
+MEGA_BATCH = 50  # group_by_length sorts within this many batches: little padding, still random batches
+
+
+@dataclass
+class LoRATrainingConfig:
+    """Every training setting in one place.
+
+    `batch_size` counts sequences: one example per sequence in "group_by_length" mode, one row of up to
+    `max_length` tokens holding several whole examples in "pack" mode. The number of tokens per step
+    varies with the examples' lengths; the loss is a mean over completion tokens either way.
+    `target_modules=None` adapts every linear layer but the output head: c_attn, c_proj and c_fc
+    in GPT-2; q/k/v/o_proj and gate/up/down_proj in Llama and Qwen.
+    """
+
+    # LoRA adapter
+    rank: int = 16  # rank r of the low-rank update B·A added to each target weight
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    dropout: float = 0.05  # dropout on the input of the LoRA branch
+    target_modules: tuple[str, ...] | None = None  # layers to adapt; None: all linear but the head
+    # optimisation
+    learning_rate: float = 2e-4  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay on the LoRA matrices
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 turns clipping off)
+    warmup_steps: int = 0  # optimizer steps of linear warmup, followed by linear decay to zero
+    epochs: int = 1  # passes over the training examples
+    max_steps: int | None = None  # stop after this many optimizer steps in all (None: run every epoch)
+    batch_size: int = 8  # sequences per micro-batch (see above: examples, or packed rows)
+    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    # data
+    max_length: int = 512  # tokens per example (prompt + completion + EOS); longer examples lose their end
+    packing: Literal["group_by_length", "pack"] = "group_by_length"  # how batches avoid padding (module doc)
+    append_eos: bool = True  # end every completion with EOS, so the model learns to stop
+    # runtime
+    seed: int = 0  # seeds the LoRA initialisation, the data order and dropout
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    device: str | None = None  # "cuda", "cpu", "cuda:1"...; None picks cuda when available
+    save_every_steps: int = 0  # checkpoint every this many optimizer steps, to resume a crash (0: never)
+
+
+@dataclass
+class TrainingResult:
+    adapter_dir: Path  # folder to pass to PeftModel.from_pretrained / HFBackend(adapter=...)
+    metrics: dict[str, Any]  # the content of metrics.json
+    checksum: str  # sha256 over the adapter files, as written in adapter.sha256
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]  # prompt tokens, then completion tokens (and EOS)
+    labels: list[int]  # the input id on completion tokens, IGNORE_INDEX on prompt tokens
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (rows, length) token ids, right-padded
+    labels: torch.Tensor  # (rows, length) target at each position, IGNORE_INDEX where there is no loss
+    position_ids: torch.Tensor | None  # (rows, length), from 0 for each packed example; None: unpacked
+    example_index: torch.Tensor  # (rows, length) which example each token belongs to (-1 on padding)
+    n_tokens: int  # real (non-padding) tokens
+    n_completion_tokens: int  # tokens that carry a loss
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("input_ids", "labels", "position_ids", "example_index"):
+            if moved[name] is not None:
+                moved[name] = moved[name].to(device, non_blocking=True)
+        return Batch(**moved)
+
+    def completion_example_index(self) -> torch.Tensor:
+        """The example each completion token belongs to, in the order `completion_token_nll` returns them."""
+        return self.example_index[self.labels != IGNORE_INDEX]
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: tokenize, plan batches, collate
+
+
+def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
+    """Read SFT examples from a JSON-lines file with one {"prompt": ..., "completion": ...} per line."""
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+                raise ValueError(f"{path}:{line_number}: expected string fields 'prompt' and 'completion'")
+            examples.append(SFTExample(prompt=row["prompt"], completion=row["completion"]))
+    return examples
+
+
+def tokenize_examples(
+    tokenizer, examples: Sequence[SFTExample], *, max_length: int, append_eos: bool = True
+) -> list[TokenizedExample]:
+    """Prompt and completion are tokenized apart, so the prompt/completion boundary is exact.
+
+    Neither gets special tokens, the way `HFBackend` encodes prompts at generation time; an empty
+    prompt becomes the BOS (else EOS) token, again as there. EOS ends the completion. Examples longer
+    than `max_length` are cut at the end. The first token of every example never carries a loss:
+    nothing in the example precedes it, and in a packed row the position before it is another example's.
+    """
+    if not examples:
+        return []
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
+    tokenized = []
+    for prompt_ids, completion_ids in zip(prompts, completions, strict=True):
+        prompt_ids = prompt_ids or [start]
+        completion_ids = completion_ids + eos
+        input_ids = (prompt_ids + completion_ids)[:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_length]
+        labels[0] = IGNORE_INDEX
+        tokenized.append(TokenizedExample(input_ids=input_ids, labels=labels))
+    return tokenized
+
+
+def has_completion_tokens(example: TokenizedExample) -> bool:
+    return any(label != IGNORE_INDEX for label in example.labels)
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: put each example (longest first) into the fullest row it still fits in."""
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row number), kept sorted
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        slot = bisect.bisect_left(free, (lengths[i], -1))
+        if slot == len(free):
+            rows.append([i])
+            bisect.insort(free, (capacity - lengths[i], len(rows) - 1))
+        else:
+            space, row = free.pop(slot)
+            rows[row].append(i)
+            bisect.insort(free, (space - lengths[i], row))
+    return rows
+
+
+def plan_batches(lengths: Sequence[int], config: LoRATrainingConfig, *, epoch: int) -> list[list[list[int]]]:
+    """The batches of one epoch: a list of batches, each a list of rows, each a list of example indices.
+
+    Depends only on the lengths, the config and the epoch, so every run with the same seed (a resumed
+    one too) trains on the same batches in the same order. Every epoch has the same number of batches.
+    """
+    rng = random.Random(f"{config.seed}:{epoch}")  # str seeds hash with sha512: same order in every process
+    size = config.batch_size
+    if config.packing == "pack":
+        rows = pack_rows(lengths, config.max_length)
+        rng.shuffle(rows)
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+    if config.packing != "group_by_length":
+        raise ValueError(f"unknown packing mode {config.packing!r}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), size * MEGA_BATCH):
+        mega = sorted(order[start : start + size * MEGA_BATCH], key=lambda i: lengths[i])
+        batches += [[[i] for i in mega[j : j + size]] for j in range(0, len(mega), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: Sequence[TokenizedExample], rows: Sequence[Sequence[int]], *, pad_id: int) -> Batch:
+    """Lay out rows of examples as right-padded tensors (see `Batch`)."""
+    import torch
+
+    packed = any(len(row) > 1 for row in rows)
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    example_index = torch.full((len(rows), width), -1, dtype=torch.long)
+    # Padding positions count on from 0 too: in a packed row they form a block of their own.
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long) if packed else None
+    n_tokens = 0
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            n = len(examples[i].input_ids)
+            input_ids[r, start : start + n] = torch.tensor(examples[i].input_ids)
+            labels[r, start : start + n] = torch.tensor(examples[i].labels)
+            example_index[r, start : start + n] = i
+            if position_ids is not None:
+                position_ids[r, start : start + n] = torch.arange(n)
+            start += n
+        if position_ids is not None:
+            position_ids[r, start:] = torch.arange(width - start)
+        n_tokens += start
+    return Batch(
+        input_ids=input_ids,
+        labels=labels,
+        position_ids=position_ids,
+        example_index=example_index,
+        n_tokens=n_tokens,
+        n_completion_tokens=int((labels != IGNORE_INDEX).sum()),
+    )
+
+
+def filler_token_id(model_config, tokenizer) -> int:
+    """The id that fills padding positions. Its value never matters (padding has no loss and no real
+    token attends to it), but a token other than the model's pad token keeps transformers from warning
+    that an attention mask may be missing."""
+    pad = model_config.pad_token_id
+    for candidate in (tokenizer.eos_token_id, 0, 1):
+        if candidate is not None and candidate != pad:
+            return candidate
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Model: load with LoRA, completion-token loss
+
+
+def training_device(requested: str | None) -> torch.device:
+    """The device asked for, else cuda when there is one, else cpu; never a silent swap for another."""
+    import torch
+
+    from feedback_loop.engine.backends.hf import pick_device
+
+    device = torch.device(pick_device(requested))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} was asked for, but torch sees no CUDA device")
+    return device
+
+
+def uses_bf16(device: torch.device) -> bool:
+    """bf16 where `HFBackend` would use it too: a GPU that has it (CPUs without bf16 units are slower in it)."""
+    import torch
+
+    from feedback_loop.engine.backends.hf import pick_dtype
+
+    return pick_dtype(str(device)) == torch.bfloat16
+
+
+def autocast_for(device: torch.device):
+    import torch
+
+    if uses_bf16(device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def load_lora_model(model: str | Path, config: LoRATrainingConfig, device: torch.device):
+    """The base model with fresh LoRA matrices; only the LoRA matrices are trainable.
+
+    On a bf16 GPU the frozen base weights are stored in bf16 (half the memory, no casts) while the LoRA
+    matrices stay fp32, so the optimizer updates full-precision weights.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    dtype = torch.bfloat16 if uses_bf16(device) else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules) if config.target_modules else "all-linear",
+        # GPT-2 stores its linear layers transposed (Conv1D); PEFT must know to get the shapes right.
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in base.modules()),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(config.seed)  # the LoRA A matrices are drawn now
+    peft_model = get_peft_model(base, lora_config)
+    if config.gradient_checkpointing:
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return peft_model
+
+
+# Configs with these set change the logits after the output layer, so the shortcut below would be wrong.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def completion_token_nll(model, batch: Batch) -> torch.Tensor:
+    """Negative log-likelihood of every completion token in the batch, row by row, left to right.
+
+    Position t predicts the token at t + 1, so only positions followed by a completion token need
+    logits: the output layer runs on those alone instead of on every prompt and padding token.
+    """
+    import torch.nn.functional as F
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
+    if any(getattr(causal_lm.config, name, None) for name in _LOGIT_TRANSFORMS):
+        logits = causal_lm(**inputs).logits[:, :-1][keep]
+    else:
+        hidden = causal_lm.get_decoder()(**inputs).last_hidden_state
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="none")
+
+
+def completion_loss(
+    model, examples: Sequence[TokenizedExample], config: LoRATrainingConfig, *, pad_id: int, device
+) -> float:
+    """Mean NLL per completion token over `examples` (eval mode, no gradients, batches sorted by length)."""
+    import torch
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast_for(device):
+        for start in range(0, len(order), config.batch_size):
+            rows = [[i] for i in order[start : start + config.batch_size]]
+            nll = completion_token_nll(model, collate(examples, rows, pad_id=pad_id).to(device))
+            total += nll.sum().item()
+            count += nll.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def learning_rate_at(step: int, config: LoRATrainingConfig, total_steps: int) -> float:
+    """Linear warmup over `warmup_steps`, then linear decay to zero at `total_steps`."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / (config.warmup_steps + 1)
+    return config.learning_rate * max(0.0, total_steps - step) / max(1, total_steps - config.warmup_steps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: run description, checkpoints, checksum
+
+
+def dataset_sha256(examples: Sequence[SFTExample]) -> str:
+    """Content hash of the training data, recorded so an adapter traces back to what it learned from."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.prompt, e.completion], ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def adapter_checksum(adapter_dir: str | Path) -> str:
+    """sha256 over the adapter files (name and content), the value written in adapter.sha256."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        digest.update(name.encode() + b"\0")
+        with open(Path(adapter_dir) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json_atomically(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# Settings that do not change the trained weights: a run may resume under different values.
+_RESUMABLE_ACROSS = ("save_every_steps", "device")
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    def essence(run: dict) -> dict:
+        config = {k: v for k, v in run["config"].items() if k not in _RESUMABLE_ACROSS}
+        kept = {"base_model": run["base_model"], "dataset_sha256": run["dataset_sha256"], "config": config}
+        return json.loads(json.dumps(kept))  # as read back from JSON: tuples become lists
+
+    return essence(a) == essence(b)
+
+
+def _finished_run(output_dir: Path, run: dict) -> TrainingResult | None:
+    """The result already in `output_dir` when the same run finished there before (re-running is a no-op)."""
+    if not (output_dir / CHECKSUM_FILE).exists():
+        return None
+    recorded = json.loads((output_dir / "training_config.json").read_text(encoding="utf-8"))
+    if not _same_run(recorded["run"], run):
+        raise ValueError(
+            f"{output_dir} holds an adapter trained with other data or settings; use a new folder"
+        )
+    checksum = (output_dir / CHECKSUM_FILE).read_text(encoding="utf-8").split()[0]
+    if adapter_checksum(output_dir) != checksum:
+        raise ValueError(f"the adapter files in {output_dir} do not match {CHECKSUM_FILE}")
+    metrics = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+    return TrainingResult(adapter_dir=output_dir, metrics=metrics, checksum=checksum)
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    found = sorted((output_dir / CHECKPOINTS_DIR).glob("step-*/state.pt"))
+    return found[-1].parent if found else None
+
+
+def _save_checkpoint(output_dir: Path, state: dict) -> None:
+    """Write checkpoints/step-N/ atomically (a crash mid-write leaves the previous one intact), then
+    drop the older ones."""
+    import torch
+
+    folder = output_dir / CHECKPOINTS_DIR
+    final = folder / f"step-{state['step']:08d}"
+    tmp = folder / f"tmp-step-{state['step']:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in folder.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state(device) -> dict:
+    import torch
+
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _peak_memory_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB; whole process
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+
+
+def train_lora(
+    model: str | Path,
+    examples: Sequence[SFTExample],
+    output_dir: str | Path,
+    config: LoRATrainingConfig,
+    *,
+    eval_examples: Sequence[SFTExample] = (),
+    progress: bool = True,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainingResult:
+    """Train a LoRA adapter on `examples` (loss on completion tokens only) and save it to `output_dir`.
+
+    `model` is a local folder (or a Hugging Face id in the local cache). Calling it again on the same
+    `output_dir` resumes from the last checkpoint, or returns the finished result at once.
+    `on_step(step, total_steps, loss)` is called after every optimizer step (a progress hook; an
+    exception raised from it stops training, and a later call resumes).
+    """
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    wall_start = time.perf_counter()
+    output_dir = Path(output_dir)
+    run = {
+        "base_model": str(model),
+        "config": dataclasses.asdict(config),
+        "dataset_sha256": dataset_sha256(examples),
+        "n_examples": len(examples),
+        "n_eval_examples": len(eval_examples),
+    }
+    finished = _finished_run(output_dir, run)
+    if finished is not None:
+        return finished
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    device = training_device(config.device)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenized = tokenize_examples(
+        tokenizer, examples, max_length=config.max_length, append_eos=config.append_eos
+    )
+    train_set = [t for t in tokenized if has_completion_tokens(t)]
+    if not train_set:
+        raise ValueError("no example has a completion token left after truncation to max_length")
+    eval_set = [
+        t
+        for t in tokenize_examples(
+            tokenizer, eval_examples, max_length=config.max_length, append_eos=config.append_eos
+        )
+        if has_completion_tokens(t)
+    ]
+
+    peft_model = load_lora_model(model, config, device)
+    pad_id = filler_token_id(peft_model.config, tokenizer)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=config.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
+    )
+
+    # The whole schedule is known up front: every epoch has the same number of optimizer steps.
+    lengths = [len(t.input_ids) for t in train_set]
+    steps_per_epoch = math.ceil(len(plan_batches(lengths, config, epoch=0)) / config.gradient_accumulation)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+
+    step, losses, tokens_seen = 0, [], 0
+    checkpoint = _latest_checkpoint(output_dir)
+    if checkpoint is not None:
+        # RNG states must stay on the CPU; the optimizer moves its own state to the parameters' device.
+        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+        if not _same_run(state["run"], run):
+            raise ValueError(
+                f"the checkpoint in {checkpoint} comes from other data or settings; use a new folder"
+            )
+        set_peft_model_state_dict(peft_model, state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], device)
+        step, losses, tokens_seen = state["step"], state["losses"], state["tokens_seen"]
+    resumed_from_step = step
+
+    eval_loss_initial = None
+    if eval_set and step == 0:
+        eval_loss_initial = completion_loss(peft_model, eval_set, config, pad_id=pad_id, device=device)
+
+    peft_model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="LoRA training", unit="step")
+    train_start = time.perf_counter()
+    tokens_this_run = 0
+    planned_epoch, batches = None, []
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        if epoch != planned_epoch:
+            planned_epoch, batches = epoch, plan_batches(lengths, config, epoch=epoch)
+        first = step_in_epoch * config.gradient_accumulation
+        micro_batches = [
+            collate(train_set, rows, pad_id=pad_id)
+            for rows in batches[first : first + config.gradient_accumulation]
+        ]
+
+        lr = learning_rate_at(step, config, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Sum of token losses over the whole step divided by its completion tokens: a true per-token mean,
+        # whatever the split into micro-batches.
+        step_targets = sum(b.n_completion_tokens for b in micro_batches)
+        loss_sum = torch.zeros((), device=device)
+        for batch in micro_batches:
+            with autocast_for(device):
+                nll = completion_token_nll(peft_model, batch.to(device))
+            loss = nll.sum() / step_targets
+            loss.backward()
+            loss_sum += loss.detach()
+            tokens_this_run += batch.n_tokens
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step += 1
+        step_loss = loss_sum.item()  # one device sync per step
+        losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        if config.save_every_steps and step % config.save_every_steps == 0 and step < total_steps:
+            _save_checkpoint(
+                output_dir,
+                {
+                    "run": run,
+                    "step": step,
+                    "losses": losses,
+                    "tokens_seen": tokens_seen + tokens_this_run,
+                    "adapter": get_peft_model_state_dict(peft_model),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": _rng_state(device),
+                },
+            )
+        if on_step is not None:
+            on_step(step, total_steps, step_loss)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_seconds = time.perf_counter() - train_start
+
+    eval_loss = (
+        completion_loss(peft_model, eval_set, config, pad_id=pad_id, device=device) if eval_set else None
+    )
+    peft_model.save_pretrained(output_dir)
+    metrics = {
+        "train_loss": losses,  # mean completion-token NLL of each optimizer step
+        "eval_loss_initial": eval_loss_initial,  # on eval_examples before training (None when resumed)
+        "eval_loss": eval_loss,  # on eval_examples after training
+        "steps": step,
+        "steps_this_run": step - resumed_from_step,
+        "epochs": config.epochs,
+        "examples": len(train_set),
+        "examples_without_completion": len(tokenized) - len(train_set),  # cut away by max_length
+        "train_tokens": tokens_seen + tokens_this_run,  # real (non-padding) tokens, prompt included
+        "tokens_per_second": tokens_this_run / train_seconds if train_seconds > 0 else None,
+        "train_seconds": train_seconds,  # the optimisation loop of this call
+        "wall_seconds": time.perf_counter() - wall_start,  # this call, loading and saving included
+        "device": device.type,
+        "dtype": "bfloat16" if uses_bf16(device) else "float32",
+        "peak_memory_bytes": _peak_memory_bytes(device),  # CUDA allocations, or the process's peak RSS on CPU
+    }
+    described = {
+        "run": run,
+        "target_modules": sorted(
+            {name.split(".")[-1] for name in peft_model.peft_config["default"].target_modules}
+        ),
+        "versions": _library_versions(),
+    }
+    _write_json_atomically(output_dir / "training_config.json", described)
+    _write_json_atomically(output_dir / "metrics.json", metrics)
+    checksum = adapter_checksum(output_dir)
+    (output_dir / (CHECKSUM_FILE + ".tmp")).write_text(f"{checksum}  adapter\n", encoding="utf-8")
+    os.replace(
+        output_dir / (CHECKSUM_FILE + ".tmp"), output_dir / CHECKSUM_FILE
+    )  # last: marks the run finished
+    shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    return TrainingResult(adapter_dir=output_dir, metrics=metrics, checksum=checksum)
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "peft")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: python -m feedback_loop.engine.train --model DIR --train data.jsonl --output-dir OUT
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a LoRA adapter on prompt/completion JSON lines.")
+    parser.add_argument("--model", required=True, help="base model folder (or id in the local HF cache)")
+    parser.add_argument("--train", required=True, help="JSON lines with 'prompt' and 'completion'")
+    parser.add_argument("--eval", help="held-out JSON lines, same format")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--no-progress", action="store_true")
+    for f in dataclasses.fields(LoRATrainingConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.name == "target_modules":
+            parser.add_argument(flag, nargs="+", default=None)
+        elif f.name == "max_steps":
+            parser.add_argument(flag, type=int, default=None)
+        else:
+            parser.add_argument(
+                flag, type=type(f.default) if f.default is not None else str, default=f.default
+            )
+    args = vars(parser.parse_args(argv))
+    fields = {f.name for f in dataclasses.fields(LoRATrainingConfig)}
+    config = LoRATrainingConfig(**{k: v for k, v in args.items() if k in fields})
+    if config.target_modules:
+        config.target_modules = tuple(config.target_modules)
+    result = train_lora(
+        args["model"],
+        load_sft_jsonl(args["train"]),
+        args["output_dir"],
+        config,
+        eval_examples=load_sft_jsonl(args["eval"]) if args["eval"] else (),
+        progress=not args["no_progress"],
+    )
+    summary = {k: v for k, v in result.metrics.items() if k != "train_loss"}
+    print(
+        json.dumps({"adapter_dir": str(result.adapter_dir), "checksum": result.checksum, **summary}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
