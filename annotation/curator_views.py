@@ -7,16 +7,13 @@ who does not curate it gets a 403.
 
 from __future__ import annotations
 
-import tempfile
-
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation import curation, exporting, importing, quality, selectors
@@ -24,8 +21,6 @@ from annotation.curator_forms import DeactivateForm, ImportForm, MemberAddForm
 from annotation.models import AuditEvent, Membership, Project
 
 # A parquet export is built in memory up to this size, then on disk, before it is sent.
-PARQUET_SPOOL_BYTES = 32 * 1024 * 1024
-MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
 
 
 def _curated_project(request, project_id: int) -> Project:
@@ -188,16 +183,4 @@ def export(request, project_id: int, kind: str, fmt: str):
     if kind not in exporting.KINDS or fmt not in exporting.FORMATS:
         raise Http404("no such export")
     rows = exporting.export_rows(project, kind=kind)
-    filename = f"{slugify(project.name) or f'project-{project.pk}'}-{kind}.{fmt}"
-    if fmt == "jsonl":
-        response = StreamingHttpResponse(
-            (line.encode("utf-8") for line in exporting.jsonl_lines(rows)),
-            content_type=f"{MEDIA_TYPES['jsonl']}; charset=utf-8",
-        )
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
-    # Parquet writes its footer last, so the file is finished before it is sent.
-    spool = tempfile.SpooledTemporaryFile(max_size=PARQUET_SPOOL_BYTES)  # noqa: SIM115 -- FileResponse closes it
-    exporting.write_parquet(rows, spool, kind=kind)
-    spool.seek(0)
-    return FileResponse(spool, as_attachment=True, filename=filename, content_type=MEDIA_TYPES["parquet"])
+    return exporting.export_response(project, rows, kind=kind, fmt=fmt)

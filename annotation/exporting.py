@@ -284,3 +284,30 @@ def write_parquet(
             writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
             count += len(batch)
     return count
+
+
+PARQUET_SPOOL_BYTES = 32 * 1024 * 1024  # parquet exports larger than this spill to a temporary file
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+
+
+def export_response(project, rows, *, kind: str, fmt: str, round_number: int | None = None):
+    """An HTTP download of export rows: JSONL streams as it is read; parquet is finished first."""
+    import tempfile
+
+    from django.http import FileResponse, StreamingHttpResponse
+    from django.utils.text import slugify
+
+    suffix = "" if round_number is None else f"-round{round_number}"
+    filename = f"{slugify(project.name) or f'project-{project.pk}'}-{kind}{suffix}.{fmt}"
+    if fmt == "jsonl":
+        response = StreamingHttpResponse(
+            (line.encode("utf-8") for line in jsonl_lines(rows)),
+            content_type=f"{MEDIA_TYPES['jsonl']}; charset=utf-8",
+        )
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+    # Parquet writes its footer last, so the file is finished before it is sent.
+    spool = tempfile.SpooledTemporaryFile(max_size=PARQUET_SPOOL_BYTES)  # noqa: SIM115 -- FileResponse closes it
+    write_parquet(rows, spool, kind=kind)
+    spool.seek(0)
+    return FileResponse(spool, as_attachment=True, filename=filename, content_type=MEDIA_TYPES["parquet"])

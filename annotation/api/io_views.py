@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
-
-from django.http import FileResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from django.utils.text import slugify
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -21,8 +17,7 @@ from annotation import exporting, importing, selectors
 from annotation.models import Project
 
 # A parquet export is built in memory up to this size, then on disk, before it is sent.
-PARQUET_SPOOL_BYTES = 32 * 1024 * 1024
-MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+MEDIA_TYPES = exporting.MEDIA_TYPES
 
 
 def _curated_project(request, project_id: int) -> Project:
@@ -182,17 +177,4 @@ class ProjectExportView(APIView):
         except exporting.ExportError as error:
             raise ValidationError({"status": str(error)}) from error
 
-        suffix = "" if round_number is None else f"-round{round_number}"
-        filename = f"{slugify(project.name) or f'project-{project.pk}'}-{kind}{suffix}.{fmt}"
-        if fmt == "jsonl":
-            response = StreamingHttpResponse(
-                (line.encode("utf-8") for line in exporting.jsonl_lines(rows)),
-                content_type=f"{MEDIA_TYPES['jsonl']}; charset=utf-8",
-            )
-            response["Content-Disposition"] = f'attachment; filename="{filename}"'
-            return response
-        # Parquet writes its footer last, so the file is finished before it is sent.
-        spool = tempfile.SpooledTemporaryFile(max_size=PARQUET_SPOOL_BYTES)  # noqa: SIM115 -- FileResponse closes it
-        exporting.write_parquet(rows, spool, kind=kind)
-        spool.seek(0)
-        return FileResponse(spool, as_attachment=True, filename=filename, content_type=MEDIA_TYPES["parquet"])
+        return exporting.export_response(project, rows, kind=kind, fmt=fmt, round_number=round_number)
