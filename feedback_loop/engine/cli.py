@@ -152,10 +152,8 @@ def cmd_tiny(args: argparse.Namespace) -> None:
     print(path)
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    rows = read_jsonl(args.input)
-    _require(rows, ["prompt"], args.input)
-    config = GenerationConfig(
+def _generation_config(args: argparse.Namespace) -> GenerationConfig:
+    return GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -163,6 +161,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         stop=tuple(args.stop),
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    rows = read_jsonl(args.input)
+    _require(rows, ["prompt"], args.input)
+    config = _generation_config(args)
     outputs = _backend(args).generate([row["prompt"] for row in rows], config)
     write_jsonl(args.output, ({**row, "outputs": texts} for row, texts in zip(rows, outputs, strict=True)))
 
@@ -277,14 +281,7 @@ def _code_metrics(backend: ModelBackend, args: argparse.Namespace) -> dict[str, 
 
     rows = read_jsonl(args.code)
     _require(rows, ["prompt", "tests"], args.code)
-    config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        n=args.n,
-        seed=args.seed,
-        stop=tuple(args.stop),
-    )
+    config = _generation_config(args)
     samples = backend.generate([row["prompt"] for row in rows], config)
     limits = SandboxLimits(timeout_s=args.timeout_s)
     passed = []
