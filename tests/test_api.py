@@ -34,6 +34,18 @@ def test_token_authentication_works(project, bob):
     assert [p["name"] for p in response.json()["results"]] == ["Summaries"]
 
 
+def test_unknown_token_and_deactivated_users_token_are_refused(project, bob):
+    client = client_for(bob, token=True)
+    assert client.get("/api/v1/projects/").status_code == 200
+    bob.is_active = False
+    bob.save()
+    refused = client.get("/api/v1/projects/")
+    assert refused.status_code == 401 and refused.json()["detail"] == "User inactive or deleted."
+    client.credentials(HTTP_AUTHORIZATION="Token 0123456789abcdef0123456789abcdef01234567")
+    refused = client.get("/api/v1/projects/")
+    assert refused.status_code == 401 and refused.json()["detail"] == "Invalid token."
+
+
 def test_rater_sees_only_their_projects(project, other_project, bob, charlie):
     assert [p["id"] for p in client_for(bob).get("/api/v1/projects/").json()["results"]] == [project.pk]
     assert client_for(charlie).get("/api/v1/projects/").json()["results"] == []

@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from annotation import services
 from annotation.models import Answer, Judgment, Lease, Membership, Task
 from annotation.questions import AnswerError
 from annotation.services import (
@@ -56,6 +57,24 @@ def test_third_rater_gets_no_task_when_overlap_is_two(project, raters):
     assert lease_acquire(project=project, rater=raters[0]) is not None
     assert lease_acquire(project=project, rater=raters[1]) is not None
     assert lease_acquire(project=project, rater=raters[2]) is None
+
+
+def test_task_found_full_under_the_lock_is_passed_over_for_the_next(project, bob, monkeypatch):
+    # Another rater's lease committed between the candidate query and our lock: only the fresh
+    # recount under the lock sees it. Simulated here by a recount that finds the first task full.
+    first, second = make_tasks(project, 2)
+    recount = services._room_left
+    monkeypatch.setattr(
+        services, "_room_left", lambda task, **kw: 0 if task.pk == first.pk else recount(task, **kw)
+    )
+    assert lease_acquire(project=project, rater=bob).task == second
+
+
+def test_rater_gets_nothing_when_every_task_is_found_full_under_the_lock(project, bob, monkeypatch):
+    make_tasks(project, 3)
+    monkeypatch.setattr(services, "_room_left", lambda task, **kw: 0)
+    assert lease_acquire(project=project, rater=bob) is None
+    assert not Lease.objects.exists()
 
 
 def test_rater_never_gets_a_task_they_already_judged(project, bob):
@@ -134,6 +153,20 @@ def test_retried_submission_returns_the_first_judgment_without_a_duplicate(proje
     again = judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
     assert not again.created and again.judgment.pk == first.judgment.pk
     assert Judgment.objects.count() == 1
+
+
+def test_database_constraint_refuses_a_second_judgment_and_writes_nothing(project, bob):
+    # The (task, rater) constraint is the last line of defence: here a judgment got in by a
+    # path the queue does not know about.
+    (task,) = make_tasks(project, 1)
+    lease = lease_acquire(project=project, rater=bob)
+    Judgment.objects.create(project=project, task=task, rater=bob)
+    with pytest.raises(QueueError, match="already judged"):
+        judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    assert Judgment.objects.count() == 1 and not Answer.objects.exists()
+    lease.refresh_from_db()
+    task.refresh_from_db()
+    assert lease.state == Lease.State.ACTIVE and task.judgment_count == 0
 
 
 def test_invalid_answers_write_nothing(project, bob):

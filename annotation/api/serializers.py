@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import connection, transaction
 from rest_framework import serializers
 
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task, TaskOutput
@@ -162,19 +162,36 @@ class LeaseTaskOutputSerializer(serializers.Serializer):
     label = serializers.CharField(help_text="A, B, C … in the order this rater sees them")
 
 
-class LeaseSerializer(serializers.ModelSerializer):
+# LeaseSerializer and JudgmentSerializer answer every request for a task and every submission:
+# they declare their fields, as ModelSerializer would build them from the model (so that the
+# OpenAPI schema stays the same), rather than have it build them again for every instance,
+# which cost more CPU than the rest of the serialising.
+
+
+class LeaseSerializer(serializers.Serializer):
     """A lease with the content of its task, as the rater sees it (outputs in display order)."""
 
+    id = serializers.BigIntegerField(label="ID", read_only=True)
+    state = serializers.ChoiceField(choices=Lease.State.choices, required=False)
+    created_at = serializers.DateTimeField(required=False)
+    expires_at = serializers.DateTimeField()
     task = serializers.SerializerMethodField()
 
-    class Meta:
-        model = Lease
-        fields = ["id", "state", "created_at", "expires_at", "task"]
-
     def get_task(self, lease) -> dict:
+        # Plain SQL, as in the queue's services: this runs on every request for a task.
         task = lease.task
         project = task.project
-        texts = dict(Output.objects.filter(task_outputs__task=task).values_list("id", "text"))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT external_id, text, context FROM annotation_prompt WHERE id = %s", [task.prompt_id]
+            )
+            external_id, prompt_text, prompt_context = cursor.fetchone()
+            cursor.execute(
+                "SELECT o.id, o.text FROM annotation_output o"
+                " JOIN annotation_taskoutput x ON x.output_id = o.id WHERE x.task_id = %s ORDER BY x.position",
+                [task.pk],
+            )
+            texts = dict(cursor.fetchall())
         order = lease.display_order or list(texts)
         return {
             "id": task.pk,
@@ -182,9 +199,9 @@ class LeaseSerializer(serializers.ModelSerializer):
             "project": project.pk,
             "prompt": {
                 "id": task.prompt_id,
-                "external_id": task.prompt.external_id,
-                "text": task.prompt.text,
-                "context": task.prompt.context,
+                "external_id": external_id,
+                "text": prompt_text,
+                "context": prompt_context,
             },
             "outputs": [
                 {"id": pk, "text": texts[pk], "label": chr(ord("A") + i)} for i, pk in enumerate(order)
@@ -204,26 +221,30 @@ class AnswerSerializer(serializers.ModelSerializer):
         fields = ["question", "kind", "value"]
 
 
-class JudgmentSerializer(serializers.ModelSerializer):
-    answers = serializers.SerializerMethodField()
-    rater = serializers.CharField(source="rater.get_username", read_only=True)
+class JudgmentSerializer(serializers.Serializer):
+    _NULLABLE_POSITIVE = {
+        "allow_null": True,
+        "min_value": 0,
+        "max_value": 9223372036854775807,
+        "required": False,
+    }
 
-    class Meta:
-        model = Judgment
-        fields = [
-            "id",
-            "project",
-            "task",
-            "rater",
-            "lease",
-            "answers",
-            "display_order",
-            "time_spent_ms",
-            "late",
-            "status",
-            "round_number",
-            "created_at",
-        ]
+    id = serializers.BigIntegerField(label="ID", read_only=True)
+    project = serializers.IntegerField(source="project_id")
+    task = serializers.IntegerField(source="task_id")
+    rater = serializers.CharField(source="rater.get_username", read_only=True)
+    lease = serializers.IntegerField(source="lease_id", allow_null=True, required=False)
+    answers = serializers.SerializerMethodField()
+    display_order = serializers.JSONField(
+        required=False, help_text="Output ids in the order the rater saw them."
+    )
+    time_spent_ms = serializers.IntegerField(**_NULLABLE_POSITIVE)
+    late = serializers.BooleanField(required=False, help_text="Submitted after the lease had expired.")
+    status = serializers.ChoiceField(choices=Judgment.Status.choices, required=False)
+    round_number = serializers.IntegerField(**_NULLABLE_POSITIVE)
+    created_at = serializers.DateTimeField(read_only=True)
 
     def get_answers(self, judgment) -> dict:
+        if "answers" in self.context:  # just written, and handed over by the caller
+            return self.context["answers"]
         return {answer.question: answer.value for answer in judgment.answer_rows.all()}

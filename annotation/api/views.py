@@ -45,9 +45,10 @@ class BulkCreateMixin:
 
 @extend_schema_view(
     list=extend_schema(summary="Projects you are a member of"),
-    create=extend_schema(summary="Create a project (staff)"),
+    create=extend_schema(summary="Create a project (administrators)"),
 )
 class ProjectViewSet(viewsets.ModelViewSet):
+    queryset = Project.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.ProjectSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
@@ -55,8 +56,8 @@ class ProjectViewSet(viewsets.ModelViewSet):
         return selectors.projects_for(self.request.user).order_by("id")
 
     def perform_create(self, serializer):
-        if not self.request.user.is_staff:
-            raise PermissionDenied("only staff can create projects")
+        if not self.request.user.is_superuser:
+            raise PermissionDenied("only administrators can create projects")
         serializer.save()
 
     def perform_update(self, serializer):
@@ -65,8 +66,8 @@ class ProjectViewSet(viewsets.ModelViewSet):
         serializer.save()
 
     def perform_destroy(self, instance):
-        if not self.request.user.is_staff:
-            raise PermissionDenied("only staff can delete projects")
+        if not self.request.user.is_superuser:
+            raise PermissionDenied("only administrators can delete projects")
         instance.delete()
 
     @extend_schema(
@@ -76,8 +77,12 @@ class ProjectViewSet(viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"], url_path="next-task")
     def next_task(self, request, pk=None):
-        project = self.get_object()
-        lease = services.lease_acquire(project=project, rater=request.user)
+        try:
+            # lease_acquire reads (and locks) the membership with its project in one query.
+            lease = services.lease_acquire(project=int(pk), rater=request.user)
+        except (ValueError, services.NotAMember):
+            self.get_object()  # 404, not 403, for a project the user cannot see
+            raise
         if lease is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(s.LeaseSerializer(lease).data)
@@ -112,6 +117,7 @@ class PromptViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
+    queryset = Prompt.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.PromptSerializer
 
     def get_queryset(self):
@@ -133,6 +139,7 @@ class OutputViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
+    queryset = Output.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.OutputSerializer
     project_path = "prompt__project"
 
@@ -157,6 +164,7 @@ class TaskViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
+    queryset = Task.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.TaskSerializer
 
     def get_queryset(self):
@@ -172,6 +180,7 @@ class TaskViewSet(
 class LeaseViewSet(viewsets.GenericViewSet):
     """A rater's leases: submit answers for one, or skip it."""
 
+    queryset = Lease.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.LeaseSerializer
 
     def get_queryset(self):
@@ -197,7 +206,8 @@ class LeaseViewSet(viewsets.GenericViewSet):
             answers=payload.validated_data["answers"],
             time_spent_ms=payload.validated_data.get("time_spent_ms"),
         )
-        body = s.JudgmentSerializer(submission.judgment).data
+        context = {} if submission.answers is None else {"answers": submission.answers}
+        body = s.JudgmentSerializer(submission.judgment, context=context).data
         return Response(body, status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT}, summary="Give a leased task back")
@@ -221,6 +231,7 @@ class LeaseViewSet(viewsets.GenericViewSet):
 class JudgmentViewSet(viewsets.ReadOnlyModelViewSet):
     """Raters see their own judgments; curators see all of their projects'."""
 
+    queryset = Judgment.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.JudgmentSerializer
     permission_classes = [permissions.IsAuthenticated]
 
