@@ -593,6 +593,7 @@
   async function submit() {
     if (busy || !lease) return;
     clearErrors();
+    hideBanner();
     const answers = collectAnswers();
     const problems = checkRequired(answers);
     if (problems.length) {

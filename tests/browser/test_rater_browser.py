@@ -203,3 +203,47 @@ def test_narrow_phone_width_shows_the_whole_task(live_server, chromium, rating_p
     assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
     screenshot(page, "annotate-phone")
     context.close()
+
+
+def test_network_hiccups_keep_the_answers_and_a_retry_saves_them_once(live_server, page, rating_project):
+    project, rater = rating_project
+    (task,) = [add_task(project, "n1", ["Flaky network summary."], "single")]
+    log_in(page, live_server, "rosa", "rosa-pass-123")
+    page.goto(f"{live_server.url}/projects/{project.pk}/annotate/")
+    wait_for_task(page, "Flaky network summary.")
+    page.keyboard.press("2")
+    page.keyboard.press("3")
+    page.keyboard.press("f")
+    page.keyboard.type("Feedback typed before the network dropped.")
+
+    # 1. The request never reaches the server.
+    page.route("**/submit/", lambda route: route.abort())
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".banner.error")
+    assert "answers are kept" in page.inner_text("#banner")
+    assert page.input_value("textarea[name=feedback]") == "Feedback typed before the network dropped."
+    assert not Judgment.objects.exists()
+    screenshot(page, "annotate-network-error")
+
+    # 2. The server saves it, but the response is lost on the way back.
+    page.unroute("**/submit/")
+
+    def deliver_then_drop(route):
+        route.fetch()
+        route.abort()
+
+    page.route("**/submit/", deliver_then_drop)
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".banner.error")
+    assert Judgment.objects.count() == 1
+
+    # 3. The retry is answered with the judgment already saved: no duplicate, and on to the end.
+    page.unroute("**/submit/")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("text=Nothing left for you right now")
+    assert Judgment.objects.count() == 1
+    judgment = Judgment.objects.get()
+    assert judgment.task_id == task.pk and judgment.rater_id == rater.pk
+    assert Answer.objects.get(judgment=judgment, question="feedback").value == (
+        "Feedback typed before the network dropped."
+    )
