@@ -249,3 +249,21 @@ def test_openapi_schema_is_served(bob):
     assert response.status_code == 200
     paths = response.json()["paths"]
     assert "/api/v1/projects/{id}/next-task/" in paths and "/api/v1/leases/{id}/submit/" in paths
+
+
+def test_a_busy_sqlite_write_lock_is_a_503_with_nothing_written(project, bob, monkeypatch):
+    from django.db import OperationalError
+
+    from annotation import services
+
+    make_tasks(project, 1)
+    client = client_for(bob)
+    lease = client.post(f"/api/v1/projects/{project.pk}/next-task/").json()
+
+    def locked(**kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(services, "judgment_submit", locked)
+    response = client.post(f"/api/v1/leases/{lease['id']}/submit/", {"answers": single_answers()}, format="json")
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert response.json()["code"] == "busy" and not Judgment.objects.exists()

@@ -1,5 +1,6 @@
 """One error shape for the whole API: {"detail": message, "code": code, "field": name?}."""
 
+from django.db import OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -41,6 +42,15 @@ def exception_handler(exc, context):
         )
     if isinstance(exc, QueueError):
         return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
+    if isinstance(exc, OperationalError) and "database is locked" in str(exc):
+        # SQLite's write lock stayed busy past its timeout. The transaction was rolled back and
+        # nothing was written; the server does not retry on its own, the client may (submits
+        # are idempotent per lease).
+        return Response(
+            {"detail": "the database is busy; nothing was saved, please try again", "code": "busy"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(exc, exceptions.ValidationError):
         field, message = _first_message(exc.detail)
