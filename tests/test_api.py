@@ -264,6 +264,8 @@ def test_a_busy_sqlite_write_lock_is_a_503_with_nothing_written(project, bob, mo
         raise OperationalError("database is locked")
 
     monkeypatch.setattr(services, "judgment_submit", locked)
-    response = client.post(f"/api/v1/leases/{lease['id']}/submit/", {"answers": single_answers()}, format="json")
+    response = client.post(
+        f"/api/v1/leases/{lease['id']}/submit/", {"answers": single_answers()}, format="json"
+    )
     assert response.status_code == 503 and response["Retry-After"] == "1"
     assert response.json()["code"] == "busy" and not Judgment.objects.exists()
