@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from feedback_loop.engine.tokens import prompt_ids
 from feedback_loop.engine.types import SFTExample
 
 if TYPE_CHECKING:
@@ -148,23 +149,22 @@ def tokenize_examples(
 ) -> list[TokenizedExample]:
     """Prompt and completion are tokenized apart, so the prompt/completion boundary is exact.
 
-    Neither gets special tokens, the way `HFBackend` encodes prompts at generation time; an empty
-    prompt becomes the BOS (else EOS) token, again as there. EOS ends the completion. Examples longer
+    The prompt is encoded by `feedback_loop.engine.tokens.prompt_ids`, as `HFBackend` encodes it at
+    generation time (the tokenizer's leading special tokens; an empty prompt becomes BOS, else EOS);
+    the completion gets no special tokens. EOS ends the completion. Examples longer
     than `max_length` are cut at the end. The first token of every example never carries a loss:
     nothing in the example precedes it, and in a packed row the position before it is another example's.
     """
     if not examples:
         return []
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    prompts = prompt_ids(tokenizer, [e.prompt for e in examples])
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
     tokenized = []
-    for prompt_ids, completion_ids in zip(prompts, completions, strict=True):
-        prompt_ids = prompt_ids or [start]
+    for context_ids, completion_ids in zip(prompts, completions, strict=True):
         completion_ids = completion_ids + eos
-        input_ids = (prompt_ids + completion_ids)[:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_length]
+        input_ids = (context_ids + completion_ids)[:max_length]
+        labels = ([IGNORE_INDEX] * len(context_ids) + completion_ids)[:max_length]
         labels[0] = IGNORE_INDEX
         tokenized.append(TokenizedExample(input_ids=input_ids, labels=labels))
     return tokenized

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from feedback_loop.engine.tokens import keep_last, prompt_ids
 from feedback_loop.engine.types import ContinuationScore, GenerationConfig
 
 
@@ -123,13 +124,10 @@ class HFBackend:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _context_ids(self, prompt: str) -> list[int]:
-        # A causal LM needs at least one token to condition on; an empty prompt gets the BOS token.
-        ids = self._encode(prompt)
-        if not ids:
-            bos = self.tokenizer.bos_token_id
-            ids = [bos if bos is not None else self.tokenizer.eos_token_id]
-        return ids
+    def _context_ids(self, prompt: str, room: int | None = None) -> list[int]:
+        """The prompt as the model is trained to see it (feedback_loop.engine.tokens), cut to `room`."""
+        (ids,) = prompt_ids(self.tokenizer, [prompt])
+        return ids if room is None else keep_last(ids, room, bos_token_id=self.tokenizer.bos_token_id)
 
     def _candidate_ids(self, token: str) -> list[int]:
         """The ids `token` gets when it follows other text, as it does after a prompt.
@@ -185,7 +183,7 @@ class HFBackend:
         if room < 1:
             raise ValueError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt")
         # Keep the end of an over-long prompt: it is what the continuation depends on.
-        encoded = [self._context_ids(p)[-room:] for p in prompts]
+        encoded = [self._context_ids(p, room) for p in prompts]
         sampling = config.temperature > 0
         if config.seed is not None:
             torch.manual_seed(config.seed)
@@ -238,7 +236,7 @@ class HFBackend:
         pairs = []
         for prompt, continuation in zip(prompts, continuations, strict=True):
             cont = self._encode(continuation)[: self.max_length - 1]
-            context = self._context_ids(prompt)[-(self.max_length - len(cont)) :]
+            context = self._context_ids(prompt, self.max_length - len(cont))
             pairs.append((context, cont))
         scores: list[ContinuationScore | None] = [None] * len(pairs)
         with self._adapter_context():
@@ -271,7 +269,7 @@ class HFBackend:
         several = [t for t in tokens if t not in single]
         results: list[dict[str, float]] = [{} for _ in prompts]
         if single:
-            encoded = [self._context_ids(p)[-self.max_length :] for p in prompts]
+            encoded = [self._context_ids(p, self.max_length) for p in prompts]
             with self._adapter_context():
                 for batch in self._batches([len(e) for e in encoded]):
                     last = self._forward_logprobs([encoded[i] for i in batch], keep=1)[:, -1]
