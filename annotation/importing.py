@@ -31,6 +31,7 @@ from typing import IO, Any
 from django.db import IntegrityError, transaction
 
 from annotation.models import Output, Project, Prompt, Task, TaskOutput
+from annotation.questions import questions_for
 
 FORMATS = ("jsonl", "csv")
 TASK_MODES = ("none", "single", "pairwise", "ranking")
@@ -247,9 +248,25 @@ def _clean_text(value: Any, label: str, *, required: bool, max_length: int | Non
         return ""
     if not isinstance(value, str):
         raise ValueError(f"{label} must be a string, not {_json_type(value)}")
+    if "\x00" in value:
+        raise ValueError(f"{label} contains a NUL character (\\u0000), which cannot be stored")
     if max_length is not None and len(value) > max_length:
         raise ValueError(f"{label} must be at most {max_length} characters")
     return value
+
+
+def _refuse_nul(value: Any, label: str) -> None:
+    """PostgreSQL stores no U+0000 in text or jsonb: refuse it here, with the line, not at write time."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise ValueError(f"{label} contains a NUL character (\\u0000), which cannot be stored")
 
 
 def _clean_choice(value: Any, label: str, choices: tuple[str, ...], default: str) -> str:
@@ -307,6 +324,7 @@ def _clean_outputs(record: dict, mapping: dict[str, str], *, csv_cell: bool) -> 
         generation = item.get("generation") or {}
         if not isinstance(generation, dict):
             raise ValueError(f"{where}.generation must be an object")
+        _refuse_nul(generation, f"{where}.generation")
         outputs.append(
             OutputRow(
                 text=_clean_text(item.get("text"), f"{where}.text", required=True),
@@ -342,6 +360,8 @@ def clean_record(record: dict, mapping: dict[str, str], *, line: int, csv_cell: 
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{_label('data', mapping)} must be an object, not {_json_type(data)}")
+    for name, value in (("data", data), ("gold", get("gold"))):
+        _refuse_nul(value, _label(name, mapping))
     return PromptRow(
         line=line,
         external_id=_clean_text(
@@ -502,6 +522,13 @@ def prompts_import(
     if make_tasks not in TASK_MODES:
         raise ImportFileError(
             None, f"tasks must be one of {', '.join(TASK_MODES)} (got {make_tasks!r})", field="tasks"
+        )
+    if make_tasks != "none" and not questions_for(project.questions, make_tasks):
+        raise ImportFileError(
+            None,
+            f"the project asks no questions on {make_tasks} tasks: choose the tasks to make "
+            f"({', '.join(TASK_MODES)}) to match its questions",
+            field="tasks",
         )
     _check_task_shape(rows, make_tasks, unit)
     _check_not_in_project(project, rows, unit)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from annotation.questions import QuestionsConfigError, validate_questions_config
 
 
 class Project(models.Model):
@@ -51,6 +54,14 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # Forms (the admin's included) validate the questions as the API does: a bad config
+        # saved here would break every rater's next task.
+        try:
+            self.questions = validate_questions_config(self.questions)
+        except QuestionsConfigError as error:
+            raise ValidationError({"questions": str(error)}) from error
 
     @property
     def lease_time(self) -> timedelta:

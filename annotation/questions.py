@@ -148,6 +148,8 @@ def _text(value: Any, field: str, *, min_length: int = 0) -> str:
     if not isinstance(value, str):
         raise AnswerError(field, "must be text")
     value = value.replace("\r\n", "\n")
+    if "\x00" in value:
+        raise AnswerError(field, "contains a NUL character, which cannot be stored")
     if len(value.strip()) < max(min_length, 1):
         if min_length > 1:
             raise AnswerError(field, f"must be at least {min_length} characters")

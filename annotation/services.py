@@ -78,10 +78,12 @@ _PROJECT_OF_MEMBER = """
     WHERE m.user_id = %s AND m.project_id = %s AND m.is_active = %s
     {lock}"""
 
-# A live lease the rater already holds in the project.
+# A live lease the rater already holds in the project, on a task still open (a curator may have
+# closed it since: the rater is then handed another task).
 _HELD_LEASE = """
     SELECT l.* FROM annotation_lease l JOIN annotation_task t ON t.id = l.task_id
     WHERE l.rater_id = %s AND t.project_id = %s AND l.state = %s AND l.expires_at > %s
+    AND t.status = %s
     ORDER BY l.id LIMIT 1"""
 
 # Open tasks, in queue order, that the rater has not submitted or skipped and that, gold tasks
@@ -228,7 +230,11 @@ def lease_acquire(
         if not found:
             raise NotAMember("you are not a rater of this project")
         project = found[0]
-        held = list(Lease.objects.raw(_HELD_LEASE, [rater.pk, project.pk, Lease.State.ACTIVE, _db_now(now)]))
+        held = list(
+            Lease.objects.raw(
+                _HELD_LEASE, [rater.pk, project.pk, Lease.State.ACTIVE, _db_now(now), Task.Status.OPEN]
+            )
+        )
         if held:
             held[0].task.project = project
             return held[0]
@@ -327,15 +333,18 @@ def judgment_submit(
         if lease.state == Lease.State.SKIPPED:
             raise LeaseSkipped("you skipped this task; its lease is released")
         late = lease.expires_at <= now
-        if not task.is_gold:
-            if task.status == Task.Status.CLOSED:
-                raise TaskClosed("a curator closed this task")
-            # A live lease holds its own place; a late one only gets a place nobody else holds.
-            if _room_left(task, overlap=project.overlap, now=now, exclude_lease=lease.pk) <= 0:
-                raise LeaseExpired(
-                    "your lease on this task expired and other raters have completed it; "
-                    "your answers were not saved"
-                )
+        if task.status == Task.Status.CLOSED:
+            raise TaskClosed("a curator closed this task")
+        # A live lease holds its own place; a late one only gets a place nobody else holds.
+        # Gold tasks have no overlap to fill.
+        if (
+            not task.is_gold
+            and _room_left(task, overlap=project.overlap, now=now, exclude_lease=lease.pk) <= 0
+        ):
+            raise LeaseExpired(
+                "your lease on this task expired and other raters have completed it; "
+                "your answers were not saved"
+            )
         try:
             judgment = Judgment.objects.create(
                 project=project,

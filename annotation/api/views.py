@@ -33,14 +33,16 @@ class BulkCreateMixin:
 
     def create(self, request, *args, **kwargs):
         many = isinstance(request.data, list)
-        serializer = self.get_serializer(data=request.data, many=many)
+        # One object goes through the list path too, so the checks across items (unique external
+        # ids, against the database as well) apply to it.
+        serializer = self.get_serializer(data=request.data if many else [request.data], many=True)
         serializer.is_valid(raise_exception=True)
-        items = serializer.validated_data if many else [serializer.validated_data]
-        for project in {self.project_of(item) for item in items}:
+        for project in {self.project_of(item) for item in serializer.validated_data}:
             if not selectors.can_curate(request.user, project):
                 raise PermissionDenied("only the project's curators can add to it")
         serializer.save()
-        return Response(serializer.data, status=status.HTTP_201_CREATED)
+        data = serializer.data if many else serializer.data[0]
+        return Response(data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema_view(
