@@ -261,14 +261,16 @@
         const preferred = box.querySelector(`input[name="${question.name}.preferred"]:checked`);
         const strength = box.querySelector(`input[name="${question.name}.strength"]:checked`);
         if (!preferred && !strength) return null;
-        return {
-          preferred: preferred && preferred.value !== "tie" ? Number(preferred.value) : null,
+        const answer = {
           strength: strength ? strength.value : preferred && preferred.value === "tie" ? "about_the_same" : null,
         };
+        // No side chosen yet: leave `preferred` out (null would mean a tie).
+        if (preferred) answer.preferred = preferred.value === "tie" ? null : Number(preferred.value);
+        return answer;
       },
       set: (value) => {
         if (!value) return;
-        pick(value.preferred === null ? "tie" : String(value.preferred));
+        if (value.preferred !== undefined) pick(value.preferred === null ? "tie" : String(value.preferred));
         if (value.strength) setStrength(value.strength);
       },
     };
@@ -494,7 +496,7 @@
   function restoreAnswers(answers) {
     for (const entry of form.likert) {
       const value = (answers[entry.question.name] || {})[entry.criterion];
-      if (value) entry.set(value);
+      if (value !== undefined && value !== null) entry.set(value);
     }
     if (form.pairwise && answers[form.pairwise.question.name]) form.pairwise.set(answers[form.pairwise.question.name]);
     for (const [name, handle] of Object.entries(form.texts)) if (answers[name]) handle.set(answers[name]);
@@ -551,12 +553,19 @@
     for (const question of lease.task.questions) {
       const value = answers[question.name];
       if (question.kind === "likert") {
-        const missing = question.criteria.filter((c) => !(value && value[c]));
-        if (missing.length) problems.push([question.name, `Score ${missing.map((c) => c.replace(/_/g, " ")).join(", ")}.`]);
+        const given = (c) => value && value[c] !== undefined && value[c] !== null;
+        const missing = question.criteria.filter((c) => !given(c));
+        // An optional question may be left blank, but not half-scored.
+        const started = question.criteria.some(given);
+        if (missing.length && (question.required || started)) problems.push([question.name, `Score ${missing.map((c) => c.replace(/_/g, " ")).join(", ")}.`]);
       } else if (question.kind === "pairwise") {
-        if (question.required && (!value || (!value.preferred && value.strength !== "about_the_same")))
+        if (!value) {
+          if (question.required) problems.push([question.name, "Choose the better output (A or B)."]);
+        } else if (value.preferred === undefined && value.strength !== "about_the_same") {
           problems.push([question.name, "Choose the better output (A or B)."]);
-        else if (value && !value.strength) problems.push([question.name, "Say how much better (1–4)."]);
+        } else if (!value.strength) {
+          problems.push([question.name, "Say how much better (1–4)."]);
+        }
       } else if (question.kind === "feedback") {
         if (question.required && !value) problems.push([question.name, "Write your feedback."]);
         else if (value && value.trim().length < (question.min_length || 1))
@@ -574,20 +583,27 @@
 
   // ---------------------------------------------------------------- queue calls
 
+  // Shows the next task, or the end of the queue; says which ("task", "done"), or false on failure.
   async function next() {
-    if (busy) return;
+    if (busy) return false;
     busy = true;
+    let shown = false;
     try {
       const { status, data } = await api("POST", config.nextTaskUrl);
-      if (status === 200) render(data);
-      else if (status === 204) await showDone();
-      else showBanner((data && data.detail) || `The server answered ${status}.`, "error", { label: "Try again", run: next });
+      if (status === 200) {
+        render(data);
+        shown = "task";
+      } else if (status === 204) {
+        await showDone();
+        shown = "done";
+      } else showBanner((data && data.detail) || `The server answered ${status}.`, "error", { label: "Try again", run: next });
     } catch (_) {
       showBanner("Could not reach the server.", "error", { label: "Try again", run: next });
     } finally {
       busy = false;
     }
     refreshProgress();
+    return shown;
   }
 
   async function submit() {
@@ -612,8 +628,15 @@
         dropDraft(submitted.id);
         lease = null;
         busy = false;
-        await next();
-        showBanner("Saved. Here is your next task.", "ok");
+        const shown = await next();
+        // Say it was saved, unless the page is showing something more important: a failure
+        // to load the next task, or the draft it restored.
+        if (shown === "task" && banner.hidden) showBanner("Saved. Here is your next task.", "ok");
+        else if (shown === "done") showBanner("Saved.", "ok");
+        else if (!shown) {
+          lease = null;
+          stage.replaceChildren(el("p", { class: "muted", text: "Your answers were saved." }));
+        }
         return;
       }
       if (status === 400 && data) {
