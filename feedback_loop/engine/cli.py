@@ -232,7 +232,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     metrics: dict[str, Any] = {}
     if args.win_outcomes:
-        outcomes = [float(row["outcome"]) for row in read_jsonl(args.win_outcomes)]
+        outcomes = []
+        for number, row in enumerate(read_jsonl(args.win_outcomes), start=1):
+            outcome = row.get("outcome")
+            if isinstance(outcome, bool) or outcome not in (0, 0.5, 1):
+                raise SystemExit(f"{args.win_outcomes}: row {number} needs an outcome of 1, 0.5 or 0")
+            outcomes.append(float(outcome))
         result = evaluate.win_rate(outcomes)
         metrics.update(
             {
@@ -368,4 +373,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_main(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except ValueError as error:  # the engine's word on bad input (an empty file, a bad value)
+        raise SystemExit(f"{argv[0]}: {error}") from error

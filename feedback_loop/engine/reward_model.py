@@ -13,11 +13,11 @@ P(" Yes") / (P(" Yes") + P(" No")), a number in (0, 1) that ranks the best of N 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from feedback_loop.engine.select import yes_probability
 from feedback_loop.engine.train import LoRATrainingConfig, TrainingResult, train_lora
 from feedback_loop.engine.types import ModelBackend, SFTExample
 
@@ -82,14 +82,7 @@ def train_reward_model(
 def reward_scores(backend: ModelBackend, prompt: str, candidates: Sequence[str]) -> list[float]:
     """P(Yes) / (P(Yes) + P(No)) for each candidate, from a backend that runs the reward model."""
     logprobs = backend.next_token_logprobs([reward_model_input(prompt, c) for c in candidates], [YES, NO])
-    return [_sigmoid(lp[YES] - lp[NO]) for lp in logprobs]
-
-
-def _sigmoid(x: float) -> float:
-    """P(Yes) / (P(Yes) + P(No)) = sigmoid(log P(Yes) - log P(No)); written so exp never overflows."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    return math.exp(x) / (1.0 + math.exp(x))
+    return [yes_probability(lp[YES], lp[NO]) for lp in logprobs]
 
 
 def score_with_reward_model(

@@ -420,10 +420,29 @@ def _confine(payload: dict) -> list[str]:
     # ctypes served the confinement; the candidate gets no handle on it (the hook refuses re-imports).
     for name in [m for m in sys.modules if m == "_ctypes" or m == "ctypes" or m.startswith("ctypes.")]:
         del sys.modules[name]
+    _disarm_process_spawning()
     if limits["audit_hooks"]:
         _install_audit_hook(work, tuple(read_roots))
         layers.append("audit-hooks")
     return layers
+
+
+def _disarm_process_spawning() -> None:
+    """Take away the fork+exec primitive this script's own `import subprocess` loaded.
+
+    `_posixsubprocess.fork_exec` raises no audit event, and importing an already-loaded module
+    raises none either, so the hook alone cannot stop a candidate that reaches the loaded module
+    (through sys.modules, or this script's globals). Its functions are removed instead, and the
+    modules dropped so a fresh import goes through the hook, which refuses `_posixsubprocess`.
+    """
+    import _posixsubprocess
+
+    for name in [n for n in vars(_posixsubprocess) if not n.startswith("__")]:
+        delattr(_posixsubprocess, name)
+    subprocess._fork_exec = None
+    subprocess._USE_POSIX_SPAWN = False
+    for name in ("subprocess", "_posixsubprocess", "multiprocessing.util"):
+        sys.modules.pop(name, None)
 
 
 _CLONE_NEWNS = 0x00020000
@@ -530,6 +549,8 @@ def _install_audit_hook(work: str, read_roots: tuple[str, ...]) -> None:
         "gc.get_referrers",
         "gc.get_referents",
         "sys._current_frames",
+        "sqlite3.enable_load_extension",
+        "sqlite3.load_extension",
     }
     refused_imports = {"_ctypes", "ctypes", "_posixsubprocess", "_xxsubinterpreters"}
     # Event name -> positions of the path arguments that are written to.
@@ -538,7 +559,7 @@ def _install_audit_hook(work: str, read_roots: tuple[str, ...]) -> None:
         "os.rmdir": (0,),
         "os.mkdir": (0,),
         "os.rename": (0, 1),
-        "os.link": (1,),
+        "os.link": (0, 1),  # a hard link to an outside file would be that file, read and written
         "os.symlink": (1,),
         "os.truncate": (0,),
         "os.chmod": (0,),
@@ -582,6 +603,15 @@ def _install_audit_hook(work: str, read_roots: tuple[str, ...]) -> None:
                 path = resolve(args[position]) if position < len(args) else None
                 if path is not None and not inside(path, (work,)):
                     refuse(event, path)
+        elif event == "sqlite3.connect" and args:
+            # sqlite opens its file from C: no "open" event to check.
+            database = args[0]
+            if isinstance(database, bytes | str) and fsdecode(database) not in ("", ":memory:"):
+                if fsdecode(database).startswith("file:"):
+                    refuse("sqlite3.connect", "with a URI")
+                path = resolve(database)
+                if path is not None and not inside(path, (work,)):
+                    refuse("sqlite3.connect", path)
         elif event in listing and args:
             path = resolve(args[0])
             if path is not None and not inside(path, readable):

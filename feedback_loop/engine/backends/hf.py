@@ -109,6 +109,12 @@ class HFBackend:
         if name == self.active_adapter:
             self.active_adapter = None
         self.model.delete_adapter(name)
+        if not self.adapters:
+            # peft keeps naming the deleted adapter as active; with none left, go back to the
+            # plain base model (the next load_adapter wraps it again).
+            self.model = self.model.unload()
+        elif self.active_adapter is not None:
+            self.model.set_adapter(self.active_adapter)
 
     @property
     def adapters(self) -> list[str]:

@@ -96,10 +96,11 @@ class OpenAIBackend:
         # A server that says when to come back knows better than our backoff schedule.
         retry_after = response.headers.get("retry-after")
         try:
-            if retry_after is not None:
-                return min(float(retry_after), 60.0)
-        except ValueError:
-            pass
+            seconds = float(retry_after) if retry_after is not None else math.nan
+        except ValueError:  # an HTTP date, or garbage
+            seconds = math.nan
+        if math.isfinite(seconds):
+            return min(max(seconds, 0.0), 60.0)
         return self.backoff_s * 2**attempt
 
     def _complete(self, prompts: Sequence[str], **options: Any) -> list[dict[str, Any]]:
