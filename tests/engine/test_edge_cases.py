@@ -64,13 +64,15 @@ def test_sandbox_hard_link_cannot_read_project_files():
     assert "[project]" not in result.output
 
 
-def test_sandbox_sqlite_cannot_create_a_file_outside_the_folder(tmp_path):
-    # sqlite3 opens its database in C: only a "sqlite3.connect" audit event, which the hook ignores.
+@pytest.mark.parametrize("uri", [False, True])
+def test_sandbox_sqlite_cannot_create_a_file_outside_the_folder(tmp_path, uri):
+    # sqlite3 opens its database in C: the hook sees only a "sqlite3.connect" event.
     target = tmp_path / "evil.db"
+    database = f"file:{target}?mode=rwc" if uri else str(target)
     program = (
         "import sqlite3\n"
         "def write():\n"
-        f"    c = sqlite3.connect({str(target)!r})\n"
+        f"    c = sqlite3.connect({database!r}, uri={uri})\n"
         "    c.execute('create table t(x)')\n"
         "    c.commit()\n"
     )
