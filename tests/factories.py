@@ -36,3 +36,26 @@ def single_answers(**overrides):
     answers = {"quality": {"helpful": 5, "accurate": 6}, "feedback": "Mention the deadline."}
     answers.update(overrides)
     return answers
+
+
+def output_ids(task) -> list[int]:
+    """A task's output ids in position order (the order a lease shows them before shuffling)."""
+    return list(task.task_outputs.order_by("position").values_list("output_id", flat=True))
+
+
+def write_judgment(task, rater, answers: dict, *, display_order=None, **fields):
+    """A judgment written straight into the database: answers are {question: (kind, value)}."""
+    from annotation.models import Answer, Judgment
+
+    judgment = Judgment.objects.create(
+        project=task.project,
+        task=task,
+        rater=rater,
+        display_order=display_order if display_order is not None else output_ids(task),
+        **fields,
+    )
+    Answer.objects.bulk_create(
+        Answer(judgment=judgment, question=question, kind=kind, value=value)
+        for question, (kind, value) in answers.items()
+    )
+    return judgment

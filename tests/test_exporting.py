@@ -20,30 +20,11 @@ from annotation.exporting import (
     write_jsonl,
     write_parquet,
 )
-from annotation.models import Answer, Judgment, Prompt
-from tests.factories import make_tasks
+from annotation.models import Judgment, Prompt
+from tests.factories import make_tasks, output_ids
+from tests.factories import write_judgment as judge
 
 pytestmark = pytest.mark.django_db
-
-
-def judge(task, rater, answers: dict, *, status="pending", round_number=None, display_order=None, **fields):
-    """A judgment with its answers, written directly: {question: (kind, value)}."""
-    judgment = Judgment.objects.create(
-        project=task.project,
-        task=task,
-        rater=rater,
-        display_order=display_order if display_order is not None else output_ids(task),
-        status=status,
-        round_number=round_number,
-        **fields,
-    )
-    for question, (kind, value) in answers.items():
-        Answer.objects.create(judgment=judgment, question=question, kind=kind, value=value)
-    return judgment
-
-
-def output_ids(task) -> list[int]:
-    return list(task.task_outputs.order_by("position").values_list("output_id", flat=True))
 
 
 def texts(task) -> list[str]:
