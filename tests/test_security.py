@@ -231,3 +231,29 @@ def test_only_the_api_docs_page_may_load_swagger_ui_from_its_cdn(client, bob):
     assert docs.status_code == 200
     assert "https://cdn.jsdelivr.net" in docs["Content-Security-Policy"]
     assert "cdn.jsdelivr.net" not in client.get("/").get("Content-Security-Policy")
+
+
+# --- static files without DEBUG --------------------------------------------------------------------
+
+
+def test_before_collectstatic_pages_link_plain_static_names_instead_of_failing(tmp_path, settings):
+    from config.storage import StaticStorage
+
+    storage = StaticStorage(location=str(tmp_path), base_url="/static/")
+    assert storage.url("annotate.js") == "/static/annotate.js"
+
+
+def test_after_collectstatic_pages_link_the_hashed_names(tmp_path, settings):
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from config.storage import StaticStorage
+
+    static = {"BACKEND": "config.storage.StaticStorage"}
+    with override_settings(STATIC_ROOT=tmp_path, STORAGES={**settings.STORAGES, "staticfiles": static}):
+        call_command("collectstatic", interactive=False, verbosity=0)
+    storage = StaticStorage(location=str(tmp_path), base_url="/static/")
+    url = storage.url("annotate.js")
+    assert url.startswith("/static/annotate.") and url != "/static/annotate.js"
+    assert (tmp_path / url.removeprefix("/static/")).exists()
+    assert (tmp_path / (url.removeprefix("/static/") + ".gz")).exists()
