@@ -194,7 +194,8 @@ CACHES = {
 # from one address, that pair is locked out for AXES_COOLOFF_MINUTES, on the site's login and
 # the admin's alike; other users and other addresses are unaffected.
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10)
-AXES_COOLOFF_TIME = env_int("AXES_COOLOFF_MINUTES", 15) / 60  # hours, as a float
+# In hours, as a float; at least a minute (0 would mean locked until an admin unlocks it).
+AXES_COOLOFF_TIME = max(1, env_int("AXES_COOLOFF_MINUTES", 15)) / 60
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "config.auth.lockout_response"

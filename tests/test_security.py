@@ -112,6 +112,14 @@ def test_the_api_rates_come_from_the_environment():
     assert out.stdout.strip() == "{'anon': '7/min', 'user': '50/s'}", out.stderr
 
 
+def test_the_lockout_limits_come_from_the_environment():
+    out = _settings_in_subprocess(
+        {"DEBUG": "0", "SECRET_KEY": STRONG_KEY, "AXES_FAILURE_LIMIT": "4", "AXES_COOLOFF_MINUTES": "30"},
+        "from axes.helpers import get_cool_off; print(settings.AXES_FAILURE_LIMIT, get_cool_off())",
+    )
+    assert out.stdout.strip() == "4 0:30:00", out.stderr
+
+
 # --- settings for deployments (each in a fresh process: settings are read once) ---------------
 
 
