@@ -10,7 +10,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-postgres test-sqlite lint bench-queue bench-engine clean
+.PHONY: install services demo test test-postgres test-sqlite lint bench-queue bench-engine clean
 
 install: $(VENV)/.installed
 
@@ -22,17 +22,30 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	mkdir -p var
 	touch $@
 
-demo: install
-	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py demo_setup
-	DEBUG=1 $(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
+# The demo's own random key, made once and kept in var/ (never committed).
+var/secret_key:
+	mkdir -p var
+	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
+# The demo runs as deployed (DEBUG off, static files hashed and served by WhiteNoise), on loopback.
+demo: install var/secret_key
+	export SECRET_KEY="$$(cat var/secret_key)" DEBUG=0 && \
+	$(BIN)/python manage.py migrate --no-input && \
+	$(BIN)/python manage.py collectstatic --no-input -v 0 && \
+	$(BIN)/python manage.py demo_setup && \
+	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
+
+# PostgreSQL, Redis and chromium for the tests: started or installed where possible, else a clear stop.
+services:
+	PG_URL=$(PG_URL) scripts/test-services
+
+# Management commands need no secrets here: DEBUG=1 lets them use the development key.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	DATABASE_URL=$(SQLITE_TEST_URL) $(BIN)/python manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(SQLITE_TEST_URL) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file var/schema.yml
+	DEBUG=1 DATABASE_URL=$(SQLITE_TEST_URL) $(BIN)/python manage.py makemigrations --check --dry-run
+	DEBUG=1 DATABASE_URL=$(SQLITE_TEST_URL) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file var/schema.yml
 
 # pytest exits 5 when it collected nothing: for this project that is a failure, not a pass.
 define run_pytest
@@ -40,14 +53,14 @@ define run_pytest
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests in: $(1)"; exit 1; fi; exit $$rc
 endef
 
-test-postgres: install
+test-postgres: install services
 	DATABASE_URL=$(PG_URL) $(call run_pytest,-p no:cacheprovider tests)
 
 test-sqlite: install
 	mkdir -p var
 	DATABASE_URL=$(SQLITE_TEST_URL) $(call run_pytest,-p no:cacheprovider tests --ignore=tests/engine -m "not browser")
 
-test: lint test-postgres test-sqlite
+test: services lint test-postgres test-sqlite
 
 bench-queue: install
 	$(BIN)/python bench/queue.py

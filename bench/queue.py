@@ -40,6 +40,7 @@ import asyncio
 import math
 import os
 import random
+import secrets
 import signal
 import socket
 import ssl
@@ -687,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
     reset_database(args.database_url)
+    # The app runs as deployed (DEBUG off), which needs a key; the bench's sessions are throwaway.
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     env = {**os.environ, "DATABASE_URL": args.database_url, "DEBUG": "0"}
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True
