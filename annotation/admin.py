@@ -8,6 +8,8 @@ annotation.curation, which writes the audit trail; the admin never edits them be
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -75,6 +77,19 @@ def excerpt(text: str, length: int = EXCERPT) -> SafeString:
     return mark_invisible(Truncator(" ".join((text or "").split())).chars(length))
 
 
+def text_preview(text: str | None) -> SafeString:
+    """Untrusted text escaped, invisible characters marked; a large one cut short, with its size."""
+    text = text or ""
+    if len(text) <= LARGE_TEXT:
+        return format_html('<pre class="text-preview">{}</pre>', mark_invisible(text))
+    return format_html(
+        '<p class="size-note">{} characters; the first {} are shown.</p><pre class="text-preview">{}</pre>',
+        f"{len(text):,}",
+        f"{PREVIEW_CHARS:,}",
+        mark_invisible(text[:PREVIEW_CHARS]),
+    )
+
+
 class LargeTextMixin:
     """Text fields shown as a marked, escaped preview when large or holding invisible characters.
 
@@ -107,16 +122,12 @@ class LargeTextMixin:
 
     def _preview(self, obj, name: str) -> SafeString:
         text = getattr(obj, name) or ""
-        shown = text[:PREVIEW_CHARS]
-        note = ""
-        if len(text) > len(shown):
-            note = format_html(
-                '<p class="size-note">{} characters; the first {} are shown. Too large to edit here: '
-                "change it through the API or an import.</p>",
-                f"{len(text):,}",
-                f"{len(shown):,}",
-            )
-        return format_html('{}<pre class="text-preview">{}</pre>', note, mark_invisible(shown))
+        if len(text) <= LARGE_TEXT:
+            return text_preview(text)
+        return format_html(
+            '{}<p class="size-note">Too large to edit here: change it through the API or an import.</p>',
+            text_preview(text),
+        )
 
     @admin.display(description="text, as shown (invisible characters marked)")
     def text_preview(self, obj):
@@ -338,8 +349,15 @@ class LeaseAdmin(SuperuserWritesMixin, CuratedMixin, admin.ModelAdmin):
 class AnswerInline(admin.TabularInline):
     model = Answer
     extra = 0
-    fields = readonly_fields = ["question", "kind", "value"]
+    fields = readonly_fields = ["question", "kind", "value_shown"]
     can_delete = False
+
+    # A fix can be a million characters, and feedback can hold bidi controls: previews, marked.
+    @admin.display(description="value")
+    def value_shown(self, answer):
+        if isinstance(answer.value, str):
+            return text_preview(answer.value)
+        return json.dumps(answer.value, ensure_ascii=False)
 
     def has_add_permission(self, request, obj=None):
         return False

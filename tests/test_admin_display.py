@@ -125,3 +125,13 @@ def test_guidelines_markdown_is_rendered_to_safe_html(project, bob):
     assert "<li>one</li>" in guidelines
     assert "<script>" not in guidelines and "&lt;script&gt;" in guidelines
     assert "javascript:" not in guidelines.split("[bad]")[0] and 'href="javascript' not in guidelines
+
+
+def test_a_long_fix_shows_as_a_marked_preview_on_the_judgment_page(project, curator, bob):
+    [task] = make_tasks(project, 1)
+    judgment = judge(task, bob, {"feedback": f"Rename it: {RLO}gpj.exe", "fix": "fixed " * 100_000})
+    response = client_for(curator).get(reverse("admin:annotation_judgment_change", args=[judgment.pk]))
+    html = response.content.decode()
+    assert len(response.content) < 200_000
+    assert "600,000 characters; the first 20,000 are shown" in html
+    assert f"{MARK}</span>gpj.exe" in html
