@@ -676,7 +676,7 @@
   }
 
   async function submit() {
-    if (busy || !lease) return;
+    if (busy || !lease || !form) return;
     clearErrors();
     hideBanner();
     const answers = collectAnswers();
@@ -771,7 +771,7 @@
     try {
       const { status, data } = await api("POST", config.skipUrl.replace("{id}", skipped.id));
       if (status !== 200 && status !== 404 && status !== 409) {
-        lease = skipped; // still held: Retry sends the skip again
+        pendingSkip = { lease: skipped, timer: null }; // not sent yet: Retry sends it again
         showBanner((data && data.detail) || `The server answered ${status}.`, "error", { label: "Retry", run: retrySkip });
         return;
       }
@@ -780,7 +780,7 @@
       const shown = await next();
       if (shown === "task" && banner.hidden) showBanner("Skipped. Here is your next task.", "info");
     } catch (_) {
-      lease = skipped;
+      pendingSkip = { lease: skipped, timer: null };
       showBanner("Could not reach the server.", "error", { label: "Retry", run: retrySkip });
     } finally {
       busy = false;
@@ -788,10 +788,7 @@
   }
 
   function retrySkip() {
-    if (busy || !lease) return;
-    pendingSkip = { lease, timer: null };
-    lease = null;
-    sendSkip();
+    if (!busy) sendSkip();
   }
 
   // Leaving the page during the undo time still skips (keepalive outlives the page).

@@ -77,6 +77,24 @@ def test_skip_waits_under_an_undo_bar_and_undo_keeps_what_was_typed(live_server,
     assert "Skipped" in page.inner_text("#banner")
 
 
+def test_a_skip_that_fails_to_send_can_be_retried(live_server, page, make_project):
+    project = make_project()
+    first = add_task(project, "k3", ["Unlucky summary."])
+    add_task(project, "k4", ["Lucky summary."])
+    open_page(page, live_server, project, "Unlucky summary.")
+    page.route("**/skip/", lambda route: route.abort())
+    page.keyboard.press("s")
+    page.wait_for_selector(".banner.error", timeout=10_000)
+    assert "Could not reach the server" in page.inner_text("#banner")
+    assert Lease.objects.get(task=first).state == Lease.State.ACTIVE
+    page.keyboard.press("Control+Enter")  # no task on screen: nothing to submit, nothing breaks
+    page.unroute("**/skip/")
+    page.click("#banner button:has-text('Retry')")
+    page.wait_for_selector("pre.text:has-text('Lucky summary.')")
+    assert Lease.objects.get(task=first).state == Lease.State.SKIPPED
+    assert not page.js_errors
+
+
 # ---------------------------------------------------------------- long fixes and error wording
 
 
