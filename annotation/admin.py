@@ -8,6 +8,8 @@ annotation.curation, which writes the audit trail; the admin never edits them be
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -18,6 +20,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 
 from annotation import curation, selectors
@@ -35,6 +38,7 @@ from annotation.models import (
     Task,
     TaskOutput,
 )
+from annotation.templatetags.text import has_invisible, mark_invisible
 
 # How each model reaches its project, for cutting choices down to the curated projects.
 PROJECT_PATHS = {
@@ -63,8 +67,78 @@ def _curated(queryset, user):
     return queryset.filter(**{f"{PROJECT_PATHS[queryset.model]}__in": selectors.curated_projects(user)})
 
 
-def excerpt(text: str, length: int = EXCERPT) -> str:
-    return Truncator(" ".join((text or "").split())).chars(length)
+# Longer texts get a read-only preview on their change page, not a textarea: a browser takes many
+# seconds to lay out a textarea holding megabytes (a 5 MB prompt took 14 s).
+LARGE_TEXT = 100_000
+PREVIEW_CHARS = 20_000
+
+
+def excerpt(text: str, length: int = EXCERPT) -> SafeString:
+    return mark_invisible(Truncator(" ".join((text or "").split())).chars(length))
+
+
+def text_preview(text: str | None) -> SafeString:
+    """Untrusted text escaped, invisible characters marked; a large one cut short, with its size."""
+    text = text or ""
+    if len(text) <= LARGE_TEXT:
+        return format_html('<pre class="text-preview">{}</pre>', mark_invisible(text))
+    return format_html(
+        '<p class="size-note">{} characters; the first {} are shown.</p><pre class="text-preview">{}</pre>',
+        f"{len(text):,}",
+        f"{PREVIEW_CHARS:,}",
+        mark_invisible(text[:PREVIEW_CHARS]),
+    )
+
+
+class LargeTextMixin:
+    """Text fields shown as a marked, escaped preview when large or holding invisible characters.
+
+    A large field is not editable here (its textarea is what made the page slow); it is changed
+    through the API or an import. A small field with bidirectional controls keeps its textarea
+    and gains a preview that shows them.
+    """
+
+    text_fields: tuple[str, ...] = ("text",)
+
+    def _large(self, obj, name: str) -> bool:
+        return obj is not None and len(getattr(obj, name) or "") > LARGE_TEXT
+
+    def get_fields(self, request, obj=None):
+        previews = {f"{name}_preview" for name in self.text_fields}
+        fields = []
+        for name in super().get_fields(request, obj):
+            if name in previews:  # Django lists every read-only field; each preview goes by its field
+                continue
+            if name in self.text_fields and self._large(obj, name):
+                fields.append(f"{name}_preview")
+                continue
+            fields.append(name)
+            if name in self.text_fields and obj is not None and has_invisible(getattr(obj, name)):
+                fields.append(f"{name}_preview")
+        return fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), *(f"{name}_preview" for name in self.text_fields)]
+
+    def _preview(self, obj, name: str) -> SafeString:
+        text = getattr(obj, name) or ""
+        if len(text) <= LARGE_TEXT:
+            return text_preview(text)
+        return format_html(
+            '{}<p class="size-note">Too large to edit here: change it through the API or an import.</p>',
+            text_preview(text),
+        )
+
+    @admin.display(description="text, as shown (invisible characters marked)")
+    def text_preview(self, obj):
+        return self._preview(obj, "text")
+
+    @admin.display(description="context, as shown (invisible characters marked)")
+    def context_preview(self, obj):
+        return self._preview(obj, "context")
+
+    class Media:
+        css = {"all": ["admin-text.css"]}
 
 
 class CuratedMixin:
@@ -162,12 +236,13 @@ class MembershipAdmin(SuperuserWritesMixin, CuratedMixin, admin.ModelAdmin):
 
 
 @admin.register(Prompt)
-class PromptAdmin(CuratedMixin, admin.ModelAdmin):
+class PromptAdmin(LargeTextMixin, CuratedMixin, admin.ModelAdmin):
     list_display = ["external_id", "project", "split", "text_excerpt", "has_gold", "created_at"]
     list_filter = [ONLY_PROJECTS, "split", "created_at"]
     search_fields = ["external_id", "text"]
     list_select_related = ["project"]
     date_hierarchy = "created_at"
+    text_fields = ("text", "context")
 
     @admin.display(description="text")
     def text_excerpt(self, prompt):
@@ -179,7 +254,7 @@ class PromptAdmin(CuratedMixin, admin.ModelAdmin):
 
 
 @admin.register(Output)
-class OutputAdmin(CuratedMixin, admin.ModelAdmin):
+class OutputAdmin(LargeTextMixin, CuratedMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "prompt",
@@ -274,8 +349,15 @@ class LeaseAdmin(SuperuserWritesMixin, CuratedMixin, admin.ModelAdmin):
 class AnswerInline(admin.TabularInline):
     model = Answer
     extra = 0
-    fields = readonly_fields = ["question", "kind", "value"]
+    fields = readonly_fields = ["question", "kind", "value_shown"]
     can_delete = False
+
+    # A fix can be a million characters, and feedback can hold bidi controls: previews, marked.
+    @admin.display(description="value")
+    def value_shown(self, answer):
+        if isinstance(answer.value, str):
+            return text_preview(answer.value)
+        return json.dumps(answer.value, ensure_ascii=False)
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -307,7 +389,7 @@ class JudgmentAdmin(CuratedMixin, admin.ModelAdmin):
         "feedback_excerpt",
         "scores",
         "status",
-        "late",
+        "late_mark",
         "seconds",
         "created_at",
     ]
@@ -341,6 +423,9 @@ class JudgmentAdmin(CuratedMixin, admin.ModelAdmin):
         "created_at",
     ]
     change_form_template = "curation/admin/judgment_change_form.html"
+
+    class Media:
+        css = {"all": ["admin-text.css"]}
 
     def get_queryset(self, request):
         return (
@@ -382,6 +467,11 @@ class JudgmentAdmin(CuratedMixin, admin.ModelAdmin):
     def scores(self, judgment):
         return _scores(judgment)
 
+    # Only lateness is news: a column of red crosses for on-time judgments read as failures.
+    @admin.display(description="late", ordering="late")
+    def late_mark(self, judgment):
+        return mark_safe('<span class="late-mark">late</span>') if judgment.late else ""
+
     @admin.display(description="seconds", ordering="time_spent_ms")
     def seconds(self, judgment):
         return None if judgment.time_spent_ms is None else round(judgment.time_spent_ms / 1000)
@@ -390,11 +480,11 @@ class JudgmentAdmin(CuratedMixin, admin.ModelAdmin):
     def shown_outputs(self, judgment):
         by_id = {shown.output_id: shown for shown in judgment.task.task_outputs.select_related("output")}
         order = [pk for pk in judgment.display_order or [] if pk in by_id] or list(by_id)
-        # format_html escapes: outputs are untrusted model text.
+        # Outputs are untrusted model text: escaped (format_html, mark_invisible), controls marked.
         return format_html_join(
             "",
             '<div class="shown-output"><strong>output {} (position {})</strong><pre>{}</pre></div>',
-            ((pk, by_id[pk].position, by_id[pk].output.text) for pk in order),
+            ((pk, by_id[pk].position, mark_invisible(by_id[pk].output.text)) for pk in order),
         )
 
     # ---- review: bulk actions with a reason, and single review from the change page

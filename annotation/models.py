@@ -10,7 +10,12 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from annotation.questions import QuestionsConfigError, validate_questions_config
+from annotation.questions import (
+    DEFAULT_MAX_FIX_CHARS,
+    MAX_TEXT,
+    QuestionsConfigError,
+    validate_questions_config,
+)
 
 
 class Project(models.Model):
@@ -40,6 +45,12 @@ class Project(models.Model):
         default=0.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Share of handed-out tasks drawn from gold tasks (known answers).",
+    )
+    max_fix_chars = models.PositiveIntegerField(
+        default=DEFAULT_MAX_FIX_CHARS,
+        validators=[MinValueValidator(MAX_TEXT)],
+        help_text="The longest fix a rater may submit. Below it, a fix may be twice as long as its output "
+        f"(at least {MAX_TEXT:,} characters).",
     )
     base_model = models.CharField(
         max_length=500, blank=True, help_text="Hugging Face model id or local path of the model improved."
@@ -256,7 +267,8 @@ class Judgment(models.Model):
         indexes = [models.Index(fields=["project", "status", "id"], name="judgment_project_idx")]
 
     def __str__(self) -> str:
-        return f"judgment {self.pk} on task {self.task_id} by {self.rater_id}"
+        # Curators know raters by name: the admin titles its pages with this.
+        return f"judgment {self.pk} on task {self.task_id} by {self.rater.get_username()}"
 
 
 class Answer(models.Model):

@@ -53,6 +53,9 @@ DEFAULT_REQUIRED = {
 STRENGTHS = ("much_better", "better", "slightly_better", "about_the_same")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_TEXT = 20_000
+# A fix rewrites a whole output, so its limit follows the output's size (see fix_limit), up to
+# the project's `max_fix_chars`; this is that setting's default.
+DEFAULT_MAX_FIX_CHARS = 1_000_000
 
 
 class QuestionsConfigError(ValueError):
@@ -144,7 +147,18 @@ def questions_for(questions: list[dict], task_kind: str) -> list[dict]:
     return [q for q in validate_questions_config(questions) if task_kind in q["on"]]
 
 
-def _text(value: Any, field: str, *, min_length: int = 0) -> str:
+def fix_limit(output_chars: int, *, cap: int = DEFAULT_MAX_FIX_CHARS) -> int:
+    """The longest fix accepted for an output of `output_chars` characters.
+
+    Twice the output (a fix may add as much again), never less than other answers' MAX_TEXT, and
+    never more than the project's cap: a 200,000-character output must stay editable as a whole.
+    """
+    return min(max(MAX_TEXT, 2 * output_chars), cap)
+
+
+def _text(
+    value: Any, field: str, *, min_length: int = 0, max_length: int = MAX_TEXT, noun: str = "answer"
+) -> str:
     if not isinstance(value, str):
         raise AnswerError(field, "must be text")
     value = value.replace("\r\n", "\n")
@@ -154,8 +168,12 @@ def _text(value: Any, field: str, *, min_length: int = 0) -> str:
         if min_length > 1:
             raise AnswerError(field, f"must be at least {min_length} characters")
         raise AnswerError(field, "must not be empty")
-    if len(value) > MAX_TEXT:
-        raise AnswerError(field, f"must be at most {MAX_TEXT} characters")
+    if len(value) > max_length:
+        # Raters read this under the field: say it in their words, with both numbers.
+        raise AnswerError(
+            field,
+            f"Your {noun} is too long: {len(value):,} characters; the limit for this task is {max_length:,}.",
+        )
     return value
 
 
@@ -228,16 +246,24 @@ def _clean_rubric(question: dict, value: Any, field: str) -> dict:
     cleaned_notes = {}
     for name in flags:
         if by_name[name]["needs_text"]:
-            cleaned_notes[name] = _text(notes.get(name, ""), f"{field}.notes.{name}")
+            cleaned_notes[name] = _text(notes.get(name, ""), f"{field}.notes.{name}", noun="note")
         elif notes.get(name):
-            cleaned_notes[name] = _text(notes[name], f"{field}.notes.{name}")
+            cleaned_notes[name] = _text(notes[name], f"{field}.notes.{name}", noun="note")
     return {"flags": sorted(set(flags), key=list(by_name).index), "notes": cleaned_notes}
 
 
 def clean_answers(
-    questions: list[dict], *, task_kind: str, output_ids: list[int], answers: Any
+    questions: list[dict],
+    *,
+    task_kind: str,
+    output_ids: list[int],
+    answers: Any,
+    max_fix_chars: int = MAX_TEXT,
 ) -> list[tuple[dict, Any]]:
-    """Validate a submission's answers. Returns (question, cleaned value) pairs or raises AnswerError."""
+    """Validate a submission's answers. Returns (question, cleaned value) pairs or raises AnswerError.
+
+    `max_fix_chars` is this task's fix_limit (it depends on the output's length).
+    """
     if not isinstance(answers, dict):
         raise AnswerError("answers", "must be an object keyed by question name")
     asked = questions_for(questions, task_kind)
@@ -261,9 +287,9 @@ def clean_answers(
         elif kind == "ranking":
             value = _clean_ranking(question, value, field, output_ids)
         elif kind == "feedback":
-            value = _text(value, field, min_length=question["min_length"])
+            value = _text(value, field, min_length=question["min_length"], noun="feedback")
         elif kind == "fix":
-            value = _text(value, field)
+            value = _text(value, field, max_length=max_fix_chars, noun="fix")
         elif kind == "rubric":
             value = _clean_rubric(question, value, field)
             if not value["flags"] and not question["required"]:

@@ -23,10 +23,12 @@ from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Max
+from django.db.models.functions import Length
 from django.utils import timezone
 
-from annotation.models import Answer, Judgment, Lease, Project, Task
-from annotation.questions import clean_answers
+from annotation.models import Answer, Judgment, Lease, Output, Project, Task
+from annotation.questions import clean_answers, fix_limit
 
 
 class QueueError(Exception):
@@ -325,8 +327,13 @@ def judgment_submit(
         )
         output_ids = lease.display_order or _output_ids(task)
         # Invalid answers raise here and the transaction writes nothing.
+        longest = Output.objects.filter(pk__in=output_ids).aggregate(n=Max(Length("text")))["n"] or 0
         cleaned = clean_answers(
-            project.questions, task_kind=task.kind, output_ids=output_ids, answers=answers
+            project.questions,
+            task_kind=task.kind,
+            output_ids=output_ids,
+            answers=answers,
+            max_fix_chars=fix_limit(longest, cap=project.max_fix_chars),
         )
         if lease.state == Lease.State.SUBMITTED:
             return Submission(judgment=Judgment.objects.get(lease=lease), created=False)

@@ -19,6 +19,11 @@
   let visibleMs = 0; // time on task while the page is visible
   let visibleSince = null;
   let busy = false;
+  let pendingSkip = null; // {lease, timer} while a skip can still be undone
+  const SKIP_UNDO_MS = 5000;
+  // Bidirectional controls and other invisible format characters: shown as marks, never obeyed
+  // ("\u202Egpj.exe" would read as "exe.jpg"). The admin marks the same list (templatetags/text.py).
+  const INVISIBLE = /[\u202A-\u202E\u2066-\u2069\u200E\u200F\u061C]/g;
 
   // ---------------------------------------------------------------- helpers
 
@@ -34,6 +39,24 @@
     for (const child of children) if (child) node.append(child);
     return node;
   }
+
+  // The text as nodes: plain text, with each invisible format character replaced by a visible mark.
+  function markedNodes(text) {
+    if (text.search(INVISIBLE) === -1) return [document.createTextNode(text)]; // search ignores lastIndex
+    const nodes = [];
+    let last = 0;
+    for (const match of text.matchAll(INVISIBLE)) {
+      if (match.index > last) nodes.push(document.createTextNode(text.slice(last, match.index)));
+      const code = `U+${match[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+      nodes.push(el("span", { class: "invisible-char", title: `Invisible character ${code}`, text: `⟪${code}⟫` }));
+      last = match.index + match[0].length;
+    }
+    if (last < text.length) nodes.push(document.createTextNode(text.slice(last)));
+    return nodes;
+  }
+
+  // Characters as the server counts them (code points, not UTF-16 units).
+  const charCount = (text) => text.length - (text.match(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g) || []).length;
 
   function csrfToken() {
     const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
@@ -77,7 +100,12 @@
     try {
       localStorage.setItem(
         draftKey(lease.id),
-        JSON.stringify({ answers: collectAnswers(), ranking: form.ranking ? form.ranking.order() : null, ms: elapsedMs() }),
+        JSON.stringify({
+          answers: collectAnswers(),
+          ranking: form.ranking ? form.ranking.order() : null,
+          criterion: activeCriterion,
+          ms: elapsedMs(),
+        }),
       );
     } catch (_) {
       /* storage full or disabled: the page still keeps the text while it stays open */
@@ -150,8 +178,8 @@
   }
 
   function renderDiff(target, before, after) {
-    const nodes = wordDiff(before, after).map(([op, text]) =>
-      op === "=" ? document.createTextNode(text) : el(op === "+" ? "ins" : "del", { text }),
+    const nodes = wordDiff(before, after).flatMap(([op, text]) =>
+      op === "=" ? markedNodes(text) : [el(op === "+" ? "ins" : "del", {}, ...markedNodes(text))],
     );
     target.replaceChildren(...nodes);
   }
@@ -160,14 +188,15 @@
 
   function textBlock(text, extraClass = "") {
     const codeLike = config.kind === "code";
-    return el("pre", { class: `text ${codeLike ? "code" : ""} ${extraClass}`.trim(), text });
+    return el("pre", { class: `text ${codeLike ? "code" : ""} ${extraClass}`.trim() }, ...markedNodes(text));
   }
 
   function questionBox(question, ...content) {
     return el(
       "fieldset",
       { class: "question", "data-question": question.name, "data-kind": question.kind },
-      el("legend", { text: question.label + (question.required ? "" : " (optional)") }),
+      // Labels often say "(optional)" themselves; say it once.
+      el("legend", { text: question.label + (question.required || /\(optional\)/i.test(question.label) ? "" : " (optional)") }),
       ...content,
       el("p", { class: "field-error", "data-error-for": question.name, hidden: true }),
     );
@@ -288,7 +317,7 @@
         { draggable: "true", tabindex: "-1", "data-output": String(output.id) },
         el("span", { class: "handle", text: "⠿" }),
         el("strong", { text: output.label }),
-        el("span", { class: "excerpt", text: output.text.slice(0, 140) }),
+        el("span", { class: "excerpt" }, ...markedNodes(output.text.slice(0, 140))),
       );
       li.addEventListener("dragstart", () => (dragged = li));
       li.addEventListener("dragover", (event) => {
@@ -353,8 +382,15 @@
     let diff = null;
     if (question.kind === "fix") {
       diff = el("div", { class: "diff", "aria-label": "Changes against the original" });
-      box.insertBefore(el("p", { class: "hint", text: "Edit the output into what it should have been. Changes:" }), area);
+      const hint = el("p", { class: "hint", text: "Edit the output into what it should have been. Changes:" });
+      box.insertBefore(hint, area);
       box.insertBefore(diff, area.nextSibling);
+      // A textarea cannot show marks, and obeys the controls: say so, and let the diff show them.
+      if (original.search(INVISIBLE) !== -1)
+        box.insertBefore(
+          el("p", { class: "hint", text: "This output holds invisible characters that reorder text: the box obeys them; the changes below show them as ⟪U+…⟫ marks." }),
+          hint,
+        );
       const update = () => renderDiff(diff, original, area.value);
       area.addEventListener("input", update);
       update();
@@ -414,10 +450,12 @@
 
   let activeCriterion = 0;
 
-  function setActiveCriterion(index) {
+  function setActiveCriterion(index, save = true) {
     if (!form || !form.likert.length) return;
+    const before = activeCriterion;
     activeCriterion = Math.max(0, Math.min(form.likert.length - 1, index));
     form.likert.forEach((entry, i) => entry.row.classList.toggle("active", i === activeCriterion));
+    if (save && activeCriterion !== before) saveDraft(); // the highlight survives a reload
   }
 
   function render(current) {
@@ -430,7 +468,7 @@
     const promptSection = el(
       "section",
       { class: "card prompt" },
-      el("h2", { text: "Prompt" }),
+      el("h2", { id: "task-heading", tabindex: "-1", text: "Prompt" }),
       task.prompt.context ? textBlock(task.prompt.context, "context") : null,
       textBlock(task.prompt.text),
     );
@@ -489,8 +527,10 @@
       showBanner("Restored what you had written for this task.", "info");
     }
     startClock(draft && draft.ms ? draft.ms : 0);
-    setActiveCriterion(0);
+    setActiveCriterion(draft && Number.isInteger(draft.criterion) ? draft.criterion : 0, false);
     window.scrollTo(0, 0);
+    // Focus moves to the new task, not to <body>: keyboard and screen reader users start here.
+    document.getElementById("task-heading").focus({ preventScroll: true });
   }
 
   function restoreAnswers(answers) {
@@ -548,6 +588,22 @@
     box.scrollIntoView({ block: "nearest" });
   }
 
+  // Focus the first invalid question's first field (for scores, the first one left blank).
+  function focusFirstInvalid() {
+    const box = stage.querySelector(".question.invalid");
+    if (!box) return;
+    let target = null;
+    if (box.dataset.kind === "likert") {
+      const index = form.likert.findIndex((entry) => entry.question.name === box.dataset.question && entry.get() === null);
+      if (index >= 0) {
+        setActiveCriterion(index);
+        target = form.likert[index].row.querySelector("input");
+      }
+    }
+    target ||= [...box.querySelectorAll("textarea, input")].find((node) => node.offsetParent !== null);
+    if (target) target.focus();
+  }
+
   function checkRequired(answers) {
     const problems = [];
     for (const question of lease.task.questions) {
@@ -572,6 +628,8 @@
           problems.push([question.name, `Write at least ${question.min_length} characters.`]);
       } else if (question.kind === "fix") {
         if (question.required && !value) problems.push([question.name, "Edit the output into a better one."]);
+        else if (value && question.max_length && charCount(value) > question.max_length)
+          problems.push([question.name, tooLong("fix", charCount(value), question.max_length)]);
       } else if (question.kind === "rubric" && value) {
         for (const flag of question.flags)
           if (flag.needs_text && value.flags.includes(flag.name) && !(value.notes || {})[flag.name])
@@ -579,6 +637,17 @@
       }
     }
     return problems;
+  }
+
+  const tooLong = (noun, length, limit) =>
+    `Your ${noun} is too long: ${length.toLocaleString("en-US")} characters; the limit for this task is ${limit.toLocaleString("en-US")}.`;
+
+  // The server's message for a field, without the field's internal name ("answers.fix: …"):
+  // it is shown under that field already.
+  function fieldMessage(data) {
+    let message = data.detail || "Please check your answers.";
+    if (data.field && message.startsWith(`${data.field}: `)) message = message.slice(data.field.length + 2);
+    return message.charAt(0).toUpperCase() + message.slice(1);
   }
 
   // ---------------------------------------------------------------- queue calls
@@ -607,13 +676,14 @@
   }
 
   async function submit() {
-    if (busy || !lease) return;
+    if (busy || !lease || !form) return;
     clearErrors();
     hideBanner();
     const answers = collectAnswers();
     const problems = checkRequired(answers);
     if (problems.length) {
       problems.forEach(([name, message]) => fieldError(name, message));
+      focusFirstInvalid();
       return;
     }
     busy = true;
@@ -641,7 +711,8 @@
       }
       if (status === 400 && data) {
         const question = (data.field || "").replace(/^answers\./, "").split(".")[0];
-        fieldError(question || "answers", data.detail || "Please check your answers.");
+        fieldError(question || "answers", fieldMessage(data));
+        focusFirstInvalid();
       } else if (status === 409 && data && data.code === "lease_expired") {
         dropDraft(submitted.id);
         showBanner(
@@ -668,26 +739,71 @@
     }
   }
 
-  async function skip() {
-    if (busy || !lease) return;
-    busy = true;
+  // Skipping waits SKIP_UNDO_MS before it tells the server, under a "Skipped — Undo" bar: a
+  // stray S must not throw away a half-written judgment. The draft is kept until the skip is sent.
+  function skip() {
+    if (busy || !lease || pendingSkip) return;
+    saveDraft();
     const skipped = lease;
+    lease = null;
+    form = null;
+    visibleSince = null;
+    pendingSkip = { lease: skipped, timer: setTimeout(sendSkip, SKIP_UNDO_MS) };
+    stage.replaceChildren(el("p", { class: "muted", text: "Skipped. The next task comes in a few seconds." }));
+    showBanner("Skipped —", "info", { label: "Undo", run: undoSkip });
+    banner.querySelector("button").focus();
+  }
+
+  function undoSkip() {
+    if (!pendingSkip) return;
+    clearTimeout(pendingSkip.timer);
+    const kept = pendingSkip.lease;
+    pendingSkip = null;
+    render(kept);
+    showBanner("Not skipped: the task is as you left it.", "info");
+  }
+
+  async function sendSkip() {
+    if (!pendingSkip) return;
+    const skipped = pendingSkip.lease;
+    pendingSkip = null;
+    busy = true;
     try {
       const { status, data } = await api("POST", config.skipUrl.replace("{id}", skipped.id));
       if (status !== 200 && status !== 404 && status !== 409) {
-        showBanner((data && data.detail) || `The server answered ${status}.`);
+        pendingSkip = { lease: skipped, timer: null }; // not sent yet: Retry sends it again
+        showBanner((data && data.detail) || `The server answered ${status}.`, "error", { label: "Retry", run: retrySkip });
         return;
       }
       dropDraft(skipped.id);
-      lease = null;
       busy = false;
-      await next();
+      const shown = await next();
+      if (shown === "task" && banner.hidden) showBanner("Skipped. Here is your next task.", "info");
     } catch (_) {
-      showBanner("Could not reach the server.", "error", { label: "Retry", run: skip });
+      pendingSkip = { lease: skipped, timer: null };
+      showBanner("Could not reach the server.", "error", { label: "Retry", run: retrySkip });
     } finally {
       busy = false;
     }
   }
+
+  function retrySkip() {
+    if (!busy) sendSkip();
+  }
+
+  // Leaving the page during the undo time still skips (keepalive outlives the page).
+  window.addEventListener("pagehide", () => {
+    if (!pendingSkip) return;
+    clearTimeout(pendingSkip.timer);
+    fetch(config.skipUrl.replace("{id}", pendingSkip.lease.id), {
+      method: "POST",
+      credentials: "same-origin",
+      keepalive: true,
+      headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
+    });
+    dropDraft(pendingSkip.lease.id);
+    pendingSkip = null;
+  });
 
   async function refreshProgress() {
     try {
@@ -710,7 +826,7 @@
       el(
         "section",
         { class: "card done" },
-        el("h2", { text: "Nothing left for you right now" }),
+        el("h2", { id: "done-heading", tabindex: "-1", text: "Nothing left for you right now" }),
         el("p", {
           text: data
             ? `You have made ${data.own_judgments} judgments in this project. ${data.tasks_remaining} tasks still wait for other raters.`
@@ -719,18 +835,43 @@
         el("p", {}, el("a", { href: "/", text: "Back to your projects" }), " · ", el("button", { type: "button", class: "link", text: "Check again", onclick: next })),
       ),
     );
+    document.getElementById("done-heading").focus({ preventScroll: true });
   }
 
   // ---------------------------------------------------------------- panels and keys
 
-  function toggle(id, force) {
+  // A panel takes focus when it opens and gives it back to where it was when it closes.
+  const PANELS = ["guidelines", "help"];
+  let focusBeforePanel = null;
+
+  function openPanel(id) {
+    for (const other of PANELS) if (other !== id) document.getElementById(other).hidden = true;
     const panel = document.getElementById(id);
-    panel.hidden = force === undefined ? !panel.hidden : !force;
+    if (!panel.contains(document.activeElement) && !PANELS.some((p) => document.getElementById(p).contains(document.activeElement)))
+      focusBeforePanel = document.activeElement;
+    panel.hidden = false;
+    panel.focus();
+  }
+
+  function closePanels() {
+    const open = PANELS.map((p) => document.getElementById(p)).filter((panel) => !panel.hidden);
+    if (!open.length) return false;
+    open.forEach((panel) => (panel.hidden = true));
+    const back = focusBeforePanel;
+    focusBeforePanel = null;
+    if (back && back.isConnected && back !== document.body) back.focus();
+    else if (document.getElementById("task-heading")) document.getElementById("task-heading").focus();
+    return true;
+  }
+
+  function toggle(id) {
+    if (document.getElementById(id).hidden) openPanel(id);
+    else closePanels();
   }
 
   document.getElementById("guidelines-toggle").addEventListener("click", () => toggle("guidelines"));
   document.getElementById("help-toggle").addEventListener("click", () => toggle("help"));
-  document.querySelectorAll("[data-close]").forEach((b) => b.addEventListener("click", () => toggle(b.dataset.close, false)));
+  document.querySelectorAll("[data-close]").forEach((b) => b.addEventListener("click", closePanels));
 
   document.addEventListener("keydown", (event) => {
     const typing = event.target.matches("textarea, input[type=text], input:not([type])");
@@ -740,9 +881,7 @@
       return;
     }
     if (event.key === "Escape") {
-      if (typing) event.target.blur();
-      toggle("guidelines", false);
-      toggle("help", false);
+      if (!closePanels() && typing) event.target.blur();
       return;
     }
     if (typing || event.ctrlKey || event.metaKey || event.altKey) return;

@@ -4,7 +4,7 @@ from django.db import connection, transaction
 from rest_framework import serializers
 
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task, TaskOutput
-from annotation.questions import QuestionsConfigError, questions_for, validate_questions_config
+from annotation.questions import QuestionsConfigError, fix_limit, questions_for, validate_questions_config
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -193,6 +193,12 @@ class LeaseSerializer(serializers.Serializer):
             )
             texts = dict(cursor.fetchall())
         order = lease.display_order or list(texts)
+        questions = questions_for(project.questions, task.kind)
+        for question in questions:
+            # The page warns before a fix goes over the limit the server will hold it to.
+            if question["kind"] == "fix":
+                longest = max(map(len, texts.values()), default=0)
+                question["max_length"] = fix_limit(longest, cap=project.max_fix_chars)
         return {
             "id": task.pk,
             "kind": task.kind,
@@ -206,7 +212,7 @@ class LeaseSerializer(serializers.Serializer):
             "outputs": [
                 {"id": pk, "text": texts[pk], "label": chr(ord("A") + i)} for i, pk in enumerate(order)
             ],
-            "questions": questions_for(project.questions, task.kind),
+            "questions": questions,
         }
 
 
