@@ -53,17 +53,19 @@ def judgments_visible_to(user: AbstractBaseUser) -> QuerySet[Judgment]:
 
 
 def project_progress(project: Project, *, rater: AbstractBaseUser | None = None) -> dict:
-    """Done / remaining task counts (gold tasks aside), and the rater's own count if given."""
-    counts = Task.objects.filter(project=project, is_gold=False).aggregate(
-        total=Count("id"),
-        done=Count("id", filter=~Q(status=Task.Status.OPEN)),
-        judgments=Count("judgments"),
-    )
+    """Done / remaining task counts (gold tasks aside), and the rater's own count if given.
+
+    Tasks and judgments are counted by separate aggregates: counted over a join of tasks with
+    their judgments, every task would count once per judgment (overlap > 1 inflates both).
+    """
+    tasks = Task.objects.filter(project=project, is_gold=False)
+    counts = tasks.aggregate(total=Count("id"), done=Count("id", filter=~Q(status=Task.Status.OPEN)))
+    judgments = Judgment.objects.filter(project=project, task__is_gold=False).count()
     progress = {
         "tasks": counts["total"],
         "tasks_done": counts["done"],
         "tasks_remaining": counts["total"] - counts["done"],
-        "judgments": counts["judgments"],
+        "judgments": judgments,
         "judgments_needed": counts["total"] * project.overlap,
     }
     if rater is not None:
