@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from annotation.models import Judgment, Lease, Membership, Project, Task
+from annotation.models import Judgment, Lease, Membership, Project, Prompt, Task
 
 CURATOR_ROLES = (Membership.Role.CURATOR, Membership.Role.ADMIN)
 
@@ -41,6 +41,11 @@ def curated_projects(user: AbstractBaseUser) -> QuerySet[Project]:
     return Project.objects.filter(
         memberships__user=user, memberships__is_active=True, memberships__role__in=CURATOR_ROLES
     ).distinct()
+
+
+def prompts_visible_to(user: AbstractBaseUser) -> QuerySet[Prompt]:
+    """Prompts of the projects the user may see (projects_for)."""
+    return Prompt.objects.filter(project__in=projects_for(user))
 
 
 def judgments_visible_to(user: AbstractBaseUser) -> QuerySet[Judgment]:
