@@ -154,6 +154,9 @@ class ProjectExportView(APIView):
         parameters=[ExportQuerySerializer],
         responses={
             (200, MEDIA_TYPES["jsonl"]): OpenApiResponse(OpenApiTypes.BINARY, description="The export file"),
+            (200, MEDIA_TYPES["csv"]): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The export file (spreadsheet formulas escaped)"
+            ),
             (200, MEDIA_TYPES["parquet"]): OpenApiResponse(
                 OpenApiTypes.BINARY, description="The export file"
             ),
