@@ -85,7 +85,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "annotation.api.schema.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "annotation.api.pagination.LimitOffsetPagination",
     "DEFAULT_PARSER_CLASSES": [
         "annotation.api.parsers.JSONParser",

@@ -293,3 +293,53 @@ def test_browsable_forms_offer_only_the_projects_and_prompts_you_may_see(
     assert "P1-ext-0" in own and "B-ext-0" not in own
     own = page(alice, "/api/v1/prompts/")
     assert re.search(r">\s*Summaries\s*</option>", own) and not re.search(r">\s*Other\s*</option>", own)
+
+
+# ---------------------------------------------------------------- the schema says what the server does
+
+
+@pytest.fixture
+def openapi():
+    from drf_spectacular.generators import SchemaGenerator
+
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+def test_every_operation_documents_its_error_answers(openapi):
+    for path, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            expected = {"400", "401", "403"} | ({"404"} if "{" in path else set())
+            assert expected <= set(responses), (method, path)
+            for code in expected:
+                assert "application/json" in responses[code]["content"], (method, path, code)
+
+
+def test_submit_takes_json_only(openapi, project, bob):
+    body = openapi["paths"]["/api/v1/leases/{id}/submit/"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json"}
+    lease = _lease(project, bob)
+    response = client_for(bob).post(
+        f"/api/v1/leases/{lease}/submit/", {"answers": "feedback"}, format="multipart"
+    )
+    assert response.status_code == 415 and response.json()["code"] == "unsupported_media_type"
+
+
+def test_an_empty_import_is_refused_as_the_schema_says(openapi, project, alice):
+    rows = openapi["components"]["schemas"]["ImportRowsRequest"]["properties"]["rows"]
+    assert rows["minItems"] == 1
+    response = client_for(alice).post(f"/api/v1/projects/{project.pk}/import/", {"rows": []}, format="json")
+    assert response.status_code == 400 and response.json()["detail"]
+
+
+def test_training_export_of_rejected_judgments_is_a_documented_400(openapi, project, alice):
+    export = openapi["paths"]["/api/v1/projects/{project_id}/export/"]["get"]["responses"]
+    assert "application/json" in export["400"]["content"]
+    response = client_for(alice).get(f"/api/v1/projects/{project.pk}/export/?kind=sft&status=rejected")
+    assert response.status_code == 400 and "pending and accepted" in response.json()["detail"]
+
+
+def test_paths_that_are_no_endpoint_answer_json_404(alice):
+    for method, url in [("get", "/api/v1/projects/0.5/"), ("post", "/api/v1/leases/1.5/skip/")]:
+        response = getattr(client_for(alice), method)(url)
+        assert response.status_code == 404 and response.json()["code"] == "not_found"

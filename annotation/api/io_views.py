@@ -34,7 +34,9 @@ class MappingField(serializers.JSONField):
     """`{our_field: their_field}`; in a multipart form, a JSON string. Checked by importing.clean_mapping."""
 
 
-@extend_schema_field({"type": "array", "items": {"type": "object", "additionalProperties": True}})
+@extend_schema_field(
+    {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": True}}
+)
 class RowsField(serializers.JSONField):
     """Prompt rows as objects; checked row by row by importing.parse_prompt_rows (errors name the row)."""
 

@@ -1,4 +1,4 @@
-from django.urls import include, path
+from django.urls import include, path, re_path
 from rest_framework.routers import DefaultRouter
 
 from annotation.api import io_views, views
@@ -15,4 +15,7 @@ urlpatterns = [
     path("projects/<int:project_id>/import/", io_views.ProjectImportView.as_view(), name="project-import"),
     path("projects/<int:project_id>/export/", io_views.ProjectExportView.as_view(), name="project-export"),
     path("", include(router.urls)),
+    # Anything else under the API (an id that is not a number, a path that is no endpoint) is a
+    # JSON 404 too. Paths without their trailing slash still get Django's redirect to it.
+    re_path(r"^.*/$", views.endpoint_not_found),
 ]

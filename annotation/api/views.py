@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.db.models import Exists, OuterRef
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
@@ -15,6 +17,11 @@ from annotation import selectors, services
 from annotation.api import serializers as s
 from annotation.api.parsers import JSONParser
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task
+
+
+@csrf_exempt  # a 404 whatever the method; nothing is read or written
+def endpoint_not_found(request, *args, **kwargs):
+    return JsonResponse({"detail": "no such endpoint or object", "code": "not_found"}, status=404)
 
 
 def _query(request, serializer_class) -> dict:
@@ -224,7 +231,14 @@ class LeaseViewSet(viewsets.GenericViewSet):
         body = s.JudgmentSerializer(submission.judgment, context=context).data
         return Response(body, status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
 
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT}, summary="Give a leased task back")
+    @extend_schema(
+        request=None,
+        responses={
+            200: OpenApiTypes.OBJECT,
+            409: OpenApiResponse(description="The task was already submitted on this lease"),
+        },
+        summary="Give a leased task back",
+    )
     @action(detail=True, methods=["post"])
     def skip(self, request, pk=None):
         lease = services.lease_skip(lease_id=_lease_id(pk), rater=request.user)
