@@ -66,11 +66,10 @@ class BulkCreateMixin:
         many = isinstance(request.data, list)
         # One object goes through the list path too, so the checks across items (unique external
         # ids, against the database as well) apply to it.
+        # Access is checked by the serializers' CuratedRelatedField, item by item, before the rest
+        # of the body: a project's contents are never checked against the body of a non-curator.
         serializer = self.get_serializer(data=request.data if many else [request.data], many=True)
         serializer.is_valid(raise_exception=True)
-        for project in {self.project_of(item) for item in serializer.validated_data}:
-            if not selectors.can_curate(request.user, project):
-                raise PermissionDenied("only the project's curators can add to it")
         serializer.save()
         data = serializer.data if many else serializer.data[0]
         return Response(data, status=status.HTTP_201_CREATED)
@@ -145,10 +144,6 @@ class PromptViewSet(
     def get_queryset(self):
         return self.filter_by_project(Prompt.objects.order_by("id"))
 
-    @staticmethod
-    def project_of(item):
-        return item["project"]
-
 
 @extend_schema_view(list=extend_schema(parameters=[s.OutputFilterSerializer]))
 class OutputViewSet(
@@ -169,10 +164,6 @@ class OutputViewSet(
         round_number = self.query.get("round")
         return queryset if round_number is None else queryset.filter(round_number=round_number)
 
-    @staticmethod
-    def project_of(item):
-        return item["prompt"].project
-
 
 @extend_schema_view(list=extend_schema(parameters=[s.TaskFilterSerializer]))
 class TaskViewSet(
@@ -191,10 +182,6 @@ class TaskViewSet(
         queryset = self.filter_by_project(Task.objects.prefetch_related("task_outputs").order_by("id"))
         task_status = self.query.get("status")
         return queryset.filter(status=task_status) if task_status else queryset
-
-    @staticmethod
-    def project_of(item):
-        return item["project"]
 
 
 class LeaseViewSet(viewsets.GenericViewSet):
