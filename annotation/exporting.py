@@ -8,12 +8,17 @@
 Training exports (sft, preference) take only pending and accepted judgments: a curator's
 rejection or exclusion takes a judgment out of the training data.
 
+CSV is for people, who open it in a spreadsheet: nested values (outputs, answers) are JSON text,
+and a cell a spreadsheet would run as a formula is escaped (see `csv_cell`). JSONL and parquet
+hold the text verbatim.
+
 Rows are generated from `.iterator(chunk_size=...)` querysets and written as they come, so an
 export holds one chunk of judgments in memory whatever the project's size.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,7 +29,7 @@ from django.db.models import Prefetch, QuerySet
 from annotation.models import Answer, Judgment, Project, TaskOutput
 
 KINDS = ("judgments", "sft", "preference")
-FORMATS = ("jsonl", "parquet")
+FORMATS = ("jsonl", "csv", "parquet")
 STATUSES = tuple(Judgment.Status.values)
 TRAINING_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
 CHUNK_SIZE = 500
@@ -227,6 +232,66 @@ def write_jsonl(rows: Iterable[dict], stream: IO[str]) -> int:
     return count
 
 
+# Cells a spreadsheet reads as a formula (or, for tab and CR, as one once trimmed): OWASP's list.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+CSV_COLUMNS = {
+    "judgments": (
+        "judgment_id",
+        "task_id",
+        "task_kind",
+        "prompt_external_id",
+        "prompt_text",
+        "outputs",
+        "rater",
+        "answers",
+        "time_spent_ms",
+        "late",
+        "status",
+        "round",
+        "created_at",
+    ),
+    "sft": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: nested values as JSON text, and text that a spreadsheet would take
+    for a formula (`=HYPERLINK(...)`, `+1`, `@SUM`) prefixed with a single quote, so that it is
+    shown, not run. Raters' and models' text is untrusted; numbers and booleans stay as they are.
+    """
+    if isinstance(value, dict | list):
+        value = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _Line:
+    """A file-like object whose write() hands back the text, for csv.writer one row at a time."""
+
+    def write(self, text: str) -> str:
+        return text
+
+
+def csv_lines(rows: Iterable[dict], *, kind: str) -> Iterator[str]:
+    """The header, then one CSV line per row (RFC 4180 quoting, CRLF line ends)."""
+    columns = CSV_COLUMNS[kind]
+    writer = csv.writer(_Line())
+    yield writer.writerow(columns)
+    for row in rows:
+        yield writer.writerow([csv_cell(row[name]) for name in columns])
+
+
+def write_csv(rows: Iterable[dict], stream: IO[str], *, kind: str) -> int:
+    """Write rows as CSV to a text stream (open it with newline=""). Returns how many rows."""
+    count = -1  # the header is not a row
+    for line in csv_lines(rows, kind=kind):
+        stream.write(line)
+        count += 1
+    return count
+
+
 def export_schema(kind: str):
     """The fixed parquet schema of an export kind (so an empty export still has its columns)."""
     import pyarrow as pa
@@ -287,11 +352,15 @@ def write_parquet(
 
 
 PARQUET_SPOOL_BYTES = 32 * 1024 * 1024  # parquet exports larger than this spill to a temporary file
-MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+MEDIA_TYPES = {
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+}
 
 
 def export_response(project, rows, *, kind: str, fmt: str, round_number: int | None = None):
-    """An HTTP download of export rows: JSONL streams as it is read; parquet is finished first."""
+    """An HTTP download of export rows: JSONL and CSV stream as they are read; parquet is finished first."""
     import tempfile
 
     from django.http import FileResponse, StreamingHttpResponse
@@ -299,10 +368,10 @@ def export_response(project, rows, *, kind: str, fmt: str, round_number: int | N
 
     suffix = "" if round_number is None else f"-round{round_number}"
     filename = f"{slugify(project.name) or f'project-{project.pk}'}-{kind}{suffix}.{fmt}"
-    if fmt == "jsonl":
+    if fmt in ("jsonl", "csv"):
+        lines = jsonl_lines(rows) if fmt == "jsonl" else csv_lines(rows, kind=kind)
         response = StreamingHttpResponse(
-            (line.encode("utf-8") for line in jsonl_lines(rows)),
-            content_type=f"{MEDIA_TYPES['jsonl']}; charset=utf-8",
+            (line.encode("utf-8") for line in lines), content_type=f"{MEDIA_TYPES[fmt]}; charset=utf-8"
         )
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response

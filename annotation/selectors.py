@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from annotation.models import Judgment, Lease, Membership, Project, Task
+from annotation.models import Judgment, Lease, Membership, Project, Prompt, Task
 
 CURATOR_ROLES = (Membership.Role.CURATOR, Membership.Role.ADMIN)
 
@@ -43,6 +43,11 @@ def curated_projects(user: AbstractBaseUser) -> QuerySet[Project]:
     ).distinct()
 
 
+def prompts_visible_to(user: AbstractBaseUser) -> QuerySet[Prompt]:
+    """Prompts of the projects the user may see (projects_for)."""
+    return Prompt.objects.filter(project__in=projects_for(user))
+
+
 def judgments_visible_to(user: AbstractBaseUser) -> QuerySet[Judgment]:
     """Curators see their projects' judgments; raters see only their own."""
     if user.is_superuser:
@@ -53,17 +58,19 @@ def judgments_visible_to(user: AbstractBaseUser) -> QuerySet[Judgment]:
 
 
 def project_progress(project: Project, *, rater: AbstractBaseUser | None = None) -> dict:
-    """Done / remaining task counts (gold tasks aside), and the rater's own count if given."""
-    counts = Task.objects.filter(project=project, is_gold=False).aggregate(
-        total=Count("id"),
-        done=Count("id", filter=~Q(status=Task.Status.OPEN)),
-        judgments=Count("judgments"),
-    )
+    """Done / remaining task counts (gold tasks aside), and the rater's own count if given.
+
+    Tasks and judgments are counted by separate aggregates: counted over a join of tasks with
+    their judgments, every task would count once per judgment (overlap > 1 inflates both).
+    """
+    tasks = Task.objects.filter(project=project, is_gold=False)
+    counts = tasks.aggregate(total=Count("id"), done=Count("id", filter=~Q(status=Task.Status.OPEN)))
+    judgments = Judgment.objects.filter(project=project, task__is_gold=False).count()
     progress = {
         "tasks": counts["total"],
         "tasks_done": counts["done"],
         "tasks_remaining": counts["total"] - counts["done"],
-        "judgments": counts["judgments"],
+        "judgments": judgments,
         "judgments_needed": counts["total"] * project.overlap,
     }
     if rater is not None:

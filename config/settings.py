@@ -126,8 +126,18 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_SCHEMA_CLASS": "annotation.api.schema.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "annotation.api.pagination.LimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": [
+        "annotation.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # The browsable API only while developing: its forms are not what a deployment should serve.
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    ],
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "annotation.api.errors.exception_handler",
     # Generous: a fast rater makes a few requests a minute, the queue bench a few a second per

@@ -446,5 +446,74 @@ def test_export_view_is_in_the_openapi_schema():
     assert {"kind", "format", "round", "status"} <= {p["name"] for p in operation["parameters"]}
     assert set(operation["responses"]["200"]["content"]) == {
         "application/x-ndjson",
+        "text/csv",
         "application/vnd.apache.parquet",
     }
+
+
+# ------------------------------------------------------------------ CSV for spreadsheets
+
+FORMULAS = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(A1)", "\tindent", "\rreturn"]
+
+
+@pytest.fixture
+def formula_judgments(project, bob):
+    tasks = make_tasks(project, len(FORMULAS), prefix="f")
+    for task, formula in zip(tasks, FORMULAS, strict=True):
+        Prompt.objects.filter(pk=task.prompt_id).update(text=formula)
+        judge(task, bob, {"fix": ("fix", formula), "feedback": ("feedback", "plain text")})
+    return project
+
+
+def _csv_rows(text: str) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_csv_export_escapes_formula_cells_and_keeps_other_text(formula_judgments):
+    from annotation.exporting import write_csv
+
+    out = io.StringIO(newline="")
+    assert write_csv(export_rows(formula_judgments, kind="judgments"), out, kind="judgments") == 6
+    rows = _csv_rows(out.getvalue())
+    assert [row["prompt_text"] for row in rows] == ["'" + formula for formula in FORMULAS]
+    assert json.loads(rows[0]["answers"]) == {"fix": FORMULAS[0], "feedback": "plain text"}
+    assert rows[0]["rater"] == "bob" and rows[0]["status"] == "pending"
+
+    out = io.StringIO(newline="")
+    write_csv(export_rows(formula_judgments, kind="sft"), out, kind="sft")
+    assert [row["completion"] for row in _csv_rows(out.getvalue())] == ["'" + f for f in FORMULAS]
+
+
+def test_jsonl_keeps_formula_text_verbatim(formula_judgments):
+    out = io.StringIO()
+    write_jsonl(export_rows(formula_judgments, kind="sft"), out)
+    assert [json.loads(line)["completion"] for line in out.getvalue().splitlines()] == FORMULAS
+
+
+def test_csv_export_over_the_api_command_and_dashboard(formula_judgments, alice, tmp_path):
+    client = APIClient()
+    client.force_authenticate(alice)
+    response = client.get(f"/api/v1/projects/{formula_judgments.pk}/export/?format=csv&kind=sft")
+    assert response.status_code == 200 and response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"].endswith('-sft.csv"')
+    body = b"".join(response.streaming_content).decode()
+    assert [row["prompt"] for row in _csv_rows(body)] == ["'" + f for f in FORMULAS]
+
+    target = tmp_path / "judgments.csv"
+    call_command("export_judgments", "Summaries", "--format", "csv", "-o", str(target), stderr=io.StringIO())
+    assert _csv_rows(target.open(newline="").read())[2]["prompt_text"] == "'-2+3"
+    out = io.StringIO()
+    call_command("export_judgments", "Summaries", "--format", "csv", stdout=out, stderr=io.StringIO())
+    assert _csv_rows(out.getvalue())[3]["prompt_text"] == "'@SUM(A1)"
+
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.get(f"/projects/{formula_judgments.pk}/dashboard/").content.decode()
+    assert f"/projects/{formula_judgments.pk}/exports/judgments.csv" in page
+    download = browser.get(f"/projects/{formula_judgments.pk}/exports/judgments.csv")
+    assert download.status_code == 200
+    assert _csv_rows(b"".join(download.streaming_content).decode())[0]["prompt_text"].startswith("'=")

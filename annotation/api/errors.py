@@ -1,5 +1,6 @@
 """One error shape for the whole API: {"detail": message, "code": code, "field": name?}."""
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -51,8 +52,23 @@ def exception_handler(exc, context):
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"detail": "the request body is larger than the server accepts", "code": "too_large"},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return Response(
+            {
+                "detail": "the form has more fields or files than the server accepts",
+                "code": "too_many_fields",
+            },
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     response = drf_exception_handler(exc, context)
-    if response is not None and isinstance(exc, exceptions.ValidationError):
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
         field, message = _first_message(exc.detail)
         response.data = {
             "detail": f"{field}: {message}" if field else message,
@@ -60,4 +76,8 @@ def exception_handler(exc, context):
             "field": field or None,
             "errors": exc.detail,
         }
+    elif isinstance(response.data, dict) and "code" not in response.data:
+        # DRF's own errors (not found, not allowed, not authenticated ...) carry their code on the detail.
+        detail = response.data.get("detail", "")
+        response.data = {"detail": str(detail), "code": getattr(detail, "code", None) or "error"}
     return response

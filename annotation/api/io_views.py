@@ -8,12 +8,13 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import exporting, importing, selectors
+from annotation.api.parsers import JSONParser
 from annotation.models import Project
 
 # A parquet export is built in memory up to this size, then on disk, before it is sent.
@@ -33,7 +34,9 @@ class MappingField(serializers.JSONField):
     """`{our_field: their_field}`; in a multipart form, a JSON string. Checked by importing.clean_mapping."""
 
 
-@extend_schema_field({"type": "array", "items": {"type": "object", "additionalProperties": True}})
+@extend_schema_field(
+    {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": True}}
+)
 class RowsField(serializers.JSONField):
     """Prompt rows as objects; checked row by row by importing.parse_prompt_rows (errors name the row)."""
 
@@ -153,6 +156,9 @@ class ProjectExportView(APIView):
         parameters=[ExportQuerySerializer],
         responses={
             (200, MEDIA_TYPES["jsonl"]): OpenApiResponse(OpenApiTypes.BINARY, description="The export file"),
+            (200, MEDIA_TYPES["csv"]): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The export file (spreadsheet formulas escaped)"
+            ),
             (200, MEDIA_TYPES["parquet"]): OpenApiResponse(
                 OpenApiTypes.BINARY, description="The export file"
             ),

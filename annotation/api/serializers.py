@@ -1,13 +1,80 @@
 from __future__ import annotations
 
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
 
+from annotation import selectors
+from annotation.api.parsers import json_problem, loads
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task, TaskOutput
 from annotation.questions import QuestionsConfigError, fix_limit, questions_for, validate_questions_config
 
 
-class ProjectSerializer(serializers.ModelSerializer):
+class StorableJSONField(serializers.JSONField):
+    """A JSON field whose value the database can store.
+
+    In a multipart form a JSON field is a string parsed here: `null` parses to None, which a
+    NOT NULL column refuses at write time, so it is checked again after parsing. NUL characters
+    and absurd nesting are refused too (PostgreSQL's jsonb stores no U+0000).
+    """
+
+    def to_internal_value(self, data):
+        if self.binary or getattr(data, "is_json_string", False):
+            if isinstance(data, bytes):
+                data = data.decode()
+            try:
+                data = loads(data)
+            except ValueError as error:
+                message = str(error) if str(error).startswith("is nested") else "is not valid JSON"
+                raise serializers.ValidationError(message) from error
+        else:
+            data = super().to_internal_value(data)
+        if data is None and not self.allow_null:
+            self.fail("null")
+        problem = json_problem(data)
+        if problem is not None:
+            raise serializers.ValidationError(problem)
+        return data
+
+
+class CuratedRelatedField(serializers.PrimaryKeyRelatedField):
+    """A project (or a row of one) to add to: one the requesting user sees, and curates.
+
+    The choices come from the visibility selector, so rows of projects the user cannot see
+    answer exactly as ids that do not exist (400), in the error and in the browsable API's
+    forms alike. A row the user sees but may not add to is refused here (403), before the rest
+    of the body is validated: no later check (an external id already taken) can answer first.
+    """
+
+    def __init__(self, *, selector, model, **kwargs):
+        self.selector = selector
+        kwargs.setdefault(
+            "error_messages", {"does_not_exist": f"no such {model._meta.verbose_name} of yours"}
+        )
+        super().__init__(queryset=model.objects.none(), **kwargs)
+
+    def get_queryset(self):
+        user = getattr(self.context.get("request"), "user", None)
+        if user is None or not user.is_authenticated:
+            return self.queryset
+        return self.selector(user)
+
+    def to_internal_value(self, data):
+        row = super().to_internal_value(data)
+        project = row if isinstance(row, Project) else row.project
+        if not selectors.can_curate(self.context["request"].user, project):
+            raise PermissionDenied("only the project's curators can add to it")
+        return row
+
+
+class StorableModelSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: StorableJSONField,
+    }
+
+
+class ProjectSerializer(StorableModelSerializer):
     class Meta:
         model = Project
         fields = [
@@ -64,7 +131,9 @@ class PromptListSerializer(BulkListSerializer):
         return attrs
 
 
-class PromptSerializer(serializers.ModelSerializer):
+class PromptSerializer(StorableModelSerializer):
+    project = CuratedRelatedField(selector=selectors.projects_for, model=Project)
+
     class Meta:
         model = Prompt
         fields = ["id", "project", "external_id", "text", "context", "data", "split", "gold", "created_at"]
@@ -79,7 +148,9 @@ class PromptSerializer(serializers.ModelSerializer):
         return value
 
 
-class OutputSerializer(serializers.ModelSerializer):
+class OutputSerializer(StorableModelSerializer):
+    prompt = CuratedRelatedField(selector=selectors.prompts_visible_to, model=Prompt)
+
     class Meta:
         model = Output
         fields = [
@@ -104,7 +175,9 @@ class TaskOutputIdsField(serializers.ListField):
         return [link.output_id for link in instance.task_outputs.all()]
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(StorableModelSerializer):
+    project = CuratedRelatedField(selector=selectors.projects_for, model=Project)
+    prompt = CuratedRelatedField(selector=selectors.prompts_visible_to, model=Prompt)
     outputs = TaskOutputIdsField(
         child=serializers.IntegerField(), min_length=1, max_length=10, help_text="Output ids, in order"
     )
@@ -220,6 +293,12 @@ class SubmitSerializer(serializers.Serializer):
     answers = serializers.DictField(help_text="Answers keyed by question name (see the task's questions).")
     time_spent_ms = serializers.IntegerField(required=False, min_value=0, max_value=24 * 3600 * 1000)
 
+    def validate_answers(self, value):
+        problem = json_problem(value)
+        if problem is not None:
+            raise serializers.ValidationError(problem)
+        return value
+
 
 class AnswerSerializer(serializers.ModelSerializer):
     class Meta:
@@ -254,3 +333,47 @@ class JudgmentSerializer(serializers.Serializer):
         if "answers" in self.context:  # just written, and handed over by the caller
             return self.context["answers"]
         return {answer.question: answer.value for answer in judgment.answer_rows.all()}
+
+
+# Query parameters of the list endpoints, validated (a 400 naming the parameter) before they
+# reach a query: ids beyond a 64-bit integer, unknown statuses and NUL characters included.
+_ID = {"required": False, "min_value": 0, "max_value": 2**63 - 1}
+
+
+class _Choice(serializers.ChoiceField):
+    """An optional choice among `choices`; an unknown one is refused with the allowed values."""
+
+    def __init__(self, choices, **kwargs):
+        allowed = ", ".join(str(value) for value, _ in choices)
+        messages = {"invalid_choice": f'"{{input}}" is not one of {allowed}'}
+        super().__init__(choices, required=False, allow_blank=True, error_messages=messages, **kwargs)
+
+
+class ProjectFilterSerializer(serializers.Serializer):
+    project = serializers.IntegerField(**_ID, help_text="Only this project's rows.")
+
+
+class OutputFilterSerializer(ProjectFilterSerializer):
+    round = serializers.IntegerField(**_ID, help_text="Only this round's outputs.")
+
+
+class TaskFilterSerializer(ProjectFilterSerializer):
+    status = _Choice(Task.Status.choices)
+
+
+class JudgmentFilterSerializer(ProjectFilterSerializer):
+    round = serializers.IntegerField(**_ID, help_text="Only this round's judgments.")
+    kind = _Choice(Answer.Kind.choices, help_text="Only judgments with an answer of this kind.")
+    status = _Choice(Judgment.Status.choices)
+    rater = serializers.CharField(
+        required=False, allow_blank=True, max_length=150, help_text="A rater's username."
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The shape of every error answer (annotation.api.errors)."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    field = serializers.CharField(allow_null=True, required=False)
+    errors = serializers.JSONField(required=False, help_text="Every field's messages, for validation errors.")

@@ -1,4 +1,4 @@
-from django.urls import include, path
+from django.urls import include, path, re_path
 from rest_framework.routers import DefaultRouter
 
 from annotation.api import io_views, token_views, views
@@ -17,4 +17,7 @@ urlpatterns = [
     path("auth/token/", token_views.TokenView.as_view(), name="auth-token"),
     path("auth/token/rotate/", token_views.TokenRotateView.as_view(), name="auth-token-rotate"),
     path("", include(router.urls)),
+    # Anything else under the API (an id that is not a number, a path that is no endpoint) is a
+    # JSON 404 too. Paths without their trailing slash still get Django's redirect to it.
+    re_path(r"^.*/$", views.endpoint_not_found),
 ]

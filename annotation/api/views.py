@@ -3,29 +3,60 @@
 from __future__ import annotations
 
 from django.db.models import Exists, OuterRef
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from annotation import selectors, services
 from annotation.api import serializers as s
+from annotation.api.parsers import JSONParser
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task
 
 
-def _int_param(request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError as error:
-        from rest_framework.exceptions import ValidationError
+@csrf_exempt  # a 404 whatever the method; nothing is read or written
+def endpoint_not_found(request, *args, **kwargs):
+    return JsonResponse({"detail": "no such endpoint or object", "code": "not_found"}, status=404)
 
-        raise ValidationError({name: "must be an integer"}) from error
+
+def _query(request, serializer_class) -> dict:
+    """The list's query parameters, validated (400 naming the parameter otherwise)."""
+    query = serializer_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data
+
+
+def _lease_id(pk: str) -> int:
+    if not (pk.isascii() and pk.isdigit()) or int(pk) > 2**63 - 1:
+        raise ValidationError({"id": "a lease id is a positive integer"})
+    return int(pk)
+
+
+class ProjectAccess(permissions.IsAuthenticated):
+    """Administrators create and delete projects; curators change theirs.
+
+    Checked before the body is validated, so that a validation error (a name already taken)
+    cannot tell someone without rights what the project or its neighbours hold.
+    """
+
+    def has_permission(self, request, view):
+        if not super().has_permission(request, view):
+            return False
+        if view.action == "create" and not request.user.is_superuser:
+            raise PermissionDenied("only administrators can create projects")
+        return True
+
+    def has_object_permission(self, request, view, obj):
+        if view.action == "destroy" and not request.user.is_superuser:
+            raise PermissionDenied("only administrators can delete projects")
+        if view.action in ("update", "partial_update") and not selectors.can_curate(request.user, obj):
+            raise PermissionDenied("only the project's curators can change it")
+        return True
 
 
 class BulkCreateMixin:
@@ -35,11 +66,10 @@ class BulkCreateMixin:
         many = isinstance(request.data, list)
         # One object goes through the list path too, so the checks across items (unique external
         # ids, against the database as well) apply to it.
+        # Access is checked by the serializers' CuratedRelatedField, item by item, before the rest
+        # of the body: a project's contents are never checked against the body of a non-curator.
         serializer = self.get_serializer(data=request.data if many else [request.data], many=True)
         serializer.is_valid(raise_exception=True)
-        for project in {self.project_of(item) for item in serializer.validated_data}:
-            if not selectors.can_curate(request.user, project):
-                raise PermissionDenied("only the project's curators can add to it")
         serializer.save()
         data = serializer.data if many else serializer.data[0]
         return Response(data, status=status.HTTP_201_CREATED)
@@ -52,25 +82,11 @@ class BulkCreateMixin:
 class ProjectViewSet(viewsets.ModelViewSet):
     queryset = Project.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.ProjectSerializer
+    permission_classes = [ProjectAccess]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
         return selectors.projects_for(self.request.user).order_by("id")
-
-    def perform_create(self, serializer):
-        if not self.request.user.is_superuser:
-            raise PermissionDenied("only administrators can create projects")
-        serializer.save()
-
-    def perform_update(self, serializer):
-        if not selectors.can_curate(self.request.user, serializer.instance):
-            raise PermissionDenied("only the project's curators can change it")
-        serializer.save()
-
-    def perform_destroy(self, instance):
-        if not self.request.user.is_superuser:
-            raise PermissionDenied("only administrators can delete projects")
-        instance.delete()
 
     @extend_schema(
         request=None,
@@ -100,17 +116,20 @@ class CuratedListMixin:
 
     project_path = "project"
 
+    filter_serializer = s.ProjectFilterSerializer
+
     def filter_by_project(self, queryset):
         queryset = queryset.filter(
             **{f"{self.project_path}__in": selectors.curated_projects(self.request.user)}
         )
-        project_id = _int_param(self.request, "project")
+        self.query = _query(self.request, self.filter_serializer) if self.action == "list" else {}
+        project_id = self.query.get("project")
         if project_id is not None:
             queryset = queryset.filter(**{f"{self.project_path}_id": project_id})
         return queryset
 
 
-@extend_schema_view(list=extend_schema(parameters=[OpenApiParameter("project", int)]))
+@extend_schema_view(list=extend_schema(parameters=[s.ProjectFilterSerializer]))
 class PromptViewSet(
     CuratedListMixin,
     BulkCreateMixin,
@@ -125,14 +144,8 @@ class PromptViewSet(
     def get_queryset(self):
         return self.filter_by_project(Prompt.objects.order_by("id"))
 
-    @staticmethod
-    def project_of(item):
-        return item["project"]
 
-
-@extend_schema_view(
-    list=extend_schema(parameters=[OpenApiParameter("project", int), OpenApiParameter("round", int)])
-)
+@extend_schema_view(list=extend_schema(parameters=[s.OutputFilterSerializer]))
 class OutputViewSet(
     CuratedListMixin,
     BulkCreateMixin,
@@ -144,20 +157,15 @@ class OutputViewSet(
     queryset = Output.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.OutputSerializer
     project_path = "prompt__project"
+    filter_serializer = s.OutputFilterSerializer
 
     def get_queryset(self):
         queryset = self.filter_by_project(Output.objects.order_by("id"))
-        round_number = _int_param(self.request, "round")
+        round_number = self.query.get("round")
         return queryset if round_number is None else queryset.filter(round_number=round_number)
 
-    @staticmethod
-    def project_of(item):
-        return item["prompt"].project
 
-
-@extend_schema_view(
-    list=extend_schema(parameters=[OpenApiParameter("project", int), OpenApiParameter("status", str)])
-)
+@extend_schema_view(list=extend_schema(parameters=[s.TaskFilterSerializer]))
 class TaskViewSet(
     CuratedListMixin,
     BulkCreateMixin,
@@ -168,15 +176,12 @@ class TaskViewSet(
 ):
     queryset = Task.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.TaskSerializer
+    filter_serializer = s.TaskFilterSerializer
 
     def get_queryset(self):
         queryset = self.filter_by_project(Task.objects.prefetch_related("task_outputs").order_by("id"))
-        task_status = self.request.query_params.get("status")
+        task_status = self.query.get("status")
         return queryset.filter(status=task_status) if task_status else queryset
-
-    @staticmethod
-    def project_of(item):
-        return item["project"]
 
 
 class LeaseViewSet(viewsets.GenericViewSet):
@@ -198,12 +203,13 @@ class LeaseViewSet(viewsets.GenericViewSet):
         },
         summary="Submit your answers for a leased task",
     )
-    @action(detail=True, methods=["post"])
+    # JSON only: `answers` is an object keyed by question, which a form cannot carry.
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def submit(self, request, pk=None):
         payload = s.SubmitSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         submission = services.judgment_submit(
-            lease_id=int(pk),
+            lease_id=_lease_id(pk),
             rater=request.user,
             answers=payload.validated_data["answers"],
             time_spent_ms=payload.validated_data.get("time_spent_ms"),
@@ -212,24 +218,21 @@ class LeaseViewSet(viewsets.GenericViewSet):
         body = s.JudgmentSerializer(submission.judgment, context=context).data
         return Response(body, status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
 
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT}, summary="Give a leased task back")
+    @extend_schema(
+        request=None,
+        responses={
+            200: OpenApiTypes.OBJECT,
+            409: OpenApiResponse(description="The task was already submitted on this lease"),
+        },
+        summary="Give a leased task back",
+    )
     @action(detail=True, methods=["post"])
     def skip(self, request, pk=None):
-        lease = services.lease_skip(lease_id=int(pk), rater=request.user)
+        lease = services.lease_skip(lease_id=_lease_id(pk), rater=request.user)
         return Response({"id": lease.pk, "state": lease.state})
 
 
-@extend_schema_view(
-    list=extend_schema(
-        parameters=[
-            OpenApiParameter("project", int),
-            OpenApiParameter("round", int),
-            OpenApiParameter("kind", str, enum=[k for k, _ in Answer.Kind.choices]),
-            OpenApiParameter("status", str, enum=[k for k, _ in Judgment.Status.choices]),
-            OpenApiParameter("rater", str, description="username"),
-        ]
-    )
-)
+@extend_schema_view(list=extend_schema(parameters=[s.JudgmentFilterSerializer]))
 class JudgmentViewSet(viewsets.ReadOnlyModelViewSet):
     """Raters see their own judgments; curators see all of their projects'."""
 
@@ -239,20 +242,18 @@ class JudgmentViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         queryset = selectors.judgments_visible_to(self.request.user).select_related("rater")
-        params = self.request.query_params
-        project_id = _int_param(self.request, "project")
-        if project_id is not None:
-            queryset = queryset.filter(project_id=project_id)
-        round_number = _int_param(self.request, "round")
-        if round_number is not None:
-            queryset = queryset.filter(round_number=round_number)
-        if params.get("status"):
-            queryset = queryset.filter(status=params["status"])
-        if params.get("rater"):
-            queryset = queryset.filter(rater__username=params["rater"])
-        if params.get("kind"):
+        query = _query(self.request, s.JudgmentFilterSerializer) if self.action == "list" else {}
+        if "project" in query:
+            queryset = queryset.filter(project_id=query["project"])
+        if "round" in query:
+            queryset = queryset.filter(round_number=query["round"])
+        if query.get("status"):
+            queryset = queryset.filter(status=query["status"])
+        if query.get("rater"):
+            queryset = queryset.filter(rater__username=query["rater"])
+        if query.get("kind"):
             queryset = queryset.filter(
-                Exists(Answer.objects.filter(judgment=OuterRef("pk"), kind=params["kind"]))
+                Exists(Answer.objects.filter(judgment=OuterRef("pk"), kind=query["kind"]))
             )
         return queryset.prefetch_related("answer_rows").order_by("id")
 

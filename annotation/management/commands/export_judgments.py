@@ -1,4 +1,4 @@
-"""manage.py export_judgments PROJECT: judgments, SFT or preference data as JSONL or parquet, streamed."""
+"""manage.py export_judgments PROJECT: judgments, SFT or preference data as JSONL, CSV or parquet, streamed."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--output",
             "-o",
-            help="File to write. Default: standard output (JSONL only; parquet needs a file).",
+            help="File to write. Default: standard output (JSONL or CSV; parquet needs a file).",
         )
         parser.add_argument(
             "--status",
@@ -52,13 +52,19 @@ class Command(BaseCommand):
         rows = tqdm(rows, desc=f"exporting {kind}", unit=" rows", file=sys.stderr, disable=None)
 
         if not output:
-            count = exporting.write_jsonl(rows, self.stdout)
+            if fmt == "csv":
+                count = exporting.write_csv(rows, self.stdout, kind=kind)
+            else:
+                count = exporting.write_jsonl(rows, self.stdout)
         else:
             # Written beside the target and moved into place, so a failed export leaves no half file.
             partial = f"{output}.partial"
             try:
                 if fmt == "parquet":
                     count = exporting.write_parquet(rows, partial, kind=kind)
+                elif fmt == "csv":
+                    with open(partial, "w", encoding="utf-8", newline="") as stream:
+                        count = exporting.write_csv(rows, stream, kind=kind)
                 else:
                     with open(partial, "w", encoding="utf-8") as stream:
                         count = exporting.write_jsonl(rows, stream)
