@@ -693,6 +693,8 @@ def _confine(payload: dict) -> list[str]:
         layers.append("own-uid")
         _die_with_parent(payload)  # a change of uid clears the parent-death signal: set it again
 
+    if _forbid_exec():
+        layers.append("seccomp-no-exec")
     os.chdir(work)
     # ctypes served the confinement; the candidate gets no handle on it (the hook refuses re-imports).
     for name in [m for m in sys.modules if m == "_ctypes" or m == "ctypes" or m.startswith("ctypes.")]:
@@ -702,6 +704,59 @@ def _confine(payload: dict) -> list[str]:
         _install_audit_hook(work, tuple(read_roots))
         layers.append("audit-hooks")
     return layers
+
+
+# seccomp: architecture (AUDIT_ARCH_*), then the syscall numbers of execve and execveat on it.
+_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 59, 322), "aarch64": (0xC00000B7, 221, 281)}
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_KILL_PROCESS, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+
+
+def _forbid_exec() -> bool:
+    """A seccomp filter that makes execve/execveat fail with EPERM for this process and its forks.
+
+    The interpreter is already running, and nothing the harness does needs a new program, so no
+    command, shell or other binary can start, whatever the candidate does to the audit hooks
+    (os.system, subprocess, a re-imported _posixsubprocess). Unprivileged (with no_new_privs), no
+    dependency. Returns False where it is not available (another architecture, an old kernel).
+    """
+    import ctypes
+    import platform
+
+    arch = _SECCOMP_ARCHES.get(platform.machine())
+    libc = _libc()
+    if arch is None or libc is None:
+        return False
+    audit_arch, execve, execveat = arch
+    load, jump_eq, jump_ge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE|K, BPF_RET|K
+    checks = [(jump_eq, execve), (jump_eq, execveat)]
+    if audit_arch == 0xC000003E:
+        checks.insert(0, (jump_ge, 0x40000000))  # the x32 ABI's numbers: refused altogether
+    program = [
+        (load, 0, 0, 4),
+        (jump_eq, 1, 0, audit_arch),
+        (ret, 0, 0, _SECCOMP_RET_KILL_PROCESS),
+        (load, 0, 0, 0),
+    ]
+    program += [(code, len(checks) - i, 0, k) for i, (code, k) in enumerate(checks)]
+    program += [(ret, 0, 0, _SECCOMP_RET_ALLOW), (ret, 0, 0, _SECCOMP_RET_ERRNO | 1)]  # EPERM
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_ushort),
+            ("jt", ctypes.c_ubyte),
+            ("jf", ctypes.c_ubyte),
+            ("k", ctypes.c_uint),
+        ]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    filters = (SockFilter * len(program))(*[SockFilter(*instruction) for instruction in program])
+    fprog = SockFprog(len(program), filters)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return False
+    return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0
 
 
 def _disarm_process_spawning() -> None:

@@ -41,7 +41,9 @@ def _bwrap_available() -> bool:
         return False
 
 
-NEEDS_BWRAP = pytest.mark.skipif(not _bwrap_available(), reason="bubblewrap is not installed or cannot run here")
+NEEDS_BWRAP = pytest.mark.skipif(
+    not _bwrap_available(), reason="bubblewrap is not installed or cannot run here"
+)
 
 LAYERS = [
     pytest.param(SandboxLimits(), id="all-layers"),

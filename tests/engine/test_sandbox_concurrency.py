@@ -35,7 +35,9 @@ def test_results_written_just_before_exit_are_read():
     output_read, output_write = os.pipe()
     child = _ExitsWhileUnwatched(results_write, output_read, output_write)
     try:
-        _output, lines, timed_out = sandbox._collect(child, results_read, time.monotonic() + 10, SandboxLimits())
+        _output, lines, timed_out = sandbox._collect(
+            child, results_read, time.monotonic() + 10, SandboxLimits()
+        )
     finally:
         os.close(results_read)
         child.stdout.close()
