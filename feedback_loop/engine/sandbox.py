@@ -9,28 +9,40 @@ The layers, from the strongest to the weakest, and what each one does:
 
 - **Own process, own session.** The child is a new process group (`start_new_session`); on timeout
   the parent kills the group with SIGKILL and, when the child ran under its own uid, every process of
-  that uid. The parent's memory, files and interpreter are never touched by the candidate.
+  that uid (otherwise every process that still names its folder). The parent's memory, files and
+  interpreter are never touched by the candidate. The child dies with the thread that started it
+  (PR_SET_PDEATHSIG, bubblewrap's --die-with-parent), so a worker killed mid-run leaves no sandbox
+  running; `sweep_stale_sandboxes()` (run when a worker starts) clears what such a worker left (its
+  folder, and under the root layer, which has no pid namespace, a fork that got past the hooks).
 - **Resource limits** (`resource.setrlimit`, set by the child on itself before the candidate runs):
   RLIMIT_CPU (CPU seconds; SIGXCPU then SIGKILL), RLIMIT_AS (address space: a memory bomb gets a
   MemoryError), RLIMIT_FSIZE (largest file written), RLIMIT_NOFILE (open files) and RLIMIT_NPROC
   (processes and threads). The kernel ignores RLIMIT_NPROC for root, so it only bounds a fork bomb
   once the child has dropped to its own uid (next layer); the audit hook bounds it otherwise.
   A wall-clock deadline in the parent covers what CPU time does not (sleeping, blocking).
-- **Namespaces, chroot and a throwaway uid** (only when the parent runs as root with the
-  capabilities to do so; detected at run time, silently skipped otherwise). The child unshares a
+- **One OS layer, chosen by the parent; without one it refuses to run.** As root with
+  CAP_SYS_ADMIN: **namespaces, chroot and a throwaway uid**. The child unshares a
   new network namespace (no interfaces but a down loopback: no network at all) and a new mount
   namespace, mounts a size-limited tmpfs as its working folder, bind-mounts the standard library
   read-only beside it, `chroot`s into that little tree and drops to a random unused uid and gid.
   The project's files, /proc, /tmp and every other file of the host are then simply not in its view,
   the only writable place is its tmpfs, it cannot signal other sandboxes, and it cannot get root back.
+  Otherwise: **bubblewrap** (`bwrap --unshare-all --die-with-parent --new-session`, unprivileged):
+  new user, pid, network and mount namespaces whose root holds only the interpreter, its libraries
+  and the standard library read-only, and a size-limited tmpfs as the working folder. Neither:
+  `SandboxUnavailable`, unless the caller allows the audit hooks alone (`allow_hooks_only`,
+  REFINERY_SANDBOX_ALLOW_HOOKS_ONLY=1; logged at every run) or switches OS isolation off.
+- **No exec** (seccomp, every layer): execve and execveat fail with EPERM in the child and its forks,
+  so no shell, command or other program starts, whatever becomes of the audit hooks.
 - **Audit hooks** (`sys.addaudithook`, PEP 578), installed in the child after it confined itself and
   before the candidate is compiled. They refuse socket creation, process creation (fork, exec,
   spawn, subprocess, system), signals, ctypes, `chdir`, opening files for writing or mutating paths
   (remove, rename, mkdir, chmod, ...) outside the working folder, and reading or listing anything
   that is neither the working folder nor the standard library. Audit hooks are a guard rail inside
   the same interpreter, not a security boundary: code that finds a gap (an extension module without
-  audit events, `os.mkfifo`, ...) gets past them. They are what holds when the OS layers are not
-  available (not root, no CAP_SYS_ADMIN), and a second line when they are.
+  audit events, `os.mkfifo`, ...) gets past them, and plain Python can switch them off (a frame of
+  the hook reached through a traceback). They are a second line behind the OS layer, never a
+  replacement for it unless explicitly allowed.
 - **Environment and folder.** The child gets an almost empty environment (never `os.environ`: no
   secrets, no PATH) and a fresh temporary folder as its working directory, deleted afterwards.
 
@@ -50,7 +62,8 @@ The child sets its limits on itself rather than in a `preexec_fn`: `preexec_fn` 
 parent has threads (`run_unit_tests_many`, web and Celery workers), and the child does it before any
 untrusted code runs, which is what matters.
 
-This file is also the child's entry point: `python -I -S -B sandbox.py PAYLOAD` runs `_child_main`.
+This file is also the child's entry point: `python -I -S -B sandbox.py PAYLOAD_FD BOX` runs
+`_child_main` (the payload comes on an open, already deleted file; BOX only labels the process).
 It must therefore import only the standard library.
 """
 
