@@ -17,8 +17,9 @@ The layers, from the strongest to the weakest, and what each one does:
 - **Resource limits** (`resource.setrlimit`, set by the child on itself before the candidate runs):
   RLIMIT_CPU (CPU seconds; SIGXCPU then SIGKILL), RLIMIT_AS (address space: a memory bomb gets a
   MemoryError), RLIMIT_FSIZE (largest file written), RLIMIT_NOFILE (open files) and RLIMIT_NPROC
-  (processes and threads). The kernel ignores RLIMIT_NPROC for root, so it only bounds a fork bomb
-  once the child has dropped to its own uid (next layer); the audit hook bounds it otherwise.
+  (processes and threads). The kernel ignores RLIMIT_NPROC for the real root user (capabilities
+  or not, user namespace or not), so it only bounds a fork bomb once the child runs as another uid
+  (its own under the root layer, the worker's under bubblewrap); otherwise seccomp refuses forks.
   A wall-clock deadline in the parent covers what CPU time does not (sleeping, blocking).
 - **One OS layer, chosen by the parent; without one it refuses to run.** As root with
   CAP_SYS_ADMIN: **namespaces, chroot and a throwaway uid**. The child unshares a
@@ -33,7 +34,8 @@ The layers, from the strongest to the weakest, and what each one does:
   `SandboxUnavailable`, unless the caller allows the audit hooks alone (`allow_hooks_only`,
   REFINERY_SANDBOX_ALLOW_HOOKS_ONLY=1; logged at every run) or switches OS isolation off.
 - **No exec** (seccomp, every layer): execve and execveat fail with EPERM in the child and its forks,
-  so no shell, command or other program starts, whatever becomes of the audit hooks.
+  so no shell, command or other program starts, whatever becomes of the audit hooks; where the
+  child still has root's uid, new processes (not threads) are refused as well.
 - **Audit hooks** (`sys.addaudithook`, PEP 578), installed in the child after it confined itself and
   before the candidate is compiled. They refuse socket creation, process creation (fork, exec,
   spawn, subprocess, system), signals, ctypes, `chdir`, opening files for writing or mutating paths
@@ -169,6 +171,7 @@ def run_unit_tests(
             "nonce": nonce,
             "layer": layer,
             "parent_pid": os.getpid(),
+            "parent_euid": os.geteuid(),
             "box": str(box),
             "work": _BWRAP_WORK if layer == "bwrap" else str(work),
             "uid": uid,
@@ -706,8 +709,10 @@ def _confine(payload: dict) -> list[str]:
         layers.append("own-uid")
         _die_with_parent(payload)  # a change of uid clears the parent-death signal: set it again
 
-    if _forbid_exec():
-        layers.append("seccomp-no-exec")
+    # Root's processes escape RLIMIT_NPROC: unless this one now has its own uid, no forks at all.
+    forbid_fork = payload["parent_euid"] == 0 and "own-uid" not in layers
+    if _seccomp(forbid_fork=forbid_fork):
+        layers.append("seccomp-no-exec-no-fork" if forbid_fork else "seccomp-no-exec")
     os.chdir(work)
     # ctypes served the confinement; the candidate gets no handle on it (the hook refuses re-imports).
     for name in [m for m in sys.modules if m == "_ctypes" or m == "ctypes" or m.startswith("ctypes.")]:
@@ -719,40 +724,70 @@ def _confine(payload: dict) -> list[str]:
     return layers
 
 
-# seccomp: architecture (AUDIT_ARCH_*), then the syscall numbers of execve and execveat on it.
-_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 59, 322), "aarch64": (0xC00000B7, 221, 281)}
+# seccomp: AUDIT_ARCH_* and the syscall numbers the filter looks at, per architecture.
+_SECCOMP_ARCHES = {
+    "x86_64": {
+        "arch": 0xC000003E,
+        "execve": 59,
+        "execveat": 322,
+        "clone": 56,
+        "clone3": 435,
+        "fork": 57,
+        "vfork": 58,
+    },
+    "aarch64": {"arch": 0xC00000B7, "execve": 221, "execveat": 281, "clone": 220, "clone3": 435},
+}
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _SECCOMP_RET_ALLOW, _SECCOMP_RET_KILL_PROCESS, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+_EPERM, _ENOSYS, _CLONE_THREAD = 1, 38, 0x00010000
 
 
-def _forbid_exec() -> bool:
-    """A seccomp filter that makes execve/execveat fail with EPERM for this process and its forks.
+def _seccomp(*, forbid_fork: bool) -> bool:
+    """A seccomp filter: execve/execveat fail with EPERM for this process and its forks, and with
+    `forbid_fork` so do new processes (threads stay allowed).
 
     The interpreter is already running, and nothing the harness does needs a new program, so no
     command, shell or other binary can start, whatever the candidate does to the audit hooks
-    (os.system, subprocess, a re-imported _posixsubprocess). Unprivileged (with no_new_privs), no
-    dependency. Returns False where it is not available (another architecture, an old kernel).
+    (os.system, subprocess, a re-imported _posixsubprocess). Forks are forbidden where the kernel
+    would not count them: a process of the real root user is exempt from RLIMIT_NPROC, even without
+    capabilities and inside a user namespace. Unprivileged (with no_new_privs), no dependency.
+    Returns False where it is not available (another architecture, an old kernel).
     """
     import ctypes
     import platform
 
-    arch = _SECCOMP_ARCHES.get(platform.machine())
+    numbers = _SECCOMP_ARCHES.get(platform.machine())
     libc = _libc()
-    if arch is None or libc is None:
+    if numbers is None or libc is None:
         return False
-    audit_arch, execve, execveat = arch
-    load, jump_eq, jump_ge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE|K, BPF_RET|K
-    checks = [(jump_eq, execve), (jump_eq, execveat)]
-    if audit_arch == 0xC000003E:
-        checks.insert(0, (jump_ge, 0x40000000))  # the x32 ABI's numbers: refused altogether
-    program = [
-        (load, 0, 0, 4),
-        (jump_eq, 1, 0, audit_arch),
-        (ret, 0, 0, _SECCOMP_RET_KILL_PROCESS),
-        (load, 0, 0, 0),
-    ]
-    program += [(code, len(checks) - i, 0, k) for i, (code, k) in enumerate(checks)]
-    program += [(ret, 0, 0, _SECCOMP_RET_ALLOW), (ret, 0, 0, _SECCOMP_RET_ERRNO | 1)]  # EPERM
+    load, jump_eq, jump_ge, jump_set, ret = (
+        0x20,
+        0x15,
+        0x35,
+        0x45,
+        0x06,
+    )  # BPF_LD|W|ABS, JMP|JEQ/JGE/JSET|K, RET|K
+    # (code, jump if true, jump if false, k); jumps name labels, resolved below. The last is a return.
+    program = [(load, 0, 0, 4), (jump_eq, 0, "kill", numbers["arch"]), (load, 0, 0, 0)]
+    if "fork" in numbers:
+        program.append((jump_ge, "deny", 0, 0x40000000))  # the x32 ABI's numbers: refused altogether
+    program += [(jump_eq, "deny", 0, numbers["execve"]), (jump_eq, "deny", 0, numbers["execveat"])]
+    if forbid_fork:
+        program += [(jump_eq, "deny", 0, numbers[name]) for name in ("fork", "vfork") if name in numbers]
+        program += [(jump_eq, "nosys", 0, numbers["clone3"]), (jump_eq, 0, "allow", numbers["clone"])]
+        program += [(load, 0, 0, 16), (jump_set, "allow", "deny", _CLONE_THREAD)]  # clone's flags: a thread?
+    labels = {"allow": len(program)}
+    program.append((ret, 0, 0, _SECCOMP_RET_ALLOW))
+    labels["deny"] = len(program)
+    program.append((ret, 0, 0, _SECCOMP_RET_ERRNO | _EPERM))
+    labels["kill"] = len(program)
+    program.append((ret, 0, 0, _SECCOMP_RET_KILL_PROCESS))
+    # clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back to clone.
+    labels["nosys"] = len(program)
+    program.append((ret, 0, 0, _SECCOMP_RET_ERRNO | _ENOSYS))
+
+    def offset(index: int, target) -> int:
+        return target if isinstance(target, int) else labels[target] - index - 1
 
     class SockFilter(ctypes.Structure):
         _fields_ = [
@@ -765,8 +800,10 @@ def _forbid_exec() -> bool:
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
-    filters = (SockFilter * len(program))(*[SockFilter(*instruction) for instruction in program])
-    fprog = SockFprog(len(program), filters)
+    instructions = [
+        SockFilter(c, offset(i, jt), offset(i, jf), k) for i, (c, jt, jf, k) in enumerate(program)
+    ]
+    fprog = SockFprog(len(instructions), (SockFilter * len(instructions))(*instructions))
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         return False
     return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0

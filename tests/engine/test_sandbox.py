@@ -370,3 +370,27 @@ def test_secret_is_invisible():
 
     assert result.status == "pass", result.output
     assert secret not in result.output
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="about a worker that runs as root")
+@pytest.mark.parametrize(
+    "limits",
+    [
+        pytest.param(
+            SandboxLimits(os_layer="bwrap", audit_hooks=False), id="bubblewrap-only", marks=NEEDS_BWRAP
+        ),
+        pytest.param(SandboxLimits(os_isolation=False, audit_hooks=False), id="no-layer-but-seccomp"),
+    ],
+)
+def test_a_sandbox_that_keeps_root_s_uid_cannot_fork(limits, box_parent):
+    # The kernel exempts the real root user from RLIMIT_NPROC, capabilities or not: only a
+    # seccomp filter can bound a fork bomb there. Each fork sleeps, so they would all count at once.
+    program = (
+        "import os, time\nforked = 0\nfor _ in range(50):\n    try:\n        if os.fork() == 0:\n"
+        "            time.sleep(60)\n            os._exit(0)\n        forked += 1\n"
+        "    except OSError:\n        break\nprint('FORKED', forked)\n"
+    )
+    result = run_unit_tests(program, "def test_x():\n    pass\n", limits=limits)
+
+    assert "FORKED 0" in result.output, result.output
+    assert _processes_mentioning(str(box_parent)) == []

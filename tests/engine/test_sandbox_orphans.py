@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from feedback_loop.engine.sandbox import (
     isolation_layers,
     sweep_stale_sandboxes,
 )
+from tests.engine.test_sandbox_unprivileged import AS_NOBODY, NOBODY, PYTHON, _as_nobody
 
 SANDBOX_FILE = Path(sandbox.__file__).resolve()
 
@@ -60,34 +63,39 @@ def _wait_for(condition, seconds: float) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("limits", "program", "sandboxed"),
+    ("limits", "program", "sandboxed", "as_nobody"),
     [
         pytest.param(
             {"os_layer": "namespaces"},
             SLEEPER,
             1,
-            id="namespaces",
+            False,
+            id="root-namespaces",
             marks=pytest.mark.skipif(
                 not _layer_available("namespaces"), reason="needs root with CAP_SYS_ADMIN"
             ),
         ),
+        # bubblewrap is what a worker that is not root gets (as root, forks are refused altogether).
         pytest.param(
-            {"os_layer": "bwrap", "audit_hooks": False},
+            {"audit_hooks": False},
             SLEEPER_WITH_A_GRANDCHILD,
             2,
-            id="bubblewrap-with-a-grandchild",
-            marks=pytest.mark.skipif(not _layer_available("bwrap"), reason="bubblewrap cannot run here"),
+            True,
+            id="nobody-bubblewrap-with-a-grandchild",
+            marks=AS_NOBODY,
         ),
     ],
 )
-def test_a_sandbox_dies_with_its_killed_worker(limits, program, sandboxed, tmp_path):
-    boxes = tmp_path / "boxes"
-    boxes.mkdir()
+def test_a_sandbox_dies_with_its_killed_worker(limits, program, sandboxed, as_nobody):
+    boxes = Path(tempfile.mkdtemp(prefix="refinery-test-boxes-"))
     boxes.chmod(0o755)
+    if as_nobody:
+        os.chown(boxes, NOBODY, NOBODY)
+    prefix, python = (_as_nobody(), PYTHON) if as_nobody else ([], sys.executable)
     limits = {"timeout_s": 600, "cpu_s": 600, **limits}
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(SANDBOX_FILE), program, json.dumps(limits)],
-        env={**os.environ, "TMPDIR": str(boxes)},
+        [*prefix, python, "-I", "-S", "-c", WORKER, str(SANDBOX_FILE), program, json.dumps(limits)],
+        env={"PATH": "/usr/bin:/bin", "TMPDIR": str(boxes)},
     )
     try:
         started = _wait_for(lambda: len(_processes_mentioning(str(boxes))) >= sandboxed, 30)
@@ -99,6 +107,7 @@ def test_a_sandbox_dies_with_its_killed_worker(limits, program, sandboxed, tmp_p
         worker.kill()
         for process in _processes_mentioning(str(boxes)):
             process.kill()
+        shutil.rmtree(boxes, ignore_errors=True)
 
     assert started
     assert gone

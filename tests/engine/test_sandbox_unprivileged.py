@@ -219,7 +219,7 @@ def test_without_bubblewrap_a_worker_that_is_not_root_is_refused_clearly(nobody_
     assert "bubblewrap" not in allowed["isolation"]
 
 
-def test_without_namespaces_or_bubblewrap_root_is_refused_too(monkeypatch, tmp_path):
+def test_without_namespaces_or_bubblewrap_root_is_refused_too(monkeypatch, tmp_path, caplog):
     # Root in a container without CAP_SYS_ADMIN: the root layer's probe fails.
     monkeypatch.setattr(sandbox, "_namespaces_problem", lambda: "unshare or mount refused")
     monkeypatch.delenv("REFINERY_SANDBOX_ALLOW_HOOKS_ONLY", raising=False)
@@ -230,3 +230,4 @@ def test_without_namespaces_or_bubblewrap_root_is_refused_too(monkeypatch, tmp_p
     allowed = run_unit_tests("", NO_TESTS, limits=SandboxLimits(bwrap_path=missing, allow_hooks_only=True))
     assert allowed.status == "pass"
     assert "chroot" not in allowed.isolation
+    assert "audit hooks alone, as allowed" in caplog.text  # the opt-in is never silent
