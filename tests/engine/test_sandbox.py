@@ -1,8 +1,9 @@
 """The sandbox classifies test outcomes and keeps untrusted programs away from the machine.
 
-The escape tests run once per layer: all layers together, the audit hooks alone (what a non-root
-worker gets) and the OS layers alone (namespaces, chroot, own uid; only where this machine offers
-them), so that each layer is shown to hold by itself.
+The escape tests run once per layer: all layers together, the audit hooks alone (an explicit
+opt-in), bubblewrap (what a non-root worker gets) with and without the hooks, and the root layers
+alone (namespaces, chroot, own uid; only where this machine offers them), so that each layer is
+shown to hold by itself.
 """
 
 import os
@@ -18,6 +19,7 @@ import pytest
 
 from feedback_loop.engine.sandbox import (
     SandboxLimits,
+    SandboxUnavailable,
     isolation_layers,
     run_unit_tests,
     run_unit_tests_many,
@@ -32,9 +34,22 @@ def _os_layers_available() -> bool:
     return "chroot" in isolation_layers(SandboxLimits(audit_hooks=False))
 
 
+def _bwrap_available() -> bool:
+    try:
+        return "bubblewrap" in isolation_layers(SandboxLimits(os_layer="bwrap"))
+    except SandboxUnavailable:
+        return False
+
+
+NEEDS_BWRAP = pytest.mark.skipif(
+    not _bwrap_available(), reason="bubblewrap is not installed or cannot run here"
+)
+
 LAYERS = [
     pytest.param(SandboxLimits(), id="all-layers"),
     pytest.param(SandboxLimits(os_isolation=False), id="audit-hooks-only"),
+    pytest.param(SandboxLimits(os_layer="bwrap"), id="bubblewrap-and-hooks", marks=NEEDS_BWRAP),
+    pytest.param(SandboxLimits(os_layer="bwrap", audit_hooks=False), id="bubblewrap-only", marks=NEEDS_BWRAP),
     pytest.param(
         SandboxLimits(audit_hooks=False),
         id="os-isolation-only",
@@ -355,3 +370,27 @@ def test_secret_is_invisible():
 
     assert result.status == "pass", result.output
     assert secret not in result.output
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="about a worker that runs as root")
+@pytest.mark.parametrize(
+    "limits",
+    [
+        pytest.param(
+            SandboxLimits(os_layer="bwrap", audit_hooks=False), id="bubblewrap-only", marks=NEEDS_BWRAP
+        ),
+        pytest.param(SandboxLimits(os_isolation=False, audit_hooks=False), id="no-layer-but-seccomp"),
+    ],
+)
+def test_a_sandbox_that_keeps_root_s_uid_cannot_fork(limits, box_parent):
+    # The kernel exempts the real root user from RLIMIT_NPROC, capabilities or not: only a
+    # seccomp filter can bound a fork bomb there. Each fork sleeps, so they would all count at once.
+    program = (
+        "import os, time\nforked = 0\nfor _ in range(50):\n    try:\n        if os.fork() == 0:\n"
+        "            time.sleep(60)\n            os._exit(0)\n        forked += 1\n"
+        "    except OSError:\n        break\nprint('FORKED', forked)\n"
+    )
+    result = run_unit_tests(program, "def test_x():\n    pass\n", limits=limits)
+
+    assert "FORKED 0" in result.output, result.output
+    assert _processes_mentioning(str(box_parent)) == []
