@@ -555,3 +555,7 @@ class AuditEventAdmin(CuratedMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# Webhooks register their admin in their own module, with the same cut to curated projects.
+from annotation import admin_webhooks  # noqa: E402, F401
