@@ -152,6 +152,6 @@ class WebhookDeliveryAdmin(CuratedMixin, admin.ModelAdmin):
         self.message_user(
             request,
             f"{sent} deliver{'y' if sent == 1 else 'ies'} sent again"
-            + (f" ({skipped} still pending, left alone)" if skipped else ""),
+            + (f" ({skipped} on their way already, left alone)" if skipped else ""),
             messages.SUCCESS,
         )

@@ -5,7 +5,8 @@ webhook that wants it, written in the caller's transaction, and the Celery task
 `annotation.tasks.deliver_webhook` is enqueued for each row only once that transaction commits.
 A rolled-back submission therefore sends nothing, and a committed one is never lost between
 the database and the broker's queue for longer than a crash of the web process right after the
-commit (the row stays pending; `webhook_deliveries_redeliver` sends it again).
+commit (the row stays pending and overdue; `webhook_deliveries_redeliver`, the admin's
+"Send selected deliveries again", sends it).
 
 Each attempt (`webhook_delivery_attempt`) claims its row with a conditional update, POSTs
 
@@ -119,10 +120,13 @@ def webhook_delete(*, webhook: Webhook) -> None:
 
 
 def webhook_deliveries_redeliver(*, deliveries: Iterable[int]) -> int:
-    """Send delivered or failed deliveries again, from a fresh set of attempts; returns how many.
+    """Send deliveries again; returns how many were sent.
 
-    The event id stays the same, so a receiver that already handled the event can tell. Pending
-    deliveries are left alone: they are on their way.
+    Delivered and failed ones start a fresh set of attempts. Pending ones are sent only if they
+    are overdue: a web process that died between its commit and the broker leaves such a row
+    behind, and the claim in webhook_delivery_attempt keeps a duplicate message from sending
+    twice. Pending ones that are due later are on their way and left alone. The event id stays
+    the same, so a receiver that already handled the event can tell.
     """
     now = timezone.now()
     count = 0
@@ -139,7 +143,12 @@ def webhook_deliveries_redeliver(*, deliveries: Iterable[int]) -> int:
                     delivered_at=None,
                 )
             )
-            if reset:
+            if (
+                reset
+                or WebhookDelivery.objects.filter(
+                    pk=delivery_id, status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+                ).exists()
+            ):
                 _enqueue_on_commit(delivery_id)
                 count += 1
     return count

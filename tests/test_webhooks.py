@@ -6,6 +6,7 @@ import hmac
 import json
 import socket
 import threading
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -13,6 +14,7 @@ from django.contrib.auth.models import Permission
 from django.db import transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from annotation import services, webhooks
@@ -542,6 +544,25 @@ def test_admin_redeliver_sends_a_failed_delivery_again(
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
     assert webhook.deliveries.count() == 1
+
+
+def test_redeliver_sends_an_overdue_pending_delivery_and_leaves_one_in_flight(
+    project, receiver, eager, django_capture_on_commit_callbacks
+):
+    """A web process that dies between its commit and the broker leaves an overdue pending row."""
+    hook(project, receiver.url)
+    [overdue] = webhooks.webhook_event_emit(project=project, event="judgment.submitted", payload={"n": 1})
+    [in_flight] = webhooks.webhook_event_emit(project=project, event="judgment.submitted", payload={"n": 2})
+    WebhookDelivery.objects.filter(pk=in_flight.pk).update(
+        attempts=1, next_attempt_at=timezone.now() + timedelta(seconds=60)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert webhooks.webhook_deliveries_redeliver(deliveries=[overdue.pk, in_flight.pk]) == 1
+    assert [json.loads(request["body"])["data"] for request in receiver.requests] == [{"n": 1}]
+    overdue.refresh_from_db()
+    in_flight.refresh_from_db()
+    assert (overdue.status, overdue.attempts) == ("delivered", 1)
+    assert (in_flight.status, in_flight.attempts) == ("pending", 1)
 
 
 def test_delivery_log_cannot_be_edited_in_the_admin(project, curator):
