@@ -35,7 +35,7 @@ import httpx
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -69,24 +69,28 @@ def webhook_event_emit(*, project: Project | int, event: str, payload: dict) -> 
     if event not in Webhook.Event.values:
         raise ValueError(f"unknown webhook event {event!r}")
     project_id = project if isinstance(project, int) else project.pk
+    with connection.cursor() as cursor:
+        cursor.execute(_ACTIVE_WEBHOOKS, [project_id, True])
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    # A JSON column comes back as text from a plain cursor (on SQLite and on PostgreSQL alike).
     wanted = [
-        webhook
-        for webhook in Webhook.objects.raw(_ACTIVE_WEBHOOKS, [project_id, True])
-        if event in (webhook.events or [])
+        pk for pk, events in rows if event in (json.loads(events) if isinstance(events, str) else events)
     ]
     if not wanted:
         return []
     now = timezone.now()
     deliveries = WebhookDelivery.objects.bulk_create(
         WebhookDelivery(
-            webhook_id=webhook.pk,
+            webhook_id=webhook_id,
             event=event,
             payload=payload,
             next_attempt_at=now,
             created_at=now,
             updated_at=now,
         )
-        for webhook in wanted
+        for webhook_id in wanted
     )
     for delivery in deliveries:
         _enqueue_on_commit(delivery.pk)
