@@ -29,7 +29,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 
 import httpx
 from django.conf import settings
@@ -100,7 +99,12 @@ def webhook_event_emit(*, project: Project | int, event: str, payload: dict) -> 
 def _enqueue_on_commit(delivery_id: int) -> None:
     from annotation.tasks import deliver_webhook  # the task module imports this one
 
-    transaction.on_commit(partial(deliver_webhook.delay, delivery_id))
+    def enqueue_delivery() -> None:  # a named function: Django logs a robust callback's __qualname__
+        deliver_webhook.delay(delivery_id)
+
+    # Robust: a broker that is down must not turn a committed submission into an error; the
+    # row stays pending and overdue, and a redelivery sends it.
+    transaction.on_commit(enqueue_delivery, robust=True)
 
 
 def webhook_create(

@@ -6,6 +6,7 @@ import hmac
 import json
 import socket
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -37,7 +38,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                receiver.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                )
                 status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
                 self.send_response(status)
                 if 300 <= status < 400:
@@ -237,6 +240,46 @@ def test_two_failures_then_success_is_delivered_exactly_once(
     # Running the task again sends nothing more.
     deliver_webhook.delay(delivery.pk)
     assert len(flaky.requests) == 3
+
+
+def test_retries_wait_their_backoff_when_run_eagerly(
+    project, bob, eager, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.REFINERY_WEBHOOKS_BACKOFF_SECONDS = 0.2
+    calls = []
+
+    def attempt(**kwargs):
+        calls.append(kwargs)
+        return webhooks.webhook_delivery_attempt(**kwargs)
+
+    monkeypatch.setattr("annotation.tasks.webhook_delivery_attempt", attempt)
+    flaky = Receiver(statuses=[500, 500, 200])
+    try:
+        hook(project, flaky.url)
+        make_tasks(project, 1)
+        with django_capture_on_commit_callbacks(execute=True):
+            submit(project, bob)
+    finally:
+        flaky.close()
+    first, second, third = (request["at"] for request in flaky.requests)
+    assert second - first >= 0.2 and third - second >= 0.4
+    assert len(calls) == 3  # slept until each attempt was due, not asked again and again
+    assert WebhookDelivery.objects.get().status == "delivered"
+
+
+def test_a_broker_that_is_down_does_not_fail_the_submission(
+    project, bob, monkeypatch, django_capture_on_commit_callbacks
+):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(deliver_webhook, "delay", broker_down)
+    hook(project, "http://127.0.0.1:9/")
+    make_tasks(project, 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        submission = submit(project, bob)
+    assert submission.created and Judgment.objects.count() == 1
+    assert WebhookDelivery.objects.get().status == "pending"  # overdue: a redelivery sends it
 
 
 def test_a_receiver_that_keeps_failing_ends_failed_after_the_max_attempts(
