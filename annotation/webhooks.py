@@ -56,14 +56,16 @@ def webhook_event_emit(*, project: Project | int, event: str, payload: dict) -> 
     write that is rolled back. `payload` becomes the body's "data" and must be JSON-serialisable
     (dates, UUIDs and decimals are fine). A project without webhooks costs one indexed query.
 
-    The loop reports its events the same way, from the service that changes the row:
+    The loop reports its events the same way, from the service that changes the row, inside
+    that service's transaction (round_advance, round_fail, adapter_promote …):
 
         webhook_event_emit(project=round.project_id, event="round.state_changed",
                            payload={"round": round.pk, "number": round.number,
-                                    "from": old_state, "to": round.state})
+                                    "from": old_state, "to": new_state, "error": round.error})
         webhook_event_emit(project=adapter.project_id, event="adapter.promoted",
                            payload={"adapter": adapter.pk, "round": adapter.round_id,
-                                    "name": adapter.name, "metrics": adapter.metrics})
+                                    "base_model": adapter.base_model, "checksum": adapter.checksum,
+                                    "evaluation": adapter.evaluation})
     """
     if event not in Webhook.Event.values:
         raise ValueError(f"unknown webhook event {event!r}")
