@@ -665,3 +665,7 @@ def _add_the_token_action_to_the_user_admin() -> None:
 
 
 _add_the_token_action_to_the_user_admin()
+
+
+# Webhooks register their admin in their own module, with the same cut to curated projects.
+from annotation import admin_webhooks  # noqa: E402, F401

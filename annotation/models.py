@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -16,6 +19,7 @@ from annotation.questions import (
     QuestionsConfigError,
     validate_questions_config,
 )
+from annotation.webhook_urls import validate_webhook_url
 
 
 class Project(models.Model):
@@ -330,3 +334,83 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_id} {self.action} {self.object_type} {self.object_id}"
+
+
+def _webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Webhook(models.Model):
+    """A URL that receives a project's events as signed JSON (see annotation.webhooks)."""
+
+    class Event(models.TextChoices):
+        JUDGMENT_SUBMITTED = "judgment.submitted", "A rater submitted a judgment"
+        ROUND_STATE_CHANGED = "round.state_changed", "A round of the loop changed state"
+        ADAPTER_PROMOTED = "adapter.promoted", "An adapter became the project's active model"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=2000, validators=[validate_webhook_url])
+    # Kept in clear because every delivery is signed with it; shown to the curator only once,
+    # when the webhook is created, and never by the API or the admin afterwards.
+    secret = models.CharField(max_length=100, default=_webhook_secret, editable=False)
+    events = models.JSONField(default=list, help_text="The events sent to this URL.")
+    active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        # Every submission asks whether its project has active webhooks (annotation.webhooks).
+        indexes = [models.Index(fields=["project", "active"], name="webhook_project_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.project})"
+
+    def clean(self) -> None:
+        known = set(self.Event.values)
+        if (
+            not isinstance(self.events, list)
+            or not self.events
+            or any(event not in known for event in self.events)
+        ):
+            raise ValidationError({"events": f"a non-empty list of: {', '.join(self.Event.values)}"})
+        self.events = sorted(set(self.events))
+
+
+class WebhookDelivery(models.Model):
+    """One event on its way to one webhook: its payload, and how sending it has gone so far."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=40, choices=Webhook.Event.choices)
+    # Sent as X-Refinery-Delivery and in the body: the same on every attempt and redelivery, so
+    # a receiver can drop an event it has already handled.
+    event_id = models.UUIDField(default=uuid.uuid4, editable=False)
+    payload = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    # While pending: when the next attempt may start (an attempt in flight pushes it past its
+    # timeout, so that a second worker holding the same message waits instead of sending twice).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["webhook", "event_id"], name="one_delivery_per_webhook_event")
+        ]
+        indexes = [models.Index(fields=["webhook", "status"], name="delivery_webhook_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.event_id} to webhook {self.webhook_id}"

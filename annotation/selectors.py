@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from annotation.models import Judgment, Lease, Membership, Project, Prompt, Task
+from annotation.models import Judgment, Lease, Membership, Project, Prompt, Task, Webhook
 
 CURATOR_ROLES = (Membership.Role.CURATOR, Membership.Role.ADMIN)
 
@@ -79,3 +79,7 @@ def project_progress(project: Project, *, rater: AbstractBaseUser | None = None)
             task__project=project, rater=rater, state=Lease.State.ACTIVE, expires_at__gt=timezone.now()
         ).exists()
     return progress
+
+
+def webhooks_of(project: Project) -> QuerySet[Webhook]:
+    return Webhook.objects.filter(project=project).select_related("created_by").order_by("id")

@@ -6,6 +6,10 @@ the queue cannot deadlock with itself:
   behind each other), then a task row with SKIP LOCKED, then writes the lease.
 - `judgment_submit` locks the task row, then the lease row.
 - `lease_skip` locks only the lease row.
+- `judgment_submit` then records a `judgment.submitted` webhook event (annotation.webhooks):
+  one indexed read when the project has no webhooks; otherwise delivery rows, whose foreign key
+  takes a key-share lock on webhook rows. Nothing that locks webhook rows locks tasks or leases,
+  so the order above still holds. The deliveries are sent only after the commit.
 Every change to a task's judgment count, and every lease written for it, happens while its row
 is locked, so a fresh count read under that lock is exact.
 
@@ -27,8 +31,9 @@ from django.db.models import Max
 from django.db.models.functions import Length
 from django.utils import timezone
 
-from annotation.models import Answer, Judgment, Lease, Output, Project, Task
+from annotation.models import Answer, Judgment, Lease, Output, Project, Task, Webhook
 from annotation.questions import clean_answers, fix_limit
+from annotation.webhooks import webhook_event_emit
 
 
 class QueueError(Exception):
@@ -375,6 +380,22 @@ def judgment_submit(
         if not task.is_gold and count >= project.overlap:
             fields["status"] = Task.Status.COMPLETE
         Task.objects.filter(pk=task.pk).update(**fields)
-    return Submission(
-        judgment=judgment, created=True, answers={question["name"]: value for question, value in cleaned}
-    )
+        stored = {question["name"]: value for question, value in cleaned}
+        # In the transaction: its deliveries are enqueued only if this judgment commits.
+        webhook_event_emit(
+            project=project,
+            event=Webhook.Event.JUDGMENT_SUBMITTED,
+            payload={
+                "judgment": judgment.pk,
+                "task": task.pk,
+                "task_kind": task.kind,
+                "rater": {"id": rater.pk, "username": rater.get_username()},
+                "late": late,
+                "time_spent_ms": time_spent_ms,
+                "round": task.round_number,
+                "display_order": output_ids,
+                "answers": stored,
+                "created_at": judgment.created_at,
+            },
+        )
+    return Submission(judgment=judgment, created=True, answers=stored)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import database_from_url, env_bool, env_int, env_list, env_str
+from config.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("REFINERY_VAR_DIR", str(BASE_DIR / "var")))
@@ -178,6 +178,15 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+# Webhooks (annotation.webhooks): attempts per delivery, the backoff between them (base × 2^n,
+# capped), the HTTP timeout, and whether private and loopback addresses may receive them
+# (development and tests only: in production a webhook URL must not reach the internal network).
+REFINERY_WEBHOOKS_MAX_ATTEMPTS = env_int("REFINERY_WEBHOOKS_MAX_ATTEMPTS", 10)
+REFINERY_WEBHOOKS_BACKOFF_SECONDS = env_float("REFINERY_WEBHOOKS_BACKOFF_SECONDS", 1.0)
+REFINERY_WEBHOOKS_BACKOFF_MAX_SECONDS = env_float("REFINERY_WEBHOOKS_BACKOFF_MAX_SECONDS", 600.0)
+REFINERY_WEBHOOKS_TIMEOUT_SECONDS = env_float("REFINERY_WEBHOOKS_TIMEOUT_SECONDS", 10.0)
+REFINERY_WEBHOOKS_ALLOW_PRIVATE = env_bool("REFINERY_WEBHOOKS_ALLOW_PRIVATE", DEBUG)
 
 # Where trained adapters, exports and the locally built demo model live.
 REFINERY_ARTIFACTS_DIR = Path(env_str("REFINERY_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
