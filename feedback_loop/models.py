@@ -144,6 +144,10 @@ class Round(models.Model):
     number = models.PositiveIntegerField()
     state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
     config = models.JSONField(default=dict, help_text="The loop settings, frozen when the round started.")
+    # The feedback judgments the round took up, fixed at its first step so a re-run refines the same ones.
+    judgment_ids = models.JSONField(default=list, blank=True)
+    # The train-split prompts its new model writes outputs for, fixed when generation starts.
+    generation_prompt_ids = models.JSONField(default=list, blank=True)
     dataset_sha256 = models.CharField(
         max_length=64, blank=True, help_text="Content hash of the training set."
     )
