@@ -142,3 +142,35 @@ def test_a_failing_step_fails_the_round_and_retry_resumes_from_it(
     # Resumed at training: the refinements are the first try's, not made again.
     assert set(Refinement.objects.filter(round=round).values_list("pk", flat=True)) == refinement_ids
     assert Adapter.objects.filter(round=round).exists()
+
+
+def test_training_reports_its_progress_and_a_crashed_try_resumes_from_its_checkpoint(
+    transactional_db, eager, feedback_project, alice, monkeypatch
+):
+    project, _ = feedback_project
+    config = project.loop_config
+    config.stage_retries = 1
+    config.save()
+    reported = []
+    real_heartbeat = services.round_heartbeat
+
+    def heartbeat(*, round_id, token, progress=None):
+        reported.append(progress)
+        if (
+            progress
+            and progress.get("step") == 2
+            and len([p for p in reported if p and p.get("step") == 2]) == 1
+        ):
+            # The checkpoint of step 2 is on disk; the worker dies before step 3.
+            raise RuntimeError("worker lost")
+        return real_heartbeat(round_id=round_id, token=token, progress=progress)
+
+    monkeypatch.setattr(services, "round_heartbeat", heartbeat)
+    round = services.round_start(project=project, user=alice)
+    round.refresh_from_db()
+    assert round.state == "done", round.error
+    training = [p for p in reported if p and p.get("stage") == "training" and p.get("step")]
+    assert [p["step"] for p in training] == [1, 2, 3]  # the second try starts after step 2
+    assert all(p["total_steps"] == 3 and p["loss"] > 0 for p in training)
+    metrics = Adapter.objects.get(round=round).training_metrics
+    assert (metrics["steps"], metrics["steps_this_run"]) == (3, 1)
