@@ -26,8 +26,9 @@ from annotation.questions import questions_for
 from annotation.services import NewOutput, NewTask
 from feedback_loop import selectors, services
 from feedback_loop.engine.backends import load_backend
-from feedback_loop.engine.evaluate import held_out_loss
+from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k
 from feedback_loop.engine.refine import RefineConfig, refine
+from feedback_loop.engine.sandbox import run_unit_tests_many
 from feedback_loop.engine.select import select
 from feedback_loop.engine.train import LoRATrainingConfig, dataset_sha256, train_lora
 from feedback_loop.engine.types import FeedbackItem, GenerationConfig, SFTExample
@@ -304,16 +305,45 @@ def _evaluate(round: Round, token: str) -> None:
     }
     if rows:
         _heartbeat(round, token, {"stage": Round.State.EVALUATING, "done": 0, "total": len(rows)})
-        adapters = {"new": adapter.path}
-        if adapter.parent is not None:
-            adapters["previous"] = adapter.parent.path
-        backend = _backend(config["base_model"], adapters=adapters)
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
         examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
         backend.set_adapter("new")
         evaluation["held_out_loss"] = held_out_loss(backend, examples)
         backend.set_adapter("previous" if adapter.parent is not None else None)
         evaluation["baseline_held_out_loss"] = held_out_loss(backend, examples)
+    code_rows = selectors.code_eval_rows(round.project)
+    if code_rows:
+        # pass@1 of greedy programs, for the record: the promotion rule reads the held-out loss.
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        generation = dataclasses.replace(
+            generation_config_from(config.get("generation", {})), temperature=0.0
+        )
+        evaluation["n_code_tasks"] = len(code_rows)
+        backend.set_adapter("new")
+        evaluation["pass@1"] = pass_at_1(backend, code_rows, generation)
+        backend.set_adapter("previous" if adapter.parent is not None else None)
+        evaluation["baseline_pass@1"] = pass_at_1(backend, code_rows, generation)
     services.adapter_promote(round_id=round.pk, token=token, evaluation=evaluation)
+
+
+def adapters_of(adapter: Adapter) -> dict[str, str]:
+    """The round's adapter as "new" and the model it is compared with as "previous" (None: the base)."""
+    adapters = {"new": adapter.path}
+    if adapter.parent is not None:
+        adapters["previous"] = adapter.parent.path
+    return adapters
+
+
+def pass_at_1(backend, rows: list[selectors.CodeTaskRow], generation: GenerationConfig) -> float:
+    """Share of code tasks whose one generated program passes its unit tests in the sandbox."""
+    samples = backend.generate([row.prompt for row in rows], dataclasses.replace(generation, n=1))
+    passed = []
+    for row, texts in zip(rows, samples, strict=True):
+        results = run_unit_tests_many(
+            [row.prompt + text for text in texts], row.tests, entry_point=row.entry_point
+        )
+        passed.append([result.status == "pass" for result in results])
+    return mean_pass_at_k(passed, 1)
 
 
 def _generate(round: Round, token: str) -> None:
@@ -352,9 +382,7 @@ def _generate(round: Round, token: str) -> None:
                 adapter.parent.path if adapter.parent else "",
             )
         )
-    adapters = {"new": adapter.path}
-    if adapter.parent is not None:
-        adapters["previous"] = adapter.parent.path
+    adapters = adapters_of(adapter)
     texts: dict[tuple[str, int], str] = {}
     backend = None
     for role, name, _ in roles:
