@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,9 +32,10 @@ from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k
 from feedback_loop.engine.refine import RefineConfig, refine
 from feedback_loop.engine.sandbox import run_unit_tests_many
 from feedback_loop.engine.select import select
+from feedback_loop.engine.tiny import build_tiny_model
 from feedback_loop.engine.train import LoRATrainingConfig, dataset_sha256, train_lora
 from feedback_loop.engine.types import FeedbackItem, GenerationConfig, SFTExample
-from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
+from feedback_loop.models import Adapter, LoopConfig, Refinement, Round, default_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 # that dies mid-training resumes rather than starts over.
 TRAINING_DEFAULTS = {"save_every_steps": 25}
 REFINE_BATCH = 16  # feedback items per refiner call: the round's progress moves on after each
+TINY_PRETRAIN_STEPS = 150  # the default model writes words rather than noise
 DATASET_MARKER = "dataset.sha256"  # in the adapter folder: which training set its checkpoints belong to
 
 
@@ -102,8 +106,23 @@ def refine_config_from(settings: dict) -> RefineConfig:
     return RefineConfig(**{k: v for k, v in (settings.get("refine") or {}).items() if k in keys})
 
 
+def model_path(model: str) -> str:
+    """The model to load. The default, the tiny local model, is built on first use: a fresh install
+    (the demo) runs a round with no download and no setup step."""
+    default = Path(default_model_path())
+    if model == str(default) and not (default / "config.json").exists():
+        default.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=default.parent))
+        build_tiny_model(building, seed=0, pretrain_steps=TINY_PRETRAIN_STEPS)
+        try:
+            os.replace(building, default)  # whole or not at all
+        except OSError:  # another worker built it first
+            shutil.rmtree(building, ignore_errors=True)
+    return model
+
+
 def _backend(model: str, *, adapters: dict[str, str] | None = None):
-    backend = load_backend({"kind": "hf", "model": model})
+    backend = load_backend({"kind": "hf", "model": model_path(model)})
     for name, path in (adapters or {}).items():
         backend.load_adapter(path, name)
     return backend
@@ -264,7 +283,7 @@ def _train(round: Round, token: str) -> None:
 
     _heartbeat(round, token, {"stage": Round.State.TRAINING, "step": 0, "total_steps": None, "loss": None})
     result = train_lora(
-        config["base_model"],
+        model_path(config["base_model"]),
         examples,
         output_dir,
         training_config_from(config.get("training", {})),
