@@ -106,6 +106,12 @@ def refine_config_from(settings: dict) -> RefineConfig:
     return RefineConfig(**{k: v for k, v in (settings.get("refine") or {}).items() if k in keys})
 
 
+def storable(text: str) -> str:
+    """A model's text as the database can keep it: PostgreSQL stores no NUL character, and a byte-level
+    tokenizer can decode one. It becomes U+FFFD, the usual mark of an undecodable byte."""
+    return text.replace("\x00", "\ufffd")
+
+
 def model_path(model: str) -> str:
     """The model to load. The default, the tiny local model, is built on first use: a fresh install
     (the demo) runs a round with no download and no setup step."""
@@ -202,7 +208,7 @@ def _refine(round: Round, token: str) -> None:
                 round=round,
                 refinements=[
                     services.RefinementIn(
-                        judgment_id=row.judgment_id, text=r.text, sample_index=r.sample_index
+                        judgment_id=row.judgment_id, text=storable(r.text), sample_index=r.sample_index
                     )
                     for row, refined in zip(batch, results, strict=True)
                     for r in refined
@@ -413,7 +419,7 @@ def _generate(round: Round, token: str) -> None:
         _heartbeat(round, token, {"stage": Round.State.GENERATING, "role": role, "total": len(missing)})
         outputs = backend.generate([selectors.training_prompt_of(p) for p in missing], generation)
         for prompt, samples in zip(missing, outputs, strict=True):
-            texts[(role, prompt.pk)] = samples[0].strip() if samples else ""
+            texts[(role, prompt.pk)] = storable(samples[0]).strip() if samples else ""
     existing = dict(
         Output.objects.filter(prompt__in=prompts, round_number=round.number).values_list(
             "generation__key", "text"
