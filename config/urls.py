@@ -14,6 +14,7 @@ _docs_policy = {
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/", include("feedback_loop.api.urls")),
     path("api/v1/", include("annotation.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(

@@ -323,6 +323,21 @@ def load_lora_model(model: str | Path, config: LoRATrainingConfig, device: torch
     return peft_model
 
 
+def load_adapter_weights(peft_model, adapter_dir: str | Path) -> None:
+    """Copy a saved adapter's LoRA weights into `peft_model`, whose adapter must have the same shapes."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(peft_model, weights)
+    missing = [key for key in result.missing_keys if "lora_" in key]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"the adapter in {adapter_dir} does not fit this LoRA configuration "
+            f"(missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]})"
+        )
+
+
 # Configs with these set change the logits after the output layer, so the shortcut below would be wrong.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
@@ -411,7 +426,12 @@ _RESUMABLE_ACROSS = ("save_every_steps", "device")
 def _same_run(a: dict, b: dict) -> bool:
     def essence(run: dict) -> dict:
         config = {k: v for k, v in run["config"].items() if k not in _RESUMABLE_ACROSS}
-        kept = {"base_model": run["base_model"], "dataset_sha256": run["dataset_sha256"], "config": config}
+        kept = {
+            "base_model": run["base_model"],
+            "dataset_sha256": run["dataset_sha256"],
+            "config": config,
+            "init_adapter_sha256": run.get("init_adapter_sha256"),
+        }
         return json.loads(json.dumps(kept))  # as read back from JSON: tuples become lists
 
     return essence(a) == essence(b)
@@ -496,6 +516,7 @@ def train_lora(
     eval_examples: Sequence[SFTExample] = (),
     progress: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
+    init_adapter: str | Path | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter on `examples` (loss on completion tokens only) and save it to `output_dir`.
 
@@ -503,6 +524,8 @@ def train_lora(
     `output_dir` resumes from the last checkpoint, or returns the finished result at once.
     `on_step(step, total_steps, loss)` is called after every optimizer step (a progress hook; an
     exception raised from it stops training, and a later call resumes).
+    `init_adapter`: start the LoRA matrices from this adapter's weights instead of a fresh draw
+    (continued fine-tuning of a parent adapter); its rank and target modules must match `config`.
     """
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -517,6 +540,7 @@ def train_lora(
         "dataset_sha256": dataset_sha256(examples),
         "n_examples": len(examples),
         "n_eval_examples": len(eval_examples),
+        "init_adapter_sha256": adapter_checksum(init_adapter) if init_adapter is not None else None,
     }
     finished = _finished_run(output_dir, run)
     if finished is not None:
@@ -540,6 +564,8 @@ def train_lora(
     ]
 
     peft_model = load_lora_model(model, config, device)
+    if init_adapter is not None:
+        load_adapter_weights(peft_model, init_adapter)
     pad_id = filler_token_id(peft_model.config, tokenizer)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(

@@ -223,3 +223,24 @@ def test_load_sft_jsonl_reads_prompt_completion_lines(tmp_path):
     path.write_text('{"prompt": "Q"}\n')
     with pytest.raises(ValueError, match=r"train\.jsonl:1"):
         load_sft_jsonl(path)
+
+
+def test_training_from_a_parent_adapter_starts_from_its_weights(tiny_model_dir, tmp_path):
+    examples = make_examples(8)
+    config = LoRATrainingConfig(rank=4, batch_size=4, max_steps=2, target_modules=("c_attn",), dropout=0.0)
+    parent = train_lora(tiny_model_dir, examples, tmp_path / "parent", config, progress=False)
+    # A learning rate of zero keeps the starting point: the child's weights are the parent's exactly.
+    frozen = LoRATrainingConfig(**{**config.__dict__, "learning_rate": 0.0, "max_steps": 1})
+    child = train_lora(
+        tiny_model_dir, examples, tmp_path / "child", frozen, progress=False, init_adapter=parent.adapter_dir
+    )
+    fresh = train_lora(tiny_model_dir, examples, tmp_path / "fresh", frozen, progress=False)
+    parent_weights = load_file(parent.adapter_dir / "adapter_model.safetensors")
+    child_weights = load_file(child.adapter_dir / "adapter_model.safetensors")
+    fresh_weights = load_file(fresh.adapter_dir / "adapter_model.safetensors")
+    assert parent_weights.keys() == child_weights.keys()
+    assert all(torch.equal(parent_weights[k], child_weights[k]) for k in parent_weights)
+    assert not all(torch.equal(parent_weights[k], fresh_weights[k]) for k in parent_weights)
+    # The parent is part of what the run is: the same folder refuses another starting point.
+    with pytest.raises(ValueError):
+        train_lora(tiny_model_dir, examples, tmp_path / "child", frozen, progress=False)

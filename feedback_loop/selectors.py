@@ -1,0 +1,266 @@
+"""Everything the loop reads: the feedback a round refines, the examples it trains on, the
+held-out examples it is evaluated on, the prompts it generates for.
+
+Training data obeys the curators: only judgments whose status may train (pending or accepted;
+accepted only, when the project requires acceptance) ever become training rows, and a judgment a
+curator rejects or excludes after a round drops out of every later round's training set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+
+from annotation.exporting import training_prompt
+from annotation.models import Answer, Judgment, Project, Prompt, Task
+from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One feedback judgment as the refiner sees it."""
+
+    judgment_id: int
+    prompt_id: int
+    prompt: str  # the model's input: the prompt's context (the post summarised) and its text
+    output: str  # the output the feedback is about
+    feedback: str  # what the rater wrote about it ("" when they only wrote a fix)
+    fix: str  # the rater's own improved output, "" when none
+    kind: str  # "text" or "code"
+    tests: str = ""  # code prompts: the unit tests a refinement must pass
+    entry_point: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    refinement_id: int
+    judgment_id: int
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class HeldOutRow:
+    prompt_id: int
+    prompt: str
+    completion: str  # a gold answer, or an accepted fix
+
+
+def training_prompt_of(prompt: Prompt) -> str:
+    """What the model is given for a prompt: its context (a post to summarise), then its text."""
+    return training_prompt(prompt.text, prompt.context)
+
+
+def loop_config_of(project: Project) -> LoopConfig:
+    """The project's loop settings; the defaults are written the first time they are asked for."""
+    config, _ = LoopConfig.objects.get_or_create(project=project)
+    return config
+
+
+def active_round(project: Project) -> Round | None:
+    return Round.objects.filter(project=project).exclude(state__in=Round.TERMINAL).first()
+
+
+def active_adapter(project: Project) -> Adapter | None:
+    return Adapter.objects.filter(project=project, is_active=True).first()
+
+
+def trainable_statuses(*, require_acceptance: bool) -> tuple[str, ...]:
+    if require_acceptance:
+        return (Judgment.Status.ACCEPTED,)
+    return (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
+
+
+def _text_answers(judgment_ids, kind: str) -> dict[int, str]:
+    """The first non-blank text answer of `kind` per judgment."""
+    found: dict[int, str] = {}
+    for judgment_id, value in (
+        Answer.objects.filter(judgment_id__in=judgment_ids, kind=kind)
+        .order_by("judgment_id", "id")
+        .values_list("judgment_id", "value")
+    ):
+        if isinstance(value, str) and value.strip() and judgment_id not in found:
+            found[judgment_id] = value
+    return found
+
+
+def feedback_judgments(project: Project, *, require_acceptance: bool, exclude_round: Round | None = None):
+    """Judgments of the project that may train, carry written feedback or a fix, on a single-output
+    task, and were not taken up by another round (a cancelled round gives its judgments back)."""
+    taken = Refinement.objects.filter(judgment=OuterRef("pk")).exclude(round__state=Round.State.CANCELLED)
+    if exclude_round is not None:
+        taken = taken.exclude(round=exclude_round)
+    has_text = Answer.objects.filter(
+        judgment=OuterRef("pk"), kind__in=[Answer.Kind.FEEDBACK, Answer.Kind.FIX]
+    ).exclude(value="")
+    return (
+        Judgment.objects.filter(
+            project=project,
+            status__in=trainable_statuses(require_acceptance=require_acceptance),
+            task__kind=Task.Kind.SINGLE,
+            task__is_gold=False,
+        )
+        .filter(Exists(has_text))
+        .exclude(Exists(taken))
+        .order_by("id")
+    )
+
+
+def new_feedback_count(project: Project) -> int:
+    """Feedback judgments no round has taken up yet: what the auto-start threshold is compared with."""
+    require = loop_config_of(project).require_acceptance
+    return feedback_judgments(project, require_acceptance=require).count()
+
+
+def feedback_rows(judgment_ids: list[int]) -> list[FeedbackRow]:
+    """The refiner's input for these judgments, in the order given."""
+    judgments = {
+        judgment.pk: judgment
+        for judgment in Judgment.objects.filter(pk__in=judgment_ids).select_related("task__prompt__project")
+    }
+    outputs = {
+        task_id: text
+        for task_id, text in Task.objects.filter(judgments__pk__in=judgment_ids)
+        .order_by("task_outputs__position")
+        .values_list("pk", "task_outputs__output__text")
+    }
+    feedback = _text_answers(judgment_ids, Answer.Kind.FEEDBACK)
+    fixes = _text_answers(judgment_ids, Answer.Kind.FIX)
+    rows = []
+    for judgment_id in judgment_ids:
+        judgment = judgments.get(judgment_id)
+        if judgment is None:  # deleted since the round took it up
+            continue
+        prompt = judgment.task.prompt
+        kind = prompt.project.kind
+        data = prompt.data if isinstance(prompt.data, dict) else {}
+        rows.append(
+            FeedbackRow(
+                judgment_id=judgment_id,
+                prompt_id=prompt.pk,
+                prompt=training_prompt(prompt.text, prompt.context),
+                output=outputs.get(judgment.task_id, ""),
+                feedback=feedback.get(judgment_id, ""),
+                fix=fixes.get(judgment_id, ""),
+                kind=kind,
+                tests=str(data.get("tests") or "") if kind == Project.Kind.CODE else "",
+                entry_point=data.get("entry_point") if kind == Project.Kind.CODE else None,
+            )
+        )
+    return rows
+
+
+def training_rows(round: Round) -> list[TrainingRow]:
+    """What the round's adapter trains on: prompt → selected refinement.
+
+    "continue-from-parent": this round's selections only (the parent adapter holds the rest);
+    "cumulative-from-base": the selections of this round and of every earlier finished round, as the
+    paper found retraining from the base on all data beat continued fine-tuning. Either way only
+    judgments still allowed to train count.
+    """
+    config = round.config
+    rounds = Q(round=round)
+    if config.get("data_mode") == LoopConfig.DataMode.CUMULATIVE:
+        rounds |= Q(
+            round__project_id=round.project_id, round__number__lt=round.number, round__state=Round.State.DONE
+        )
+    refinements = (
+        Refinement.objects.filter(rounds, selected=True)
+        .filter(
+            judgment__status__in=trainable_statuses(
+                require_acceptance=config.get("require_acceptance", False)
+            )
+        )
+        .select_related("judgment__task__prompt")
+        .order_by("round__number", "judgment_id", "id")
+    )
+    rows = []
+    for refinement in refinements:
+        prompt = refinement.judgment.task.prompt
+        rows.append(
+            TrainingRow(
+                refinement_id=refinement.pk,
+                judgment_id=refinement.judgment_id,
+                prompt=training_prompt(prompt.text, prompt.context),
+                completion=refinement.text,
+            )
+        )
+    return rows
+
+
+def _gold_text(gold) -> str:
+    if isinstance(gold, str):
+        return gold
+    if isinstance(gold, list) and gold and isinstance(gold[0], str):
+        return gold[0]
+    if isinstance(gold, dict):
+        for key in ("text", "answer", "completion"):
+            if isinstance(gold.get(key), str):
+                return gold[key]
+    return ""
+
+
+def held_out_rows(project: Project) -> list[HeldOutRow]:
+    """Eval-split prompts with a known good answer: their gold, else an accepted fix of an output."""
+    prompts = Prompt.objects.filter(project=project, split=Prompt.Split.EVAL).order_by("id")
+    fixes = _text_answers(
+        Judgment.objects.filter(
+            project=project, status=Judgment.Status.ACCEPTED, task__prompt__split=Prompt.Split.EVAL
+        ).values("pk"),
+        Answer.Kind.FIX,
+    )
+    fix_of_prompt: dict[int, str] = {}
+    for judgment_id, prompt_id in Judgment.objects.filter(pk__in=list(fixes)).values_list(
+        "pk", "task__prompt_id"
+    ):
+        fix_of_prompt.setdefault(prompt_id, fixes[judgment_id])
+    rows = []
+    for prompt in prompts:
+        answer = _gold_text(prompt.gold) or fix_of_prompt.get(prompt.pk, "")
+        if answer.strip():
+            rows.append(
+                HeldOutRow(
+                    prompt_id=prompt.pk,
+                    prompt=training_prompt(prompt.text, prompt.context),
+                    completion=answer,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class CodeTaskRow:
+    prompt_id: int
+    prompt: str  # the model continues it (a signature and docstring): the program is both together
+    tests: str
+    entry_point: str | None
+
+
+def code_eval_rows(project: Project) -> list[CodeTaskRow]:
+    """A code project's eval-split prompts that carry unit tests (for pass@k)."""
+    if project.kind != Project.Kind.CODE:
+        return []
+    rows = []
+    for prompt in Prompt.objects.filter(project=project, split=Prompt.Split.EVAL).order_by("id"):
+        data = prompt.data if isinstance(prompt.data, dict) else {}
+        if str(data.get("tests") or "").strip():
+            rows.append(
+                CodeTaskRow(
+                    prompt_id=prompt.pk,
+                    prompt=training_prompt_of(prompt),
+                    tests=str(data["tests"]),
+                    entry_point=data.get("entry_point"),
+                )
+            )
+    return rows
+
+
+def prompts_to_generate(round: Round, *, limit: int) -> QuerySet[Prompt]:
+    """The next train-split prompts for the new model: those with the fewest outputs so far first
+    (the loop walks through the whole split over the rounds)."""
+    return (
+        Prompt.objects.filter(project_id=round.project_id, split=Prompt.Split.TRAIN)
+        .annotate(n_outputs=Count("outputs"))
+        .order_by("n_outputs", "id")[:limit]
+    )

@@ -1,0 +1,335 @@
+"""Everything the loop writes: rounds and their steps, refinements, adapters.
+
+How a step runs (see feedback_loop.tasks): a worker claims the round with a conditional update
+(`round_claim`: the round is in the step's state and nobody holds a live claim), does the work,
+and hands the round on with another conditional update that names its claim token
+(`round_advance`, `adapter_promote`, `round_outputs_enqueue`). If the round was cancelled or
+claimed by someone else meanwhile, that update matches no row and the step's result is dropped.
+
+A worker that dies mid-step leaves its claim behind; the claim's heartbeat goes stale after
+CLAIM_STALE_SECONDS and a re-delivered task may claim the step again. Every step's writes are
+idempotent (unique refinements, the adapter one-to-one with its round, outputs keyed), so doing a
+step twice writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, Q
+from django.utils import timezone
+
+from annotation.models import Project
+from annotation.services import NewTask, QueueError, outputs_enqueue
+from feedback_loop.models import Adapter, Refinement, Round
+from feedback_loop.selectors import active_round, loop_config_of
+
+# A claim whose heartbeat is older than this belongs to a worker that is gone.
+CLAIM_STALE_SECONDS = getattr(settings, "LOOP_CLAIM_STALE_SECONDS", 300)
+
+
+class LoopError(QueueError):
+    """A loop operation that cannot go ahead. Shares the API's domain-error shape: `code`, `status`."""
+
+    status = 409
+    code = "conflict"
+
+
+class RoundInProgress(LoopError):
+    code = "round_in_progress"
+
+
+class RoundStateError(LoopError):
+    code = "round_state"
+
+
+def _enqueue_step(round_id: int, state: str, *, countdown: float | None = None) -> None:
+    """Send the task of the round's step once the transaction that set the state commits."""
+    from feedback_loop.tasks import enqueue_step  # tasks import services: import here, not at the top
+
+    transaction.on_commit(lambda: enqueue_step(round_id, state, countdown=countdown))
+
+
+# ---------------------------------------------------------------- starting, retrying, cancelling
+
+
+def round_start(*, project: Project, user: AbstractBaseUser | None, reason: str = "") -> Round:
+    """Start the project's next round with its current loop settings. One round at a time."""
+    config = loop_config_of(project)
+    with transaction.atomic():
+        # Starts of one project queue up here; the partial unique index backs this up.
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        if active_round(project) is not None:
+            raise RoundInProgress("a round of this project is already running")
+        number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
+        try:
+            with transaction.atomic():
+                round = Round.objects.create(
+                    project=project,
+                    number=number,
+                    state=Round.State.PENDING,
+                    config=config.snapshot(),
+                    started_by=user if user is not None and user.is_authenticated else None,
+                    reason=reason,
+                    started_at=timezone.now(),
+                    progress={"stage": Round.State.PENDING},
+                )
+        except IntegrityError as error:
+            raise RoundInProgress("a round of this project is already running") from error
+        _enqueue_step(round.pk, round.state)
+    return round
+
+
+def round_retry(*, round: Round) -> Round:
+    """Resume a failed round from the step that failed."""
+    with transaction.atomic():
+        round = Round.objects.select_for_update().get(pk=round.pk)
+        if round.state != Round.State.FAILED or not round.failed_state:
+            raise RoundStateError(f"only a failed round can be retried (this one is {round.state})")
+        round.state, round.failed_state = round.failed_state, ""
+        round.attempts, round.error, round.finished_at = 0, "", None
+        round.claim_token, round.heartbeat_at = "", None
+        try:
+            with transaction.atomic():
+                round.save()
+        except IntegrityError as error:
+            raise RoundInProgress("another round of this project is running") from error
+        _enqueue_step(round.pk, round.state)
+    return round
+
+
+def round_cancel(*, round: Round) -> Round:
+    """Stop a round. A worker in the middle of a step finds out at its next heartbeat or hand-over."""
+    with transaction.atomic():
+        round = Round.objects.select_for_update().get(pk=round.pk)
+        if round.state in (Round.State.DONE, Round.State.CANCELLED):
+            raise RoundStateError(f"a {round.state} round cannot be cancelled")
+        round.state = Round.State.CANCELLED
+        round.claim_token, round.finished_at = "", timezone.now()
+        round.save()
+    return round
+
+
+# ---------------------------------------------------------------- claiming and handing on
+
+
+def round_claim(*, round_id: int, state: str) -> str | None:
+    """Claim the round's step `state` for this worker: its claim token, or None when the round is in
+    another state or a live worker holds the step."""
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    claimed = (
+        Round.objects.filter(pk=round_id, state=state)
+        .filter(Q(claim_token="") | Q(heartbeat_at__lt=now - timedelta(seconds=CLAIM_STALE_SECONDS)))
+        .update(claim_token=token, heartbeat_at=now, attempts=F("attempts") + 1, updated_at=now)
+    )
+    return token if claimed else None
+
+
+def round_heartbeat(*, round_id: int, token: str, progress: dict | None = None) -> bool:
+    """Keep the claim alive (and say how far the step got). False: the claim is lost (cancelled)."""
+    now = timezone.now()
+    fields = {"heartbeat_at": now, "updated_at": now}
+    if progress is not None:
+        fields["progress"] = progress
+    return bool(Round.objects.filter(pk=round_id, claim_token=token).update(**fields))
+
+
+def _hand_on(round_id: int, token: str, state: str, **fields) -> bool:
+    """Move a claimed round to `state`, releasing the claim; False when the claim was lost."""
+    now = timezone.now()
+    fields.update(state=state, claim_token="", attempts=0, error="", updated_at=now)
+    if state in Round.TERMINAL:
+        fields["finished_at"] = now
+    moved = (
+        Round.objects.filter(pk=round_id, claim_token=token)
+        .exclude(state__in=Round.TERMINAL)
+        .update(**fields)
+    )
+    if moved and state not in Round.TERMINAL:
+        _enqueue_step(round_id, state)
+    return bool(moved)
+
+
+def round_advance(*, round_id: int, token: str, **fields) -> bool:
+    """Finish the claimed step: the round moves to the next step, with `fields` (counts) written."""
+    with transaction.atomic():
+        round = Round.objects.get(pk=round_id)
+        if round.claim_token != token or round.is_terminal:
+            return False
+        return _hand_on(round_id, token, round.next_state(), progress={"stage": round.next_state()}, **fields)
+
+
+def round_fail(*, round_id: int, token: str, error: str, retry: bool = True) -> Round:
+    """A step raised: run it again while it has retries left (and `retry`, for errors a second try
+    may not repeat), else the round fails and a retry resumes from this step."""
+    with transaction.atomic():
+        round = Round.objects.select_for_update().get(pk=round_id)
+        if round.claim_token != token:
+            return round  # cancelled or taken over meanwhile: nothing of ours to fail
+        retries = int(round.config.get("stage_retries", 0))
+        round.error, round.claim_token = error, ""
+        if retry and round.attempts <= retries:
+            round.save(update_fields=["error", "claim_token", "updated_at"])
+            _enqueue_step(round.pk, round.state, countdown=min(60, 2**round.attempts))
+            return round
+        round.failed_state, round.state, round.finished_at = round.state, Round.State.FAILED, timezone.now()
+        round.save()
+    return round
+
+
+# ---------------------------------------------------------------- step results
+
+
+def round_take_feedback(*, round_id: int, token: str, judgment_ids: Sequence[int]) -> bool:
+    """The pending step: fix the feedback judgments the round works on, then refine them."""
+    return round_advance(
+        round_id=round_id, token=token, judgment_ids=list(judgment_ids), feedback_count=len(judgment_ids)
+    )
+
+
+@dataclass(frozen=True)
+class RefinementIn:
+    judgment_id: int
+    text: str
+    source: str = Refinement.Source.MODEL
+    sample_index: int = 0
+
+
+def refinements_record(*, round: Round, refinements: Sequence[RefinementIn]) -> int:
+    """Write a round's refinements; those already there (a re-run step) are left as they are."""
+    Refinement.objects.bulk_create(
+        [
+            Refinement(
+                round=round,
+                judgment_id=r.judgment_id,
+                text=r.text,
+                source=r.source,
+                sample_index=r.sample_index,
+            )
+            for r in refinements
+        ],
+        ignore_conflicts=True,
+    )
+    return Refinement.objects.filter(round=round).count()
+
+
+def refinements_select(*, round: Round, scores: dict[int, dict], selected_ids: Sequence[int]) -> int:
+    """Record every refinement's scores and which ones were selected (one per feedback at most)."""
+    with transaction.atomic():
+        for refinement in Refinement.objects.filter(round=round, pk__in=list(scores)):
+            refinement.scores = {**refinement.scores, **scores[refinement.pk]}
+            refinement.save(update_fields=["scores"])
+        Refinement.objects.filter(round=round).exclude(pk__in=list(selected_ids)).update(selected=False)
+        return Refinement.objects.filter(round=round, pk__in=list(selected_ids)).update(selected=True)
+
+
+def adapter_register(
+    *,
+    round: Round,
+    path: str,
+    checksum: str,
+    training_metrics: dict,
+    dataset_sha256: str,
+    refinement_ids: Sequence[int],
+    judgment_ids: Sequence[int],
+    parent: Adapter | None,
+) -> Adapter:
+    """Record the adapter a round trained, and exactly what it was trained on. Again: the same row."""
+    with transaction.atomic():
+        adapter, _ = Adapter.objects.update_or_create(
+            round=round,
+            defaults={
+                "project_id": round.project_id,
+                "parent": parent,
+                "base_model": round.config["base_model"],
+                "path": path,
+                "checksum": checksum,
+                "training_metrics": training_metrics,
+                "training_refinement_ids": list(refinement_ids),
+            },
+        )
+        adapter.training_judgments.set(sorted(set(judgment_ids)))
+        Round.objects.filter(pk=round.pk).update(
+            dataset_sha256=dataset_sha256, train_example_count=len(refinement_ids)
+        )
+    return adapter
+
+
+def promotion_decision(evaluation: dict, *, tolerance: float) -> tuple[bool, str]:
+    """The promotion rule: the held-out loss may be worse than the active model's by `tolerance` at most."""
+    new, old = evaluation.get("held_out_loss"), evaluation.get("baseline_held_out_loss")
+    if new is None or old is None:
+        return True, "no eval-split prompts with a gold answer or accepted fix: promoted without a check"
+    if new <= old + tolerance:
+        return True, f"held-out loss {new:.4f} against {old:.4f} for the active model (tolerance {tolerance})"
+    return False, (
+        f"held-out loss {new:.4f} is worse than the active model's {old:.4f} by more than the tolerance "
+        f"{tolerance}: the active model stays"
+    )
+
+
+def adapter_promote(*, round_id: int, token: str, evaluation: dict) -> bool:
+    """The evaluating step: store the adapter's evaluation and promote it when it does not regress.
+
+    A promoted adapter becomes the project's active model and the round goes on to generate new
+    outputs with it; one that regresses ends the round `done` with promoted=false and the reason.
+    """
+    with transaction.atomic():
+        round = Round.objects.select_for_update().get(pk=round_id)
+        if round.claim_token != token or round.is_terminal:
+            return False
+        adapter = Adapter.objects.get(round=round)
+        adapter.evaluation = evaluation
+        adapter.save(update_fields=["evaluation"])
+        promote, why = promotion_decision(
+            evaluation, tolerance=float(round.config.get("promotion_tolerance", 0))
+        )
+        if promote:
+            Adapter.objects.filter(project_id=round.project_id, is_active=True).exclude(pk=adapter.pk).update(
+                is_active=False
+            )
+            Adapter.objects.filter(pk=adapter.pk).update(is_active=True)
+            return _hand_on(
+                round.pk,
+                token,
+                Round.State.GENERATING,
+                promoted=True,
+                promotion_reason=why,
+                progress={"stage": Round.State.GENERATING},
+            )
+        return _hand_on(round.pk, token, Round.State.DONE, promoted=False, promotion_reason=why, progress={})
+
+
+def round_generation_prompts(*, round: Round, prompt_ids: Sequence[int]) -> None:
+    """Fix the prompts the generating step writes for, the first time it runs."""
+    Round.objects.filter(pk=round.pk, generation_prompt_ids=[]).update(generation_prompt_ids=list(prompt_ids))
+
+
+def round_outputs_enqueue(
+    *, round_id: int, token: str, single: Sequence[NewTask], pairwise: Sequence[NewTask]
+) -> bool:
+    """The generating step: the new model's outputs become rating tasks, and the round is done."""
+    with transaction.atomic():
+        round = Round.objects.select_for_update().get(pk=round_id)
+        if round.claim_token != token or round.is_terminal:
+            return False
+        project = round.project
+        created = 0
+        if single:
+            created += outputs_enqueue(
+                project=project, items=single, task_kind="single", seed=round.number
+            ).tasks_created
+        if pairwise:
+            created += outputs_enqueue(
+                project=project, items=pairwise, task_kind="pairwise", seed=round.number
+            ).tasks_created
+        return _hand_on(
+            round.pk, token, Round.State.DONE, new_task_count=F("new_task_count") + created, progress={}
+        )

@@ -1,0 +1,512 @@
+"""The loop's Celery tasks: one per step of a round, and the only module that imports the engine.
+
+Each task takes a round id, claims the round's step with a conditional update (services.round_claim),
+reads what it needs through the selectors, calls the engine on plain data, and hands the result
+to one service, which moves the round on and enqueues the next step once its transaction commits.
+Training and generation run on the `gpu` queue, the rest on `default`.
+
+A step that raises is run again (`stage_retries` times, with a short back-off), then the round is
+`failed` with the error, and `round_retry` resumes it from that step. A task delivered again after
+its worker died finds the dead worker's claim; once the claim's heartbeat is stale it claims the
+step afresh. Every step's writes are idempotent, and training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from celery import shared_task
+
+from annotation.models import Output, Prompt
+from annotation.questions import questions_for
+from annotation.services import NewOutput, NewTask
+from feedback_loop import selectors, services
+from feedback_loop.engine.backends import load_backend
+from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k
+from feedback_loop.engine.refine import RefineConfig, refine
+from feedback_loop.engine.sandbox import run_unit_tests_many
+from feedback_loop.engine.select import select
+from feedback_loop.engine.tiny import build_tiny_model
+from feedback_loop.engine.train import LoRATrainingConfig, dataset_sha256, train_lora
+from feedback_loop.engine.types import FeedbackItem, GenerationConfig, SFTExample
+from feedback_loop.models import Adapter, LoopConfig, Refinement, Round, default_model_path
+
+logger = logging.getLogger(__name__)
+
+# Settings the loop trains with unless the project says otherwise: checkpoints so that a worker
+# that dies mid-training resumes rather than starts over.
+TRAINING_DEFAULTS = {"save_every_steps": 25}
+REFINE_BATCH = 16  # feedback items per refiner call: the round's progress moves on after each
+TINY_PRETRAIN_STEPS = 150  # the default model writes words rather than noise
+DATASET_MARKER = "dataset.sha256"  # in the adapter folder: which training set its checkpoints belong to
+
+
+class StepStopped(Exception):
+    """The round was cancelled (or taken over) while the step ran: stop without touching it."""
+
+
+class NothingToTrain(Exception):
+    """No training example: retrying the step would not change that."""
+
+
+# ---------------------------------------------------------------- settings → engine configs
+
+
+def _typed_fields(settings, cls, *, what: str, skip: tuple[str, ...] = ()) -> dict:
+    """`settings` checked against the fields of the engine's config dataclass `cls`: unknown names
+    and values of the wrong type raise ValueError; lists become the tuples the engine expects."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"{what} settings must be an object")
+    defaults = cls()
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {what} setting {unknown[0]!r} (settings: {', '.join(names)})")
+    values = dict(settings)
+    for name, value in settings.items():
+        default = getattr(defaults, name)
+        if value is None and (default is None or name in ("max_steps", "seed")):
+            continue
+        if isinstance(default, tuple) or name == "target_modules":
+            if not (isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{name} must be a list of strings")
+            values[name] = tuple(value)
+        elif isinstance(default, bool) or isinstance(value, bool):
+            if not (isinstance(value, bool) and isinstance(default, bool)):
+                raise ValueError(f"{name} must be {type(default).__name__}")
+        elif isinstance(default, float):
+            if not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number")
+            values[name] = float(value)
+        elif isinstance(default, int) or name in ("max_steps", "seed"):
+            if not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer")
+        elif not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+    return values
+
+
+def training_config_from(settings: dict) -> LoRATrainingConfig:
+    """The trainer's config from a project's `training` settings; unknown or ill-typed ones raise."""
+    config = LoRATrainingConfig(
+        **{**TRAINING_DEFAULTS, **_typed_fields(settings, LoRATrainingConfig, what="training")}
+    )
+    if config.packing not in ("group_by_length", "pack"):
+        raise ValueError("packing must be group_by_length or pack")
+    return config
+
+
+def generation_config_from(settings: dict) -> GenerationConfig:
+    """How the loop generates outputs (`settings` less its "refine" part); unknown or ill-typed ones raise."""
+    if not isinstance(settings, dict):
+        raise ValueError("generation settings must be an object")
+    outputs = {k: v for k, v in settings.items() if k != "refine"}
+    # One output per prompt; the stop strings come from the generation settings.
+    return GenerationConfig(**_typed_fields(outputs, GenerationConfig, what="generation", skip=("n",)))
+
+
+def refine_config_from(settings: dict) -> RefineConfig:
+    """How the refiner samples (the "refine" part of the generation settings)."""
+    if not isinstance(settings, dict):
+        raise ValueError("generation settings must be an object")
+    return RefineConfig(**_typed_fields(settings.get("refine") or {}, RefineConfig, what="refine"))
+
+
+def storable(text: str) -> str:
+    """A model's text as the database can keep it: PostgreSQL stores no NUL character, and a byte-level
+    tokenizer can decode one. It becomes U+FFFD, the usual mark of an undecodable byte."""
+    return text.replace("\x00", "\ufffd")
+
+
+def model_path(model: str) -> str:
+    """The model to load. The default, the tiny local model, is built on first use: a fresh install
+    (the demo) runs a round with no download and no setup step."""
+    default = Path(default_model_path())
+    if model == str(default) and not (default / "config.json").exists():
+        default.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=default.parent))
+        build_tiny_model(building, seed=0, pretrain_steps=TINY_PRETRAIN_STEPS)
+        try:
+            os.replace(building, default)  # whole or not at all
+        except OSError:  # another worker built it first
+            shutil.rmtree(building, ignore_errors=True)
+    return model
+
+
+def _backend(model: str, *, adapters: dict[str, str] | None = None):
+    backend = load_backend({"kind": "hf", "model": model_path(model)})
+    for name, path in (adapters or {}).items():
+        backend.load_adapter(path, name)
+    return backend
+
+
+# ---------------------------------------------------------------- running a step
+
+
+def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> None:
+    token = services.round_claim(round_id=round_id, state=state)
+    if token is None:
+        round = Round.objects.filter(pk=round_id).first()
+        if round is not None and round.state == state and round.claim_token:
+            # Another worker holds the step, or held it and died: look again once its claim could be stale.
+            enqueue_step(round_id, state, countdown=services.CLAIM_STALE_SECONDS)
+        return
+    round = Round.objects.select_related("project").get(pk=round_id)
+    try:
+        work(round, token)
+    except StepStopped:
+        return
+    except NothingToTrain as error:
+        services.round_fail(round_id=round_id, token=token, error=str(error), retry=False)
+    except Exception as error:
+        logger.exception("round %s: step %s failed", round_id, state)
+        services.round_fail(round_id=round_id, token=token, error=f"{type(error).__name__}: {error}")
+
+
+def _heartbeat(round: Round, token: str, progress: dict) -> None:
+    if not services.round_heartbeat(round_id=round.pk, token=token, progress=progress):
+        raise StepStopped()
+
+
+def _take_feedback(round: Round, token: str) -> None:
+    ids = round.judgment_ids or list(
+        selectors.feedback_judgments(
+            round.project,
+            require_acceptance=round.config.get("require_acceptance", False),
+            exclude_round=round,
+        ).values_list("pk", flat=True)
+    )
+    services.round_take_feedback(round_id=round.pk, token=token, judgment_ids=ids)
+
+
+def _refine(round: Round, token: str) -> None:
+    config = round.config
+    rows = selectors.feedback_rows(round.judgment_ids)
+    services.refinements_record(
+        round=round,
+        refinements=[
+            services.RefinementIn(judgment_id=row.judgment_id, text=row.fix, source=Refinement.Source.HUMAN)
+            for row in rows
+            if row.fix.strip()
+        ],
+    )
+    done = set(
+        Refinement.objects.filter(round=round, source=Refinement.Source.MODEL).values_list(
+            "judgment_id", flat=True
+        )
+    )
+    todo = [
+        row for row in rows if row.feedback.strip() and not row.fix.strip() and row.judgment_id not in done
+    ]
+    if todo:
+        backend = _backend(config["refiner_model"])
+        refine_config = refine_config_from(config.get("generation", {}))
+        for start in range(0, len(todo), REFINE_BATCH):
+            batch = todo[start : start + REFINE_BATCH]
+            _heartbeat(round, token, {"stage": Round.State.REFINING, "done": start, "total": len(todo)})
+            results = refine(
+                backend,
+                [_feedback_item(row) for row in batch],
+                n=config["n_refinements"],
+                config=refine_config,
+            )
+            services.refinements_record(
+                round=round,
+                refinements=[
+                    services.RefinementIn(
+                        judgment_id=row.judgment_id, text=storable(r.text), sample_index=r.sample_index
+                    )
+                    for row, refined in zip(batch, results, strict=True)
+                    for r in refined
+                ],
+            )
+    count = Refinement.objects.filter(round=round).count()
+    services.round_advance(round_id=round.pk, token=token, refinement_count=count)
+
+
+def _feedback_item(row: selectors.FeedbackRow) -> FeedbackItem:
+    return FeedbackItem(
+        prompt=row.prompt,
+        output=row.output,
+        feedback=row.feedback,
+        kind=row.kind,
+        tests=row.tests,
+        entry_point=row.entry_point,
+    )
+
+
+def _select(round: Round, token: str) -> None:
+    config = round.config
+    method = config["selector"]
+    refinements = list(
+        Refinement.objects.filter(round=round).order_by("judgment_id", "source", "sample_index")
+    )
+    by_judgment: dict[int, list[Refinement]] = {}
+    for refinement in refinements:
+        by_judgment.setdefault(refinement.judgment_id, []).append(refinement)
+    rows = {row.judgment_id: row for row in selectors.feedback_rows(list(by_judgment))}
+    scores: dict[int, dict] = {}
+    selected: list[int] = []
+    items, candidates = [], []
+    for judgment_id, found in by_judgment.items():
+        human = [r for r in found if r.source == Refinement.Source.HUMAN]
+        if human:  # a rater's own fix is the refinement a person vouched for
+            selected.append(human[0].pk)
+            scores[human[0].pk] = {"human": 1.0}
+        elif judgment_id in rows and (
+            method != LoopConfig.Selector.UNIT_TESTS or rows[judgment_id].tests.strip()
+        ):
+            items.append(_feedback_item(rows[judgment_id]))
+            candidates.append(found)
+    if items:
+        _heartbeat(round, token, {"stage": Round.State.SELECTING, "done": 0, "total": len(items)})
+        backend = _backend(config["refiner_model"]) if method == LoopConfig.Selector.INSTRUCT_RM else None
+        selections = select(
+            method, items, [[r.text for r in c] for c in candidates], backend=backend, seed=round.number
+        )
+        for found, selection in zip(candidates, selections, strict=True):
+            for refinement, score in zip(found, selection.scores, strict=True):
+                scores[refinement.pk] = {method: score}
+            if selection.index is not None:
+                selected.append(found[selection.index].pk)
+    count = services.refinements_select(round=round, scores=scores, selected_ids=selected)
+    services.round_advance(round_id=round.pk, token=token, selected_count=count)
+
+
+def _train(round: Round, token: str) -> None:
+    config = round.config
+    rows = selectors.training_rows(round)
+    if not rows:
+        raise NothingToTrain("nothing to train on: no selected refinement of a judgment that may train")
+    examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
+    sha = dataset_sha256(examples)
+    parent = selectors.active_adapter(round.project)
+    init = (
+        parent.path
+        if parent is not None and config.get("data_mode") == LoopConfig.DataMode.CONTINUE
+        else None
+    )
+    output_dir = round.adapter_dir()
+    _forget_other_training_set(output_dir, sha)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        progress = {"stage": Round.State.TRAINING, "step": step, "total_steps": total, "loss": loss}
+        _heartbeat(round, token, progress)
+
+    _heartbeat(round, token, {"stage": Round.State.TRAINING, "step": 0, "total_steps": None, "loss": None})
+    result = train_lora(
+        model_path(config["base_model"]),
+        examples,
+        output_dir,
+        training_config_from(config.get("training", {})),
+        progress=False,
+        on_step=on_step,
+        init_adapter=init,
+    )
+    services.adapter_register(
+        round=round,
+        path=str(result.adapter_dir),
+        checksum=result.checksum,
+        training_metrics=result.metrics,
+        dataset_sha256=sha,
+        refinement_ids=[row.refinement_id for row in rows],
+        judgment_ids=[row.judgment_id for row in rows],
+        parent=parent,
+    )
+    services.round_advance(round_id=round.pk, token=token)
+
+
+def _forget_other_training_set(output_dir: Path, sha: str) -> None:
+    """A retried round whose training set changed meanwhile (a curator rejected a judgment) must not
+    resume checkpoints of the old set: the engine would refuse them. Start that folder afresh."""
+    marker = output_dir / DATASET_MARKER
+    if output_dir.exists() and (not marker.exists() or marker.read_text().strip() != sha):
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(sha + "\n")
+
+
+def _evaluate(round: Round, token: str) -> None:
+    config = round.config
+    adapter = Adapter.objects.select_related("parent").get(round=round)
+    rows = selectors.held_out_rows(round.project)
+    evaluation: dict = {
+        "n_held_out": len(rows),
+        "baseline": adapter.parent.path if adapter.parent else "base model",
+    }
+    if rows:
+        _heartbeat(round, token, {"stage": Round.State.EVALUATING, "done": 0, "total": len(rows)})
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
+        backend.set_adapter("new")
+        evaluation["held_out_loss"] = held_out_loss(backend, examples)
+        backend.set_adapter("previous" if adapter.parent is not None else None)
+        evaluation["baseline_held_out_loss"] = held_out_loss(backend, examples)
+    code_rows = selectors.code_eval_rows(round.project)
+    if code_rows:
+        # pass@1 of greedy programs, for the record: the promotion rule reads the held-out loss.
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        generation = dataclasses.replace(
+            generation_config_from(config.get("generation", {})), temperature=0.0
+        )
+        evaluation["n_code_tasks"] = len(code_rows)
+        backend.set_adapter("new")
+        evaluation["pass@1"] = pass_at_1(backend, code_rows, generation)
+        backend.set_adapter("previous" if adapter.parent is not None else None)
+        evaluation["baseline_pass@1"] = pass_at_1(backend, code_rows, generation)
+    services.adapter_promote(round_id=round.pk, token=token, evaluation=evaluation)
+
+
+def adapters_of(adapter: Adapter) -> dict[str, str]:
+    """The round's adapter as "new" and the model it is compared with as "previous" (None: the base)."""
+    adapters = {"new": adapter.path}
+    if adapter.parent is not None:
+        adapters["previous"] = adapter.parent.path
+    return adapters
+
+
+def pass_at_1(backend, rows: list[selectors.CodeTaskRow], generation: GenerationConfig) -> float:
+    """Share of code tasks whose one generated program passes its unit tests in the sandbox."""
+    samples = backend.generate([row.prompt for row in rows], dataclasses.replace(generation, n=1))
+    passed = []
+    for row, texts in zip(rows, samples, strict=True):
+        results = run_unit_tests_many(
+            [row.prompt + text for text in texts], row.tests, entry_point=row.entry_point
+        )
+        passed.append([result.status == "pass" for result in results])
+    return mean_pass_at_k(passed, 1)
+
+
+def _generate(round: Round, token: str) -> None:
+    config = round.config
+    project = round.project
+    if not round.generation_prompt_ids:
+        ids = list(
+            selectors.prompts_to_generate(round, limit=config["generation_batch"]).values_list(
+                "pk", flat=True
+            )
+        )
+        services.round_generation_prompts(round=round, prompt_ids=ids)
+        round.refresh_from_db()
+    prompts = list(Prompt.objects.filter(pk__in=round.generation_prompt_ids).order_by("id"))
+    adapter = Adapter.objects.select_related("parent").get(round=round)
+    pairwise = bool(config.get("pairwise_tasks")) and bool(questions_for(project.questions, "pairwise"))
+    single = bool(questions_for(project.questions, "single"))
+    generation = generation_config_from(config.get("generation", {}))
+    settings = {**dataclasses.asdict(generation), "adapter_id": adapter.pk, "round": round.number}
+
+    def key(role: str, prompt: Prompt) -> str:
+        return f"round-{round.number}:{role}:prompt-{prompt.pk}"
+
+    # Outputs written by an earlier try of this step are not generated again.
+    have = set(
+        Output.objects.filter(prompt__in=prompts, round_number=round.number).values_list(
+            "generation__key", flat=True
+        )
+    )
+    roles = [("new", "new", adapter.path)]
+    if pairwise:
+        roles.append(
+            (
+                "previous",
+                "previous" if adapter.parent else None,
+                adapter.parent.path if adapter.parent else "",
+            )
+        )
+    adapters = adapters_of(adapter)
+    texts: dict[tuple[str, int], str] = {}
+    backend = None
+    for role, name, _ in roles:
+        missing = [p for p in prompts if key(role, p) not in have]
+        if not missing:
+            continue
+        backend = backend or _backend(config["base_model"], adapters=adapters)
+        backend.set_adapter(name)
+        _heartbeat(round, token, {"stage": Round.State.GENERATING, "role": role, "total": len(missing)})
+        outputs = backend.generate([selectors.training_prompt_of(p) for p in missing], generation)
+        for prompt, samples in zip(missing, outputs, strict=True):
+            texts[(role, prompt.pk)] = storable(samples[0]).strip() if samples else ""
+    existing = dict(
+        Output.objects.filter(prompt__in=prompts, round_number=round.number).values_list(
+            "generation__key", "text"
+        )
+    )
+
+    def output(role: str, adapter_path: str, prompt: Prompt) -> NewOutput:
+        return NewOutput(
+            text=texts.get((role, prompt.pk), existing.get(key(role, prompt), "")),
+            key=key(role, prompt),
+            model_name=config["base_model"],
+            adapter=adapter_path,
+            round_number=round.number,
+            generation={**settings, "role": role},
+        )
+
+    single_tasks, pair_tasks = [], []
+    for prompt in prompts:
+        new = output("new", adapter.path, prompt)
+        if not new.text:
+            continue  # an empty output gives a rater nothing to judge
+        if single:
+            single_tasks.append(NewTask(prompt_id=prompt.pk, outputs=(new,), round_number=round.number))
+        if pairwise:
+            old = output("previous", adapter.parent.path if adapter.parent else "", prompt)
+            if old.text and old.text != new.text:
+                pair_tasks.append(NewTask(prompt_id=prompt.pk, outputs=(new, old), round_number=round.number))
+    services.round_outputs_enqueue(round_id=round.pk, token=token, single=single_tasks, pairwise=pair_tasks)
+
+
+# ---------------------------------------------------------------- the tasks
+
+
+@shared_task(name="feedback_loop.take_feedback", queue="default")
+def round_take_feedback_task(round_id: int) -> None:
+    _run_step(round_id, Round.State.PENDING, _take_feedback)
+
+
+@shared_task(name="feedback_loop.refine", queue="default")
+def round_refine_task(round_id: int) -> None:
+    _run_step(round_id, Round.State.REFINING, _refine)
+
+
+@shared_task(name="feedback_loop.select", queue="default")
+def round_select_task(round_id: int) -> None:
+    _run_step(round_id, Round.State.SELECTING, _select)
+
+
+@shared_task(name="feedback_loop.train", queue="gpu")
+def round_train_task(round_id: int) -> None:
+    _run_step(round_id, Round.State.TRAINING, _train)
+
+
+@shared_task(name="feedback_loop.evaluate", queue="default")
+def round_evaluate_task(round_id: int) -> None:
+    _run_step(round_id, Round.State.EVALUATING, _evaluate)
+
+
+@shared_task(name="feedback_loop.generate", queue="gpu")
+def round_generate_task(round_id: int) -> None:
+    _run_step(round_id, Round.State.GENERATING, _generate)
+
+
+STEP_TASKS = {
+    Round.State.PENDING: round_take_feedback_task,
+    Round.State.REFINING: round_refine_task,
+    Round.State.SELECTING: round_select_task,
+    Round.State.TRAINING: round_train_task,
+    Round.State.EVALUATING: round_evaluate_task,
+    Round.State.GENERATING: round_generate_task,
+}
+
+
+def enqueue_step(round_id: int, state: str, *, countdown: float | None = None) -> None:
+    """Send the task that runs the round's step `state` (to the queue that step runs on)."""
+    task = STEP_TASKS.get(state)
+    if task is not None:
+        task.apply_async((round_id,), countdown=countdown)
