@@ -25,8 +25,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from annotation.models import Project
+from annotation.models import Project, Webhook
 from annotation.services import NewTask, QueueError, outputs_enqueue
+from annotation.webhooks import webhook_event_emit
 from feedback_loop.models import Adapter, Refinement, Round
 from feedback_loop.selectors import active_round, loop_config_of
 
@@ -82,6 +83,7 @@ def round_start(*, project: Project, user: AbstractBaseUser | None, reason: str 
                 )
         except IntegrityError as error:
             raise RoundInProgress("a round of this project is already running") from error
+        _state_changed(round, "", round.state)
         _enqueue_step(round.pk, round.state)
     return round
 
@@ -100,6 +102,7 @@ def round_retry(*, round: Round) -> Round:
                 round.save()
         except IntegrityError as error:
             raise RoundInProgress("another round of this project is running") from error
+        _state_changed(round, Round.State.FAILED, round.state)
         _enqueue_step(round.pk, round.state)
     return round
 
@@ -110,9 +113,11 @@ def round_cancel(*, round: Round) -> Round:
         round = Round.objects.select_for_update().get(pk=round.pk)
         if round.state in (Round.State.DONE, Round.State.CANCELLED):
             raise RoundStateError(f"a {round.state} round cannot be cancelled")
+        old = round.state
         round.state = Round.State.CANCELLED
         round.claim_token, round.finished_at = "", timezone.now()
         round.save()
+        _state_changed(round, old, round.state)
     return round
 
 
@@ -141,9 +146,19 @@ def round_heartbeat(*, round_id: int, token: str, progress: dict | None = None) 
     return bool(Round.objects.filter(pk=round_id, claim_token=token).update(**fields))
 
 
+def _state_changed(round: Round, old: str, new: str, error: str = "") -> None:
+    """Tell the project's webhooks, from inside the transaction that changed the state."""
+    webhook_event_emit(
+        project=round.project_id,
+        event=Webhook.Event.ROUND_STATE_CHANGED,
+        payload={"round": round.pk, "number": round.number, "from": old, "to": new, "error": error},
+    )
+
+
 def _hand_on(round_id: int, token: str, state: str, **fields) -> bool:
     """Move a claimed round to `state`, releasing the claim; False when the claim was lost."""
     now = timezone.now()
+    before = Round.objects.only("pk", "project_id", "number", "state").get(pk=round_id)
     fields.update(state=state, claim_token="", attempts=0, error="", updated_at=now)
     if state in Round.TERMINAL:
         fields["finished_at"] = now
@@ -152,6 +167,8 @@ def _hand_on(round_id: int, token: str, state: str, **fields) -> bool:
         .exclude(state__in=Round.TERMINAL)
         .update(**fields)
     )
+    if moved:
+        _state_changed(before, before.state, state)
     if moved and state not in Round.TERMINAL:
         _enqueue_step(round_id, state)
     return bool(moved)
@@ -181,6 +198,7 @@ def round_fail(*, round_id: int, token: str, error: str, retry: bool = True) -> 
             return round
         round.failed_state, round.state, round.finished_at = round.state, Round.State.FAILED, timezone.now()
         round.save()
+        _state_changed(round, round.failed_state, round.state, error)
     return round
 
 
@@ -296,6 +314,17 @@ def adapter_promote(*, round_id: int, token: str, evaluation: dict) -> bool:
                 is_active=False
             )
             Adapter.objects.filter(pk=adapter.pk).update(is_active=True)
+            webhook_event_emit(
+                project=round.project_id,
+                event=Webhook.Event.ADAPTER_PROMOTED,
+                payload={
+                    "adapter": adapter.pk,
+                    "round": round.pk,
+                    "base_model": adapter.base_model,
+                    "checksum": adapter.checksum,
+                    "evaluation": evaluation,
+                },
+            )
             return _hand_on(
                 round.pk,
                 token,

@@ -174,3 +174,35 @@ def test_training_reports_its_progress_and_a_crashed_try_resumes_from_its_checkp
     assert all(p["total_steps"] == 3 and p["loss"] > 0 for p in training)
     metrics = Adapter.objects.get(round=round).training_metrics
     assert (metrics["steps"], metrics["steps_this_run"]) == (3, 1)
+
+
+def test_a_round_tells_the_projects_webhooks_each_state_change_and_the_promotion(
+    transactional_db, eager, feedback_project, alice, settings
+):
+    from annotation.models import Webhook, WebhookDelivery
+
+    project, _ = feedback_project
+    settings.REFINERY_WEBHOOKS_ALLOW_PRIVATE = True
+    # Deliveries are recorded in the loop's transactions; sending them is the webhook tests' business.
+    settings.REFINERY_WEBHOOKS_MAX_ATTEMPTS = 1
+    Webhook.objects.create(
+        project=project,
+        url="http://127.0.0.1:9/",
+        secret="s",
+        events=[Webhook.Event.ROUND_STATE_CHANGED, Webhook.Event.ADAPTER_PROMOTED],
+    )
+    round = services.round_start(project=project, user=alice, reason="events")
+    round.refresh_from_db()
+    assert round.state == Round.State.DONE, round.error
+
+    changes = [
+        (d.payload["from"], d.payload["to"])
+        for d in WebhookDelivery.objects.filter(event=Webhook.Event.ROUND_STATE_CHANGED).order_by("pk")
+    ]
+    path = ["", "pending", "refining", "selecting", "training", "evaluating"]
+    path += ["generating", "done"] if round.promoted else ["done"]
+    assert changes == list(zip(path, path[1:], strict=False))
+    promoted = WebhookDelivery.objects.filter(event=Webhook.Event.ADAPTER_PROMOTED)
+    assert promoted.count() == (1 if round.promoted else 0)
+    if round.promoted:
+        assert promoted.get().payload["adapter"] == Adapter.objects.get(round=round).pk

@@ -61,6 +61,8 @@ def worker_env(transactional_db, broker, artifacts):
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
         "DJANGO_SETTINGS_MODULE": "config.settings",
+        # The worker runs the deployment settings, which refuse to start without a key.
+        "SECRET_KEY": "worker-test-" + "k" * 50,
     }
 
 
