@@ -7,5 +7,6 @@ urlpatterns = [
     path("api/v1/", include("annotation.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("feedback_loop.urls")),
     path("", include("annotation.urls")),
 ]
