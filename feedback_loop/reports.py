@@ -140,7 +140,7 @@ def _describe(stage: Stage, round: Round, live: dict) -> None:
     elif stage.state == Round.State.EVALUATING:
         if finished:
             stage.done = stage.total = 1
-            stage.detail = "promoted" if round.promoted else "evaluated"
+            stage.detail = {True: "promoted", False: "not promoted"}.get(round.promoted, "evaluated")
         elif total:
             stage.done, stage.total = done or 0, total
             stage.detail = f"{int(total)} held-out examples"
@@ -259,7 +259,7 @@ class Series:
 class Chart:
     title: str
     series: list[Series]
-    width: int = 340
+    width: int = 320
     height: int = 220
     # Filled by layout(): what the template draws.
     lines: list[dict] = field(default_factory=list)
@@ -281,12 +281,15 @@ def metric_charts(adapters: list[Adapter]) -> list[Chart]:
     for adapter in adapters:
         number = adapter.round.number
         evaluation = adapter.evaluation if isinstance(adapter.evaluation, dict) else {}
-        for key, name in (("held_out_loss", "new adapter"), ("baseline_held_out_loss", "model it replaced")):
+        for key, name in (
+            ("held_out_loss", "held-out: new adapter"),
+            ("baseline_held_out_loss", "held-out: model it replaced"),
+        ):
             if _number(evaluation.get(key)) is not None:
                 loss.setdefault(name, []).append((number, float(evaluation[key])))
         train = final_train_loss(adapter)
         if train is not None:
-            loss.setdefault("final training loss", []).append((number, train))
+            loss.setdefault("training (last step)", []).append((number, train))
         for key, value in evaluation.items():
             if key in TASK_METRICS and _number(value) is not None:
                 task.setdefault(key.replace("_", " "), []).append((number, float(value)))

@@ -5,7 +5,13 @@ import pytest
 from django.urls import reverse
 
 from feedback_loop.models import Refinement, Round
-from tests.loop_ui.conftest import client_for, feedback_judgments, make_adapter, make_round, make_staff_curator
+from tests.loop_ui.conftest import (
+    client_for,
+    feedback_judgments,
+    make_adapter,
+    make_round,
+    make_staff_curator,
+)
 
 
 @pytest.fixture
@@ -57,7 +63,9 @@ def test_admin_start_round_starts_the_next_round_of_a_curated_project(curator, p
     assert form.status_code == 200
     choices = {p.name for p in form.context["form"].fields["project"].queryset}
     assert choices == {"Summaries"}
-    response = client.post(reverse("admin:feedback_loop_round_add"), {"project": project.pk, "reason": "why not"})
+    response = client.post(
+        reverse("admin:feedback_loop_round_add"), {"project": project.pk, "reason": "why not"}
+    )
     round = Round.objects.get(project=project)
     assert response.status_code == 302
     assert response.url == reverse("admin:feedback_loop_round_change", args=[round.pk])
