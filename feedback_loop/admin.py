@@ -84,7 +84,7 @@ class RoundAdmin(admin.ModelAdmin):
     list_filter = [ONLY_PROJECTS, "state", "promoted"]
     search_fields = ["reason", "error"]
     list_select_related = ["project", "started_by"]
-    actions = ["retry_rounds", "cancel_rounds"]
+    actions = ["retry", "cancel"]
     change_list_template = "admin/feedback_loop/round/change_list.html"
     exclude = ["claim_token"]
 
@@ -130,11 +130,11 @@ class RoundAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/feedback_loop/round/start.html", context)
 
     @admin.action(description="Retry the selected failed rounds")
-    def retry_rounds(self, request, queryset):
+    def retry(self, request, queryset):
         self._each(request, queryset, services.round_retry, "resumes from the step that failed")
 
     @admin.action(description="Cancel the selected rounds")
-    def cancel_rounds(self, request, queryset):
+    def cancel(self, request, queryset):
         self._each(request, queryset, services.round_cancel, "is cancelled")
 
     def _each(self, request, queryset, service, done: str) -> None:
@@ -232,7 +232,15 @@ class RefinementAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(LoopConfig)
 class LoopConfigAdmin(admin.ModelAdmin):
-    list_display = ["project", "selector", "n_refinements", "data_mode", "require_acceptance", "updated_at"]
+    list_display = [
+        "project",
+        "base_model",
+        "selector",
+        "n_refinements",
+        "data_mode",
+        "require_acceptance",
+        "updated_at",
+    ]
     list_select_related = ["project"]
 
     def get_queryset(self, request):

@@ -17,8 +17,15 @@ TINY_PRETRAIN_STEPS = 60  # words rather than noise; a few seconds on a CPU
 FAST_LOOP = {
     "n_refinements": 2,
     "selector": "instruct_rm",
-    "training": {"rank": 4, "batch_size": 4, "max_steps": 3, "max_length": 192, "save_every_steps": 2},
-    "generation": {"max_new_tokens": 12, "refine": {"max_new_tokens": 16}},
+    "training": {
+        "rank": 4,
+        "batch_size": 2,
+        "epochs": 5,
+        "max_steps": 3,
+        "max_length": 192,
+        "save_every_steps": 2,
+    },
+    "generation": {"max_new_tokens": 12, "temperature": 1.0, "refine": {"max_new_tokens": 16}},
     "generation_batch": 3,
     "stage_retries": 0,
 }

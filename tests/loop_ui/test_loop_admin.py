@@ -88,10 +88,10 @@ def test_admin_actions_retry_and_cancel_rounds(curator, project):
     failed = make_round(project, 1, state=Round.State.FAILED, failed_state=Round.State.SELECTING, error="x")
     client = client_for(curator)
     url = reverse("admin:feedback_loop_round_changelist")
-    client.post(url, {"action": "retry_rounds", "_selected_action": [failed.pk]})
+    client.post(url, {"action": "retry", "_selected_action": [failed.pk]})
     failed.refresh_from_db()
     assert failed.state == Round.State.SELECTING
-    response = client.post(url, {"action": "cancel_rounds", "_selected_action": [failed.pk]}, follow=True)
+    response = client.post(url, {"action": "cancel", "_selected_action": [failed.pk]}, follow=True)
     failed.refresh_from_db()
     assert failed.state == Round.State.CANCELLED
     assert "Round 1 of Summaries is cancelled." in response.content.decode()

@@ -1,0 +1,150 @@
+"""A whole round through a real Celery worker process and Redis, started from the command line.
+
+The test database is PostgreSQL's (pytest-django's, committed with `transactional_db`), shared by
+three processes: this test writes the project and its feedback, `manage.py start_round --wait`
+sends the first step to Redis and follows the round, and a worker consuming the `default` and
+`gpu` queues runs every step.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from annotation.models import Prompt, Task
+from feedback_loop.models import Adapter, Refinement, Round
+from tests.loop.conftest import POSTS, make_feedback
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+BROKER = "redis://127.0.0.1:6379/12"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _redis():
+    import redis
+
+    client = redis.Redis.from_url(BROKER, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    return client
+
+
+@pytest.fixture
+def broker():
+    client = _redis()
+    client.flushdb()
+    yield BROKER
+    client.flushdb()
+
+
+@pytest.fixture
+def worker_env(transactional_db, broker, artifacts):
+    if connection.vendor != "postgresql":
+        pytest.skip("the worker shares the test database: PostgreSQL only")
+    settings = connection.settings_dict
+    url = f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}"
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": broker,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "REFINERY_ARTIFACTS_DIR": str(artifacts),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+
+
+@pytest.fixture
+def worker(worker_env, tmp_path):
+    log = open(tmp_path / "worker.log", "w+b")  # noqa: SIM115 - read back when the test fails
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default,gpu",
+            "--pool",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ],
+        cwd=REPO,
+        env=worker_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.seek(0)
+    print(log.read().decode(errors="replace")[-5000:])  # shown by pytest when the test failed
+    log.close()
+
+
+def test_a_real_worker_runs_a_whole_round_started_from_the_command_line(
+    project, bob, loop_config, worker, worker_env
+):
+    loop_config.training = {**loop_config.training, "learning_rate": 1e-2}
+    loop_config.save()
+    fix = "The landlord must fix the heating soon."
+    judgments = make_feedback(project, bob, 2) + make_feedback(project, bob, 1, prefix="fixed", fix=fix)
+    Prompt.objects.create(
+        project=project,
+        external_id="eval-0",
+        text="Summarise this post.",
+        context=POSTS[0],
+        split="eval",
+        gold=fix,
+    )
+
+    command = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "start_round",
+            str(project.pk),
+            "--reason",
+            "worker test",
+            "--wait",
+            "--timeout",
+            "240",
+        ],
+        cwd=REPO,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert worker.poll() is None, "the worker died"
+    assert command.returncode == 0, command.stdout + command.stderr
+    assert "Round 1: done." in command.stdout
+
+    round = Round.objects.get(project=project)
+    assert (round.state, round.reason, round.feedback_count) == ("done", "worker test", 3)
+    assert Refinement.objects.filter(round=round, selected=True).count() == round.selected_count > 0
+    adapter = Adapter.objects.get(round=round)
+    assert len(adapter.checksum) == 64 and Path(adapter.path, "adapter.sha256").exists()
+    assert set(adapter.training_judgments.all()) <= set(judgments)
+    assert adapter.evaluation["n_held_out"] == 1
+    assert round.promoted is True, round.promotion_reason
+    assert Task.objects.filter(round_number=1).count() == round.new_task_count > 0

@@ -1,0 +1,53 @@
+"""A project's loop settings: validated against the engine's own configs, routed to the right queues."""
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from feedback_loop import selectors, tasks
+
+
+def test_loop_settings_are_created_with_defaults_on_first_use(project):
+    config = selectors.loop_config_of(project)
+    assert (config.n_refinements, config.selector, config.data_mode) == (
+        5,
+        "instruct_rm",
+        "cumulative-from-base",
+    )
+    assert config.require_acceptance is False and config.auto_start_threshold == 0
+    assert selectors.loop_config_of(project).pk == config.pk
+
+
+@pytest.mark.parametrize(
+    "training",
+    [
+        {"rnak": 8},
+        {"rank": "eight"},
+        {"learning_rate": "fast"},
+        {"target_modules": "c_attn"},
+        {"packing": "zip"},
+    ],
+)
+def test_training_settings_the_trainer_does_not_know_are_refused(project, training):
+    config = selectors.loop_config_of(project)
+    config.training = training
+    with pytest.raises(ValidationError) as raised:
+        config.full_clean()
+    assert "training" in raised.value.message_dict
+
+
+def test_training_settings_become_the_trainers_config_with_checkpoints_on(project):
+    config = tasks.training_config_from({"rank": 8, "learning_rate": 1, "target_modules": ["c_attn"]})
+    assert (config.rank, config.learning_rate, config.target_modules) == (8, 1.0, ("c_attn",))
+    assert config.save_every_steps > 0  # a worker that dies mid-training resumes
+
+
+def test_training_and_generation_run_on_the_gpu_queue_the_rest_on_default():
+    queues = {state: task.queue for state, task in tasks.STEP_TASKS.items()}
+    assert queues == {
+        "pending": "default",
+        "refining": "default",
+        "selecting": "default",
+        "training": "gpu",
+        "evaluating": "default",
+        "generating": "gpu",
+    }
