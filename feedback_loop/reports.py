@@ -49,34 +49,12 @@ def current_step(round: Round) -> str | None:
     return None
 
 
-def round_status(round: Round) -> dict:
-    """The round's live state, as JSON for the page's poller (and the first render of the page)."""
-    return {
-        "id": round.pk,
-        "number": round.number,
-        "state": round.state,
-        "state_display": round.get_state_display(),
-        "is_terminal": round.is_terminal,
-        "error": round.error,
-        "failed_state": round.failed_state,
-        "progress": round.progress,
-        "attempts": round.attempts,
-        "promoted": round.promoted,
-        "promotion_reason": round.promotion_reason,
-        "counts": {
-            "feedback": round.feedback_count,
-            "refinements": round.refinement_count,
-            "selected": round.selected_count,
-            "train_examples": round.train_example_count,
-            "new_tasks": round.new_task_count,
-        },
-        "finished_at": round.finished_at.isoformat() if round.finished_at else None,
-        "stages": [stage.__dict__ for stage in round_stages(round)],
-    }
-
-
 def round_stages(round: Round) -> list[Stage]:
-    """A progress line per step: what it did, or how far it got."""
+    """A progress line per step: what it did, or how far it got.
+
+    static/round.js redraws the lines from the loop's API with the same rules (stages() there):
+    change both together. The rounds browser test checks that they agree.
+    """
     at = current_step(round)
     reached = WORK_STEPS.index(at) if at in WORK_STEPS else (len(WORK_STEPS) if round.state == "done" else -1)
     progress = round.progress if isinstance(round.progress, dict) else {}
@@ -96,7 +74,7 @@ def round_stages(round: Round) -> list[Stage]:
 
 
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _describe(stage: Stage, round: Round, live: dict) -> None:

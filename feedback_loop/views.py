@@ -11,7 +11,6 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -92,9 +91,10 @@ def round_detail(request, project_id: int, number: int):
         "project": round.project,
         "section": "rounds",
         "round": round,
-        "status": reports.round_status(round),
         "stages": reports.round_stages(round),
-        "status_url": reverse("loop-round-status", args=[round.project_id, round.number]),
+        # The page polls the loop's API and redraws the steps with the same rules (static/round.js).
+        "api_url": reverse("round-detail", args=[round.pk]),
+        "state_labels": dict(Round.State.choices),
         "refinements": refinements,
         "selected_total": selected_total,
         "adapter": adapter,
@@ -110,16 +110,6 @@ def round_detail(request, project_id: int, number: int):
         "task_total": task_total,
     }
     return render(request, "loop/round.html", context)
-
-
-@require_GET
-@login_required
-def round_status(request, project_id: int, number: int):
-    """The round's live state for the page's poller: JSON, never cached."""
-    round = _round_of(request, project_id, number)
-    response = JsonResponse(reports.round_status(round))
-    response["Cache-Control"] = "no-store"
-    return response
 
 
 @require_POST

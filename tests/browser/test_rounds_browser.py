@@ -80,6 +80,24 @@ def history(project, bob, alice):
     return round
 
 
+def drawn_stages(page) -> list:
+    """Each step's line as the page shows it: status, words, and the bar's value and maximum."""
+    return page.evaluate(
+        """[...document.querySelectorAll('li.stage')].map(li => {
+            const bar = li.querySelector('progress');
+            return [li.dataset.stage, li.dataset.status, li.querySelector('.detail').textContent.trim(),
+                    bar.hasAttribute('value') ? bar.value : null, bar.max];
+        })"""
+    )
+
+
+def same_as_after_a_reload(page) -> bool:
+    """What the poller drew from the API equals what the server draws from the row."""
+    polled = drawn_stages(page)
+    page.reload()
+    return drawn_stages(page) == polled
+
+
 def fits_the_width(page) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
 
@@ -148,6 +166,19 @@ def test_curator_starts_a_round_and_watches_it_move_without_a_reload(
     assert page.evaluate("window.stillTheSamePage") is True  # moved without a reload
     assert fits_the_width(page)
     screenshot(page, "round-page")
+    assert same_as_after_a_reload(page)
+
+    # Evaluating, then trying the step again after an error: the error shows while it retries.
+    Round.objects.filter(pk=round.pk).update(
+        state=Round.State.EVALUATING,
+        train_example_count=117,
+        error="OSError: disk full",
+        progress={"stage": "evaluating", "done": 0, "total": 24},
+    )
+    page.locator("[data-stage=evaluating] >> text=24 held-out examples").wait_for(timeout=6000)
+    assert page.is_visible("text=OSError: disk full")
+    assert page.get_attribute("[data-stage=training]", "data-status") == "done"
+    assert same_as_after_a_reload(page)
 
     # The evaluation fails for good: the page reloads once to show the error and the Retry button.
     Round.objects.filter(pk=round.pk).update(
