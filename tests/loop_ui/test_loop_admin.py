@@ -41,6 +41,8 @@ def test_staff_curator_sees_only_the_loop_rows_of_projects_they_curate(curator, 
     refinements = client.get(reverse("admin:feedback_loop_refinement_changelist")).content.decode()
     assert "my refinement" in refinements and "their refinement" not in refinements
     assert client.get(reverse("admin:feedback_loop_adapter_change", args=[theirs.pk])).status_code == 302
+    own = client.get(reverse("admin:feedback_loop_round_change", args=[mine.round.pk])).content.decode()
+    assert f'href="{reverse("loop-round", args=[mine.project_id, 1])}"' in own  # read-only, with its page
     assert client.get(reverse("admin:feedback_loop_round_change", args=[theirs.round.pk])).status_code == 302
 
 
