@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from django.db.models import Count
+
 from annotation.models import Judgment, Project, Task
 from feedback_loop import selectors
 from feedback_loop.models import Adapter, Refinement, Round
@@ -160,11 +162,12 @@ def selected_refinements(round: Round, *, limit: int = 10) -> tuple[list[Selecte
     total = chosen.count()
     sample = list(chosen[:limit])
     rows = {row.judgment_id: row for row in selectors.feedback_rows([r.judgment_id for r in sample])}
-    candidates = {}
-    for judgment_id in Refinement.objects.filter(round=round, judgment_id__in=list(rows)).values_list(
-        "judgment_id", flat=True
-    ):
-        candidates[judgment_id] = candidates.get(judgment_id, 0) + 1
+    candidates = dict(
+        Refinement.objects.filter(round=round, judgment_id__in=list(rows))
+        .values("judgment_id")
+        .annotate(n=Count("id"))
+        .values_list("judgment_id", "n")
+    )
     return [
         SelectedRefinement(
             refinement=r,

@@ -48,11 +48,7 @@ def rounds(request, project_id: int):
     rounds = list(
         Round.objects.filter(project=project).select_related("started_by", "adapter").order_by("-number")
     )
-    adapters = list(
-        Adapter.objects.filter(project=project, evaluation__isnull=False)
-        .select_related("round")
-        .order_by("round__number")
-    )
+    adapters = list(Adapter.objects.filter(project=project).select_related("round").order_by("round__number"))
     context = {
         "project": project,
         "section": "rounds",
