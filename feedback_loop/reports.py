@@ -87,6 +87,8 @@ def _describe(stage: Stage, round: Round, live: dict) -> None:
         if finished:
             stage.done = stage.total = 1
             stage.detail = f"{round.feedback_count} feedback judgment{'s' * (round.feedback_count != 1)}"
+        elif stage.status == "running":
+            stage.detail = "gathering new feedback"
     elif stage.state == Round.State.REFINING:
         if finished:
             stage.done = stage.total = 1

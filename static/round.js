@@ -29,6 +29,7 @@ function describe(stage, round, live) {
   switch (stage.state) {
     case "pending":
       if (finished) set(1, 1, plural(round.feedback_count, "feedback judgment"));
+      else if (stage.status === "running") stage.detail = "gathering new feedback";
       break;
     case "refining":
       if (finished) set(1, 1, `${round.refinement_count} refinements of ${round.feedback_count} feedback`);
