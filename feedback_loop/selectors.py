@@ -223,6 +223,33 @@ def held_out_rows(project: Project) -> list[HeldOutRow]:
     return rows
 
 
+@dataclass(frozen=True)
+class CodeTaskRow:
+    prompt_id: int
+    prompt: str  # the model continues it (a signature and docstring): the program is both together
+    tests: str
+    entry_point: str | None
+
+
+def code_eval_rows(project: Project) -> list[CodeTaskRow]:
+    """A code project's eval-split prompts that carry unit tests (for pass@k)."""
+    if project.kind != Project.Kind.CODE:
+        return []
+    rows = []
+    for prompt in Prompt.objects.filter(project=project, split=Prompt.Split.EVAL).order_by("id"):
+        data = prompt.data if isinstance(prompt.data, dict) else {}
+        if str(data.get("tests") or "").strip():
+            rows.append(
+                CodeTaskRow(
+                    prompt_id=prompt.pk,
+                    prompt=training_prompt_of(prompt),
+                    tests=str(data["tests"]),
+                    entry_point=data.get("entry_point"),
+                )
+            )
+    return rows
+
+
 def prompts_to_generate(round: Round, *, limit: int) -> QuerySet[Prompt]:
     """The next train-split prompts for the new model: those with the fewest outputs so far first
     (the loop walks through the whole split over the rounds)."""

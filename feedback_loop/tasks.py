@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,12 +28,14 @@ from annotation.questions import questions_for
 from annotation.services import NewOutput, NewTask
 from feedback_loop import selectors, services
 from feedback_loop.engine.backends import load_backend
-from feedback_loop.engine.evaluate import held_out_loss
+from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k
 from feedback_loop.engine.refine import RefineConfig, refine
+from feedback_loop.engine.sandbox import run_unit_tests_many
 from feedback_loop.engine.select import select
+from feedback_loop.engine.tiny import build_tiny_model
 from feedback_loop.engine.train import LoRATrainingConfig, dataset_sha256, train_lora
 from feedback_loop.engine.types import FeedbackItem, GenerationConfig, SFTExample
-from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
+from feedback_loop.models import Adapter, LoopConfig, Refinement, Round, default_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ logger = logging.getLogger(__name__)
 # that dies mid-training resumes rather than starts over.
 TRAINING_DEFAULTS = {"save_every_steps": 25}
 REFINE_BATCH = 16  # feedback items per refiner call: the round's progress moves on after each
+TINY_PRETRAIN_STEPS = 150  # the default model writes words rather than noise
 DATASET_MARKER = "dataset.sha256"  # in the adapter folder: which training set its checkpoints belong to
 
 
@@ -101,8 +106,23 @@ def refine_config_from(settings: dict) -> RefineConfig:
     return RefineConfig(**{k: v for k, v in (settings.get("refine") or {}).items() if k in keys})
 
 
+def model_path(model: str) -> str:
+    """The model to load. The default, the tiny local model, is built on first use: a fresh install
+    (the demo) runs a round with no download and no setup step."""
+    default = Path(default_model_path())
+    if model == str(default) and not (default / "config.json").exists():
+        default.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=default.parent))
+        build_tiny_model(building, seed=0, pretrain_steps=TINY_PRETRAIN_STEPS)
+        try:
+            os.replace(building, default)  # whole or not at all
+        except OSError:  # another worker built it first
+            shutil.rmtree(building, ignore_errors=True)
+    return model
+
+
 def _backend(model: str, *, adapters: dict[str, str] | None = None):
-    backend = load_backend({"kind": "hf", "model": model})
+    backend = load_backend({"kind": "hf", "model": model_path(model)})
     for name, path in (adapters or {}).items():
         backend.load_adapter(path, name)
     return backend
@@ -263,7 +283,7 @@ def _train(round: Round, token: str) -> None:
 
     _heartbeat(round, token, {"stage": Round.State.TRAINING, "step": 0, "total_steps": None, "loss": None})
     result = train_lora(
-        config["base_model"],
+        model_path(config["base_model"]),
         examples,
         output_dir,
         training_config_from(config.get("training", {})),
@@ -304,16 +324,45 @@ def _evaluate(round: Round, token: str) -> None:
     }
     if rows:
         _heartbeat(round, token, {"stage": Round.State.EVALUATING, "done": 0, "total": len(rows)})
-        adapters = {"new": adapter.path}
-        if adapter.parent is not None:
-            adapters["previous"] = adapter.parent.path
-        backend = _backend(config["base_model"], adapters=adapters)
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
         examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
         backend.set_adapter("new")
         evaluation["held_out_loss"] = held_out_loss(backend, examples)
         backend.set_adapter("previous" if adapter.parent is not None else None)
         evaluation["baseline_held_out_loss"] = held_out_loss(backend, examples)
+    code_rows = selectors.code_eval_rows(round.project)
+    if code_rows:
+        # pass@1 of greedy programs, for the record: the promotion rule reads the held-out loss.
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        generation = dataclasses.replace(
+            generation_config_from(config.get("generation", {})), temperature=0.0
+        )
+        evaluation["n_code_tasks"] = len(code_rows)
+        backend.set_adapter("new")
+        evaluation["pass@1"] = pass_at_1(backend, code_rows, generation)
+        backend.set_adapter("previous" if adapter.parent is not None else None)
+        evaluation["baseline_pass@1"] = pass_at_1(backend, code_rows, generation)
     services.adapter_promote(round_id=round.pk, token=token, evaluation=evaluation)
+
+
+def adapters_of(adapter: Adapter) -> dict[str, str]:
+    """The round's adapter as "new" and the model it is compared with as "previous" (None: the base)."""
+    adapters = {"new": adapter.path}
+    if adapter.parent is not None:
+        adapters["previous"] = adapter.parent.path
+    return adapters
+
+
+def pass_at_1(backend, rows: list[selectors.CodeTaskRow], generation: GenerationConfig) -> float:
+    """Share of code tasks whose one generated program passes its unit tests in the sandbox."""
+    samples = backend.generate([row.prompt for row in rows], dataclasses.replace(generation, n=1))
+    passed = []
+    for row, texts in zip(rows, samples, strict=True):
+        results = run_unit_tests_many(
+            [row.prompt + text for text in texts], row.tests, entry_point=row.entry_point
+        )
+        passed.append([result.status == "pass" for result in results])
+    return mean_pass_at_k(passed, 1)
 
 
 def _generate(round: Round, token: str) -> None:
@@ -352,9 +401,7 @@ def _generate(round: Round, token: str) -> None:
                 adapter.parent.path if adapter.parent else "",
             )
         )
-    adapters = {"new": adapter.path}
-    if adapter.parent is not None:
-        adapters["previous"] = adapter.parent.path
+    adapters = adapters_of(adapter)
     texts: dict[tuple[str, int], str] = {}
     backend = None
     for role, name, _ in roles:

@@ -29,7 +29,7 @@ class AdapterSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_training_judgments(self, adapter) -> list[int]:
-        return sorted(adapter.training_judgments.values_list("pk", flat=True))
+        return sorted(judgment.pk for judgment in adapter.training_judgments.all())  # prefetched in lists
 
 
 class RoundSerializer(serializers.ModelSerializer):
@@ -71,5 +71,8 @@ class RoundSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(AdapterSerializer(allow_null=True))
     def get_adapter(self, round):
-        adapter = Adapter.objects.filter(round=round).first()
-        return AdapterSerializer(adapter).data if adapter is not None else None
+        try:
+            adapter = round.adapter
+        except Adapter.DoesNotExist:
+            return None
+        return AdapterSerializer(adapter).data

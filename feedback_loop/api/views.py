@@ -38,7 +38,12 @@ class ProjectRoundsView(generics.ListAPIView):
 
     def get_queryset(self):
         project = _visible_project(self.request, self.kwargs["project_id"])
-        return Round.objects.filter(project=project).select_related("started_by").order_by("-number")
+        return (
+            Round.objects.filter(project=project)
+            .select_related("started_by", "adapter")
+            .prefetch_related("adapter__training_judgments")
+            .order_by("-number")
+        )
 
     @extend_schema(summary="The project's rounds, newest first")
     def get(self, request, *args, **kwargs):

@@ -95,3 +95,14 @@ def test_curators_cancel_and_retry_rounds_raters_cannot(project, alice, bob, cli
     response = client_for(alice).post(f"/api/v1/rounds/{round['id']}/retry/")
     assert response.status_code == 200 and response.json()["state"] == "training"
     assert response.json()["error"] == ""
+
+
+def test_listing_rounds_takes_the_same_few_queries_however_many_rounds(
+    project, alice, client_for, django_assert_max_num_queries
+):
+    for number in range(1, 6):
+        round = Round.objects.create(project=project, number=number, state=Round.State.DONE)
+        Adapter.objects.create(project=project, round=round, base_model="m", path=f"p{number}", checksum="c")
+    with django_assert_max_num_queries(8):
+        response = client_for(alice).get(f"/api/v1/projects/{project.pk}/rounds/")
+    assert len(response.json()["results"]) == 5

@@ -51,3 +51,20 @@ def test_training_and_generation_run_on_the_gpu_queue_the_rest_on_default():
         "evaluating": "default",
         "generating": "gpu",
     }
+
+
+def test_the_default_tiny_model_is_built_on_first_use_and_then_reused(project, artifacts, monkeypatch):
+    monkeypatch.setattr(tasks, "TINY_PRETRAIN_STEPS", 0)
+    default = selectors.loop_config_of(project).snapshot()["base_model"]
+    assert default == str(artifacts / "tiny-model")
+    assert tasks.model_path(default) == default
+    assert (artifacts / "tiny-model" / "config.json").exists()
+    built = (artifacts / "tiny-model" / "config.json").stat().st_mtime_ns
+    tasks.model_path(default)
+    assert (artifacts / "tiny-model" / "config.json").stat().st_mtime_ns == built
+    assert [p.name for p in artifacts.iterdir()] == ["tiny-model"]  # no building folder left behind
+
+
+def test_a_model_given_by_name_is_never_built(project, artifacts):
+    assert tasks.model_path("gpt2") == "gpt2"
+    assert not artifacts.exists()
