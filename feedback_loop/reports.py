@@ -251,8 +251,9 @@ class Chart:
     box: dict = field(default_factory=dict)
 
 
-# The top-level evaluation numbers that are a task metric rather than a loss or a count.
-TASK_METRICS = ("win_rate", "pass_at_1", "pass@1", "pass_at_k", "pass@k", "accuracy")
+# The top-level evaluation numbers that are a task metric rather than a loss or a count; each may
+# come with a "baseline_" twin measured on the model the adapter replaced.
+TASK_METRICS = ("win_rate", "pass@1", "pass@k", "accuracy")
 COLOURS = ("#2f5fd0", "#d0602f", "#2f9d5f", "#9d2f8c", "#8c7a2f", "#2f8c9d")
 MARGIN = {"left": 46, "right": 10, "top": 26, "bottom": 30}
 
@@ -274,10 +275,14 @@ def metric_charts(adapters: list[Adapter]) -> list[Chart]:
         if train is not None:
             loss.setdefault("training (last step)", []).append((number, train))
         for key, value in evaluation.items():
-            if key in TASK_METRICS and _number(value) is not None:
-                task.setdefault(key.replace("_", " "), []).append((number, float(value)))
+            metric = key.removeprefix("baseline_")
+            if metric in TASK_METRICS and _number(value) is not None:
+                name = metric.replace("_", " ") + (
+                    ": model it replaced" if key != metric else ": new adapter"
+                )
+                task.setdefault(name, []).append((number, float(value)))
         for key, value in _flatten(
-            evaluation.get("probes") or {} if isinstance(evaluation.get("probes"), dict) else {}
+            evaluation["probes"] if isinstance(evaluation.get("probes"), dict) else {}
         ):
             if _number(value) is not None:
                 probes.setdefault(key, []).append((number, float(value)))

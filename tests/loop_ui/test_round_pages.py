@@ -316,7 +316,7 @@ def test_history_page_with_several_rounds_plots_metrics_and_lineage(project, ali
     assert page.count('<figure class="chart">') == 3
     for title in ("Loss", "Task metric", "Regression probes"):
         assert f">{title}</text>" in page
-    assert "inverse_scaling.accuracy" in page and "win rate" in page
+    assert "inverse_scaling.accuracy" in page and "win rate: new adapter" in page
     assert page.count("<polyline") == 3 + 1 + 2  # loss: new, replaced, training; win rate; two probes
     # Lineage: round 1 → round 2 (active) → rounds 3 (not promoted) under round 2.
     lineage = page[page.index('<ul class="lineage">') :]
@@ -324,6 +324,15 @@ def test_history_page_with_several_rounds_plots_metrics_and_lineage(project, ali
     assert lineage.count('<ul class="lineage">') == 3
     assert re.search(r'class="node active">\s*<a href="[^"]+/rounds/2/">Round 2', lineage)
     assert "Round 4 is refining" in page
+
+
+def test_code_project_history_plots_pass_at_1_of_the_adapter_and_the_model_it_replaced(project, alice_client):
+    for number, (new, old) in enumerate([(0.25, 0.2), (0.4, 0.25)], 1):
+        make_adapter(make_round(project, number), evaluation={"pass@1": new, "baseline_pass@1": old})
+    page = alice_client.get(rounds_url(project)).content.decode()
+    assert ">Task metric</text>" in page
+    assert "pass@1: new adapter" in page and "pass@1: model it replaced" in page
+    assert "pass@1: new adapter, round 2: 0.4" in page
 
 
 def test_history_chart_scales_points_into_the_plot_box():
