@@ -72,14 +72,13 @@ class RoundAdmin(admin.ModelAdmin):
         "state",
         "started_by",
         "started_at",
-        "finished_at",
         "feedback_count",
         "selected_count",
-        "train_example_count",
         "promoted",
         "new_task_count",
         "page",
     ]
+    ordering = ["project", "-number"]  # the newest round of each project first
     list_display_links = ["number"]
     list_filter = [ONLY_PROJECTS, "state", "promoted"]
     search_fields = ["reason", "error"]

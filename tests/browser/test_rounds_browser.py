@@ -12,11 +12,12 @@ from django.utils import timezone
 from feedback_loop import tasks as loop_tasks
 from feedback_loop.models import Refinement, Round
 from tests.browser.conftest import log_in, screenshot
-from tests.loop_ui.conftest import feedback_judgments, make_adapter, make_round
+from tests.loop_ui.conftest import feedback_judgments, make_adapter, make_round, make_staff_curator
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+PHONE = {"width": 390, "height": 844}
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'"
 
 
@@ -127,7 +128,7 @@ def no_worker(monkeypatch):
 
 
 def test_curator_starts_a_round_and_watches_it_move_without_a_reload(
-    live_server, page, project, alice, history, no_worker, strict_csp
+    live_server, page, chromium, project, alice, history, no_worker, strict_csp
 ):
     log_in(page, live_server, "alice", "pw-alice-123")
     page.goto(f"{live_server.url}/projects/{project.pk}/dashboard/")
@@ -204,5 +205,48 @@ def test_curator_starts_a_round_and_watches_it_move_without_a_reload(
     assert fits_the_width(page)
     screenshot(page, "round-page-done")
 
+    phone = chromium.new_context(viewport=PHONE, storage_state=page.context.storage_state())
+    try:
+        small = phone.new_page()
+        for path, name in (
+            (f"rounds/{round.number}/", "round-page-phone"),
+            ("rounds/", "rounds-history-phone"),
+        ):
+            small.goto(f"{live_server.url}/projects/{project.pk}/{path}")
+            assert fits_the_width(small), name
+            screenshot(small, name)
+    finally:
+        phone.close()
+
     assert page.js_errors == []
     assert strict_csp == []
+
+
+def test_staff_curator_starts_a_round_from_the_admin(live_server, page, project, alice, history, no_worker):
+    make_staff_curator(alice)
+    log_in(page, live_server, "alice", "pw-alice-123")
+    page.goto(f"{live_server.url}/admin/feedback_loop/round/")
+    screenshot(page, "admin-rounds")
+    page.click("text=Start round")
+    page.select_option("select[name=project]", str(project.pk))
+    page.fill("textarea[name=reason]", "From the admin")
+    screenshot(page, "admin-round-start")
+    page.click("input[type=submit][value='Start round']")
+    page.wait_for_selector(".messagelist .success")
+    assert "Round 4 of Summaries started." in page.inner_text(".messagelist")
+    assert Round.objects.get(project=project, number=4).reason == "From the admin"
+
+    # A second start while round 4 runs: the loop's error, and no round 5.
+    page.goto(f"{live_server.url}/admin/feedback_loop/round/add/")
+    page.select_option("select[name=project]", str(project.pk))
+    page.click("input[type=submit][value='Start round']")
+    page.wait_for_selector(".messagelist .error")
+    assert "already running" in page.inner_text(".messagelist")
+    assert not Round.objects.filter(project=project, number=5).exists()
+
+    adapter = Round.objects.get(project=project, number=3).adapter
+    page.goto(f"{live_server.url}/admin/feedback_loop/adapter/{adapter.pk}/change/")
+    page.click("text=3 judgments")
+    page.wait_for_selector("#result_list")
+    assert page.locator("#result_list tbody tr").count() == 3
+    screenshot(page, "admin-adapter-judgments")
