@@ -115,6 +115,11 @@ function show(round) {
 }
 
 async function poll() {
+  if (document.hidden) {
+    // Nobody is looking: ask again later rather than load the server for a background tab.
+    window.setTimeout(poll, POLL_MS);
+    return;
+  }
   let round = null;
   try {
     const response = await fetch(live.dataset.apiUrl, {
