@@ -85,14 +85,20 @@ class LoopConfig(models.Model):
     def clean(self) -> None:
         # The engine's trainer is the authority on its own settings; feedback_loop.tasks is the one
         # module that talks to the engine.
-        from feedback_loop.tasks import training_config_from
+        from feedback_loop.tasks import generation_config_from, refine_config_from, training_config_from
 
-        try:
-            training_config_from(self.training)
-        except (TypeError, ValueError) as error:
-            raise ValidationError({"training": str(error)}) from error
-        if not isinstance(self.generation, dict):
-            raise ValidationError({"generation": "must be an object"})
+        errors = {}
+        for field, check in (
+            ("training", training_config_from),
+            ("generation", generation_config_from),
+            ("generation", refine_config_from),
+        ):
+            try:
+                check(getattr(self, field))
+            except (TypeError, ValueError) as error:
+                errors.setdefault(field, str(error))
+        if errors:
+            raise ValidationError(errors)
 
     def snapshot(self) -> dict:
         """The settings a round runs with, frozen when it starts (later edits do not change it)."""

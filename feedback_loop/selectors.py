@@ -107,6 +107,12 @@ def feedback_judgments(project: Project, *, require_acceptance: bool, exclude_ro
     )
 
 
+def new_feedback_count(project: Project) -> int:
+    """Feedback judgments no round has taken up yet: what the auto-start threshold is compared with."""
+    require = loop_config_of(project).require_acceptance
+    return feedback_judgments(project, require_acceptance=require).count()
+
+
 def feedback_rows(judgment_ids: list[int]) -> list[FeedbackRow]:
     """The refiner's input for these judgments, in the order given."""
     judgments = {

@@ -58,52 +58,70 @@ class NothingToTrain(Exception):
 # ---------------------------------------------------------------- settings → engine configs
 
 
-def training_config_from(settings: dict) -> LoRATrainingConfig:
-    """The trainer's config from a project's `training` settings; unknown or ill-typed ones raise."""
+def _typed_fields(settings, cls, *, what: str, skip: tuple[str, ...] = ()) -> dict:
+    """`settings` checked against the fields of the engine's config dataclass `cls`: unknown names
+    and values of the wrong type raise ValueError; lists become the tuples the engine expects."""
     if not isinstance(settings, dict):
-        raise ValueError("training settings must be an object")
-    fields = {f.name: f for f in dataclasses.fields(LoRATrainingConfig)}
-    unknown = sorted(set(settings) - set(fields))
+        raise ValueError(f"{what} settings must be an object")
+    defaults = cls()
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    unknown = sorted(set(settings) - set(names))
     if unknown:
-        raise ValueError(f"unknown training setting {unknown[0]!r} (settings: {', '.join(fields)})")
-    values = {**TRAINING_DEFAULTS, **settings}
-    defaults = LoRATrainingConfig()
-    for name, value in values.items():
+        raise ValueError(f"unknown {what} setting {unknown[0]!r} (settings: {', '.join(names)})")
+    values = dict(settings)
+    for name, value in settings.items():
         default = getattr(defaults, name)
-        if name == "target_modules":
-            if value is not None and not (
-                isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-            ):
-                raise ValueError("target_modules must be a list of module names or null")
-            values[name] = tuple(value) if value is not None else None
-        elif value is None and name in ("max_steps", "device"):
+        if value is None and (default is None or name in ("max_steps", "seed")):
             continue
+        if isinstance(default, tuple) or name == "target_modules":
+            if not (isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{name} must be a list of strings")
+            values[name] = tuple(value)
         elif isinstance(default, bool) or isinstance(value, bool):
-            if not isinstance(value, bool) or not isinstance(default, bool):
+            if not (isinstance(value, bool) and isinstance(default, bool)):
                 raise ValueError(f"{name} must be {type(default).__name__}")
         elif isinstance(default, float):
             if not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number")
             values[name] = float(value)
-        elif isinstance(default, int) or name == "max_steps":
+        elif isinstance(default, int) or name in ("max_steps", "seed"):
             if not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer")
         elif not isinstance(value, str):
             raise ValueError(f"{name} must be a string")
-    config = LoRATrainingConfig(**values)
+    return values
+
+
+def training_config_from(settings: dict) -> LoRATrainingConfig:
+    """The trainer's config from a project's `training` settings; unknown or ill-typed ones raise."""
+    config = LoRATrainingConfig(
+        **{**TRAINING_DEFAULTS, **_typed_fields(settings, LoRATrainingConfig, what="training")}
+    )
     if config.packing not in ("group_by_length", "pack"):
         raise ValueError("packing must be group_by_length or pack")
     return config
 
 
 def generation_config_from(settings: dict) -> GenerationConfig:
-    keys = {f.name for f in dataclasses.fields(GenerationConfig)} - {"n", "stop"}
-    return GenerationConfig(**{k: v for k, v in settings.items() if k in keys})
+    """How the loop generates outputs (`settings` less its "refine" part); unknown or ill-typed ones raise."""
+    if not isinstance(settings, dict):
+        raise ValueError("generation settings must be an object")
+    outputs = {k: v for k, v in settings.items() if k != "refine"}
+    # One output per prompt; the stop strings come from the generation settings.
+    return GenerationConfig(**_typed_fields(outputs, GenerationConfig, what="generation", skip=("n",)))
 
 
 def refine_config_from(settings: dict) -> RefineConfig:
-    keys = {f.name for f in dataclasses.fields(RefineConfig)}
-    return RefineConfig(**{k: v for k, v in (settings.get("refine") or {}).items() if k in keys})
+    """How the refiner samples (the "refine" part of the generation settings)."""
+    if not isinstance(settings, dict):
+        raise ValueError("generation settings must be an object")
+    return RefineConfig(**_typed_fields(settings.get("refine") or {}, RefineConfig, what="refine"))
+
+
+def storable(text: str) -> str:
+    """A model's text as the database can keep it: PostgreSQL stores no NUL character, and a byte-level
+    tokenizer can decode one. It becomes U+FFFD, the usual mark of an undecodable byte."""
+    return text.replace("\x00", "\ufffd")
 
 
 def model_path(model: str) -> str:
@@ -202,7 +220,7 @@ def _refine(round: Round, token: str) -> None:
                 round=round,
                 refinements=[
                     services.RefinementIn(
-                        judgment_id=row.judgment_id, text=r.text, sample_index=r.sample_index
+                        judgment_id=row.judgment_id, text=storable(r.text), sample_index=r.sample_index
                     )
                     for row, refined in zip(batch, results, strict=True)
                     for r in refined
@@ -413,7 +431,7 @@ def _generate(round: Round, token: str) -> None:
         _heartbeat(round, token, {"stage": Round.State.GENERATING, "role": role, "total": len(missing)})
         outputs = backend.generate([selectors.training_prompt_of(p) for p in missing], generation)
         for prompt, samples in zip(missing, outputs, strict=True):
-            texts[(role, prompt.pk)] = samples[0].strip() if samples else ""
+            texts[(role, prompt.pk)] = storable(samples[0]).strip() if samples else ""
     existing = dict(
         Output.objects.filter(prompt__in=prompts, round_number=round.number).values_list(
             "generation__key", "text"

@@ -106,3 +106,15 @@ def test_listing_rounds_takes_the_same_few_queries_however_many_rounds(
     with django_assert_max_num_queries(8):
         response = client_for(alice).get(f"/api/v1/projects/{project.pk}/rounds/")
     assert len(response.json()["results"]) == 5
+
+
+def test_the_round_endpoints_are_in_the_openapi_schema(alice, client_for):
+    paths = client_for(alice).get("/api/schema/", {"format": "json"}).json()["paths"]
+    assert {"post", "get"} <= set(paths["/api/v1/projects/{project_id}/rounds/"])
+    assert "409" in paths["/api/v1/projects/{project_id}/rounds/"]["post"]["responses"]
+    for path in (
+        "/api/v1/rounds/{round_id}/",
+        "/api/v1/rounds/{round_id}/retry/",
+        "/api/v1/rounds/{round_id}/cancel/",
+    ):
+        assert path in paths

@@ -57,3 +57,21 @@ def test_a_step_delivered_after_the_round_moved_on_does_nothing(project, alice, 
     tasks.round_refine_task(round.pk)  # an old message for a step already done
     round.refresh_from_db()
     assert (round.state, round.attempts, sent) == ("selecting", 0, [])
+
+
+def test_a_refinement_holding_a_nul_character_is_stored_not_failed_on(project, alice, bob, monkeypatch):
+    from feedback_loop.engine.types import Refinement as EngineRefinement
+
+    make_feedback(project, bob, 1)
+    round = services.round_start(project=project, user=alice)
+    tasks.round_take_feedback_task(round.pk)
+    monkeypatch.setattr(tasks, "_backend", lambda *args, **kwargs: None)
+    monkeypatch.setattr(
+        tasks,
+        "refine",
+        lambda backend, items, **kwargs: [[EngineRefinement(text="Better\x00 summary.")] for _ in items],
+    )
+    tasks.round_refine_task(round.pk)
+    round.refresh_from_db()
+    assert round.state == "selecting", round.error
+    assert Refinement.objects.get(round=round).text == "Better\ufffd summary."

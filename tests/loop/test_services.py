@@ -299,3 +299,11 @@ def test_a_promoted_adapter_becomes_the_only_active_one_and_generation_follows(p
     assert (round.state, round.promoted, old.is_active) == ("generating", True, False)
     assert selectors.active_adapter(project).round == round
     assert Adapter.objects.get(round=round).evaluation == evaluation
+
+
+def test_new_feedback_counts_what_no_round_took_up(project, alice, bob):
+    old = make_feedback(project, bob, 2, prefix="old")
+    assert selectors.new_feedback_count(project) == 2
+    _finish_round(_start(project, alice), old)
+    make_feedback(project, bob, 1, prefix="new")
+    assert selectors.new_feedback_count(project) == 1

@@ -68,3 +68,33 @@ def test_the_default_tiny_model_is_built_on_first_use_and_then_reused(project, a
 def test_a_model_given_by_name_is_never_built(project, artifacts):
     assert tasks.model_path("gpt2") == "gpt2"
     assert not artifacts.exists()
+
+
+@pytest.mark.parametrize(
+    "generation",
+    [{"max_new_tokens": "ten"}, {"temprature": 0.7}, {"refine": {"top_p": "high"}}, {"refine": {"n": 3}}, []],
+)
+def test_generation_and_refiner_settings_the_engine_does_not_know_are_refused(project, generation):
+    config = selectors.loop_config_of(project)
+    config.generation = generation
+    with pytest.raises(ValidationError) as raised:
+        config.full_clean()
+    assert "generation" in raised.value.message_dict
+
+
+def test_generation_settings_become_the_engines_configs(project):
+    settings = {
+        "max_new_tokens": 20,
+        "temperature": 1,
+        "stop": ["\n"],
+        "refine": {"max_new_tokens": 64, "seed": None},
+    }
+    generation = tasks.generation_config_from(settings)
+    refine = tasks.refine_config_from(settings)
+    assert (generation.max_new_tokens, generation.temperature, generation.stop, generation.n) == (
+        20,
+        1.0,
+        ("\n",),
+        1,
+    )
+    assert (refine.max_new_tokens, refine.seed) == (64, None)
