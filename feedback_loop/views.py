@@ -55,6 +55,7 @@ def rounds(request, project_id: int):
         "rounds": rounds,
         "active_round": next((r for r in rounds if not r.is_terminal), None),
         "active_adapter": selectors.active_adapter(project),
+        "new_feedback": selectors.new_feedback_count(project),
         "charts": reports.metric_charts(adapters),
         "lineage": reports.adapter_lineage(project),
         "reason_max": REASON_MAX,

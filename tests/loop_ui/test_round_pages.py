@@ -280,6 +280,14 @@ def test_history_page_with_no_round(project, alice_client):
     assert "Start round" in page
 
 
+def test_rounds_page_counts_the_feedback_no_round_has_taken_up(project, bob, alice_client):
+    judgments = feedback_judgments(project, bob, 3)
+    taken = make_round(project, 1)
+    Refinement.objects.create(round=taken, judgment=judgments[0], text="taken up by round 1")
+    page = alice_client.get(rounds_url(project)).content.decode()
+    assert re.search(r"<strong>2</strong> feedback judgments no round has taken up yet", page)
+
+
 def test_history_page_with_one_round(project, alice_client):
     round = make_round(project, 1, promoted=True)
     make_adapter(round, is_active=True, evaluation={"held_out_loss": 1.25, "baseline_held_out_loss": 1.5})
