@@ -22,5 +22,6 @@ urlpatterns = [
         csp_update(_docs_policy)(SpectacularSwaggerView.as_view(url_name="schema")),
         name="api-docs",
     ),
+    path("", include("feedback_loop.urls")),
     path("", include("annotation.urls")),
 ]

@@ -1,5 +1,7 @@
 """A whole round on the tiny model, its Celery tasks run in-process (eager) on both databases."""
 
+import itertools
+
 import pytest
 from celery import current_app
 
@@ -201,7 +203,7 @@ def test_a_round_tells_the_projects_webhooks_each_state_change_and_the_promotion
     ]
     path = ["", "pending", "refining", "selecting", "training", "evaluating"]
     path += ["generating", "done"] if round.promoted else ["done"]
-    assert changes == list(zip(path, path[1:], strict=False))
+    assert changes == list(itertools.pairwise(path))
     promoted = WebhookDelivery.objects.filter(event=Webhook.Event.ADAPTER_PROMOTED)
     assert promoted.count() == (1 if round.promoted else 0)
     if round.promoted:
