@@ -389,3 +389,10 @@ def test_explanations_become_the_loops_feedback_rows(rated):
     assert row.prompt == tasks[1].prompt.text
     assert row.output == "In 1896. (1)"
     assert loop_selectors.new_feedback_count(project) == 5
+
+
+def test_a_likert_hint_must_be_text():
+    from annotation.questions import QuestionsConfigError
+
+    with pytest.raises(QuestionsConfigError, match="hint"):
+        validate_questions_config([{"name": "acceptable", "kind": "likert", "scale": [0, 1], "hint": 3}])
