@@ -7,8 +7,8 @@
 - `qa2`: projects made from the (QA)² template only: one row per judgment of a question and its
   answer, with the rater's assumption flag and text, acceptability and explanation (see QA2_COLUMNS).
 
-Training exports (sft, preference, and qa2, a data set) take only pending and accepted judgments: a curator's
-rejection or exclusion takes a judgment out of the training data.
+Training exports (sft, preference) and the qa2 data set take only pending and accepted
+judgments: a curator's rejection or exclusion takes a judgment out of the training data.
 
 CSV is for people, who open it in a spreadsheet: nested values (outputs, answers) are JSON text,
 and a cell a spreadsheet would run as a formula is escaped (see `csv_cell`). JSONL and parquet

@@ -32,6 +32,9 @@ Per rater (see `rater_stats`):
 - agreement with others: over every (task, variable) the rater shares with another rater, the
   share where both gave the same value; and the mean Cohen's kappa over the other raters and
   variables where it is defined.
+
+(QA)² projects (annotation.templates_qa2) also get `qa2_summary`: acceptability by the raters'
+majority view of each question's assumption, and agreement on flagging it, a nominal variable.
 """
 
 from __future__ import annotations
