@@ -25,7 +25,7 @@ from django.utils.text import Truncator
 
 from annotation import curation, selectors
 from annotation.curation import CurationError
-from annotation.curator_forms import ReviewForm
+from annotation.curator_forms import ProjectAddForm, ReviewForm
 from annotation.models import (
     Answer,
     AuditEvent,
@@ -217,6 +217,15 @@ class ProjectAdmin(CuratedMixin, admin.ModelAdmin):
             reverse("curation-raters", args=[project.pk]),
             reverse("curation-import", args=[project.pk]),
         )
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ProjectAddForm  # a new project may start from a template
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        fields = [name for name in super().get_fields(request, obj) if name != "template"]
+        return ["name", "template", *(name for name in fields if name != "name")] if obj is None else fields
 
     # Projects are created and deleted by superusers: a curator's new project would have no curator.
     def has_add_permission(self, request):

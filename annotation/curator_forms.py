@@ -6,9 +6,9 @@ import json
 
 from django import forms
 
-from annotation import importing
+from annotation import importing, services
 from annotation.curation import REASON_REQUIRED
-from annotation.models import Membership
+from annotation.models import Membership, Project
 
 REASON_MAX = 2000
 
@@ -75,3 +75,40 @@ class ImportForm(forms.Form):
             return importing.clean_mapping(mapping)
         except importing.ImportFileError as error:
             raise forms.ValidationError(str(error)) from error
+
+
+class ProjectAddForm(forms.ModelForm):
+    """The admin's new-project form, with a template that writes the questions and guidelines."""
+
+    template = forms.ChoiceField(
+        choices=[("", "None: write the questions below")]
+        + [(name, label) for name, (label, _) in services.PROJECT_TEMPLATES.items()],
+        required=False,
+        help_text="Sets the questions, and the guidelines unless you write your own.",
+    )
+
+    class Meta:
+        model = Project
+        # The admin passes the fields it shows; these are the ones a template leaves to the curator.
+        fields = ["name", "description", "kind", "guidelines", "questions", "overlap"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "questions" in self.fields:
+            self.fields["questions"].required = False  # a template may write them
+
+    def clean(self):
+        cleaned = super().clean()
+        template = cleaned.get("template")
+        if not template:
+            if not cleaned.get("questions") and "questions" not in self.errors:
+                self.add_error("questions", "Write the questions, or choose a template.")
+            return cleaned
+        if cleaned.get("questions"):
+            self.add_error("template", "Choose a template or write the questions, not both.")
+            return cleaned
+        fields = services.PROJECT_TEMPLATES[template][1]()
+        cleaned["questions"] = fields["questions"]
+        if not (cleaned.get("guidelines") or "").strip():
+            cleaned["guidelines"] = fields["guidelines"]
+        return cleaned

@@ -16,7 +16,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotation import curation, exporting, importing, quality, selectors
+from annotation import curation, exporting, importing, quality, selectors, templates_qa2
 from annotation.curator_forms import DeactivateForm, ImportForm, MemberAddForm
 from annotation.models import AuditEvent, Membership, Project
 
@@ -34,6 +34,7 @@ def _export_links(project: Project) -> list[dict]:
     return [
         {"kind": kind, "formats": [(fmt, f"{kind}.{fmt}") for fmt in exporting.FORMATS]}
         for kind in exporting.KINDS
+        if kind != "qa2" or templates_qa2.is_qa2_project(project.questions)
     ]
 
 
@@ -48,6 +49,8 @@ def dashboard(request, project_id: int):
         "review_counts": quality.review_counts(project),
         "agreement": quality.project_agreement(project),
         "plots": quality.distribution_plots(quality.score_distributions(project)),
+        # Only projects asking the (QA)² template's questions have this panel.
+        "qa2": quality.qa2_summary(project) if templates_qa2.is_qa2_project(project.questions) else None,
         "active_raters": Membership.objects.filter(
             project=project, is_active=True, role=Membership.Role.RATER
         ).count(),
@@ -182,5 +185,8 @@ def export(request, project_id: int, kind: str, fmt: str):
     project = _curated_project(request, project_id)
     if kind not in exporting.KINDS or fmt not in exporting.FORMATS:
         raise Http404("no such export")
-    rows = exporting.export_rows(project, kind=kind)
+    try:
+        rows = exporting.export_rows(project, kind=kind)
+    except exporting.ExportError as error:  # a qa2 export of another kind of project
+        raise Http404(str(error)) from error
     return exporting.export_response(project, rows, kind=kind, fmt=fmt)

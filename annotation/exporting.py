@@ -4,9 +4,11 @@
 - `sft`: `{"prompt", "completion"}`, one row per fix (a rater's improved output).
 - `preference`: `{"prompt", "chosen", "rejected"}` from pairwise answers (ties skipped) and from
   rankings (every pair of outputs in different rank groups, the better one chosen).
+- `qa2`: projects made from the (QA)² template only: one row per judgment of a question and its
+  answer, with the rater's assumption flag and text, acceptability and explanation (see QA2_COLUMNS).
 
-Training exports (sft, preference) take only pending and accepted judgments: a curator's
-rejection or exclusion takes a judgment out of the training data.
+Training exports (sft, preference) and the qa2 data set take only pending and accepted
+judgments: a curator's rejection or exclusion takes a judgment out of the training data.
 
 CSV is for people, who open it in a spreadsheet: nested values (outputs, answers) are JSON text,
 and a cell a spreadsheet would run as a formula is escaped (see `csv_cell`). JSONL and parquet
@@ -26,15 +28,16 @@ from typing import IO, Any
 
 from django.db.models import Prefetch, QuerySet
 
-from annotation.models import Answer, Judgment, Project, TaskOutput
+from annotation import templates_qa2
+from annotation.models import Answer, Judgment, Project, Task, TaskOutput
 
-KINDS = ("judgments", "sft", "preference")
+KINDS = ("judgments", "sft", "preference", "qa2")
 FORMATS = ("jsonl", "csv", "parquet")
 STATUSES = tuple(Judgment.Status.values)
 TRAINING_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
 CHUNK_SIZE = 500
 # Columns holding nested answers, written as JSON text in parquet (their shape varies by question).
-JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": ()}
+JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": ()}
 
 
 class ExportError(ValueError):
@@ -200,6 +203,74 @@ def iter_preference_rows(
                 yield {"prompt": prompt, "chosen": text_of[better], "rejected": text_of[worse]}
 
 
+# ---------------------------------------------------------------- (QA)²
+
+# The (QA)² data set's own names where they are known: `question`, `answer`, the
+# `questionable_assumption` flag and the `assumption` text; the rest say what they hold.
+QA2_COLUMNS = (
+    "judgment_id",
+    "prompt_external_id",
+    "question",
+    "answer",
+    "questionable_assumption",  # the rater found a false or unverifiable assumption
+    "assumption",  # the assumption, in the rater's words ("" when none)
+    "acceptable",  # the rater found the answer acceptable
+    "explanation",  # why not, and what it should say ("" when none written)
+    "rater",
+    "status",
+    "round",
+)
+
+
+def iter_qa2_rows(
+    project: Project,
+    *,
+    statuses: Iterable[str] | None = None,
+    round_number: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> Iterator[dict]:
+    """One row per pending or accepted judgment of a single-answer, non-gold task, oldest first."""
+    statuses = _training_statuses(statuses, "qa2")
+    judgments = (
+        _judgments(project, statuses, round_number)
+        .filter(task__kind=Task.Kind.SINGLE, task__is_gold=False)
+        .select_related("task__prompt", "rater")
+        .prefetch_related(
+            Prefetch("answer_rows", queryset=Answer.objects.order_by("id"), to_attr="answer_list"),
+            Prefetch(
+                "task__task_outputs",
+                queryset=TaskOutput.objects.select_related("output").order_by("position"),
+                to_attr="shown",
+            ),
+        )
+        .order_by("id")
+    )
+    for judgment in judgments.iterator(chunk_size=chunk_size):
+        answers = {answer.question: answer.value for answer in judgment.answer_list}
+        rubric = answers.get(templates_qa2.ASSUMPTION_QUESTION)
+        rubric = rubric if isinstance(rubric, dict) else {}
+        flagged = templates_qa2.ASSUMPTION_FLAG in (rubric.get("flags") or [])
+        score = answers.get(templates_qa2.ACCEPTABLE_QUESTION)
+        score = score.get(templates_qa2.ACCEPTABLE_QUESTION) if isinstance(score, dict) else None
+        explanation = answers.get(templates_qa2.EXPLANATION_QUESTION)
+        shown = judgment.task.shown
+        yield {
+            "judgment_id": judgment.pk,
+            "prompt_external_id": judgment.task.prompt.external_id,
+            "question": judgment.task.prompt.text,
+            "answer": shown[0].output.text if shown else "",
+            "questionable_assumption": flagged,
+            "assumption": (rubric.get("notes") or {}).get(templates_qa2.ASSUMPTION_FLAG, "")
+            if flagged
+            else "",
+            "acceptable": None if score is None else score == 1,
+            "explanation": explanation if isinstance(explanation, str) else "",
+            "rater": judgment.rater.get_username(),
+            "status": judgment.status,
+            "round": judgment.round_number,
+        }
+
+
 def export_rows(
     project: Project,
     *,
@@ -214,7 +285,14 @@ def export_rows(
     _check_statuses(statuses)
     if kind != "judgments":
         statuses = _training_statuses(statuses, kind)
-    make = {"judgments": iter_judgment_rows, "sft": iter_sft_rows, "preference": iter_preference_rows}[kind]
+    if kind == "qa2" and not templates_qa2.is_qa2_project(project.questions):
+        raise ExportError("qa2 exports are for projects that ask the (QA)² template's questions")
+    make = {
+        "judgments": iter_judgment_rows,
+        "sft": iter_sft_rows,
+        "preference": iter_preference_rows,
+        "qa2": iter_qa2_rows,
+    }[kind]
     return make(project, statuses=statuses, round_number=round_number, chunk_size=chunk_size)
 
 
@@ -252,6 +330,7 @@ CSV_COLUMNS = {
     ),
     "sft": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
+    "qa2": QA2_COLUMNS,
 }
 
 
@@ -300,6 +379,10 @@ def export_schema(kind: str):
         return pa.schema([("prompt", pa.string()), ("completion", pa.string())])
     if kind == "preference":
         return pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
+    if kind == "qa2":
+        number, flag = pa.int64(), pa.bool_()
+        types = {"judgment_id": number, "round": number, "questionable_assumption": flag, "acceptable": flag}
+        return pa.schema([(name, types.get(name, pa.string())) for name in QA2_COLUMNS])
     if kind == "judgments":
         output = pa.struct(
             [("id", pa.int64()), ("text", pa.string()), ("model_name", pa.string()), ("source", pa.string())]

@@ -32,6 +32,9 @@ Per rater (see `rater_stats`):
 - agreement with others: over every (task, variable) the rater shares with another rater, the
   share where both gave the same value; and the mean Cohen's kappa over the other raters and
   variables where it is defined.
+
+(QA)² projects (annotation.templates_qa2) also get `qa2_summary`: acceptability by the raters'
+majority view of each question's assumption, and agreement on flagging it, a nominal variable.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from django.db.models import Count
 
 from annotation.models import Answer, Judgment, Membership, Project, TaskOutput
 from annotation.questions import QuestionsConfigError, validate_questions_config
+from annotation.templates_qa2 import ACCEPTABLE_QUESTION, ASSUMPTION_FLAG, ASSUMPTION_QUESTION
 
 TIE = -1  # the value of a pairwise answer that prefers neither output
 MIN_SHARED = 2  # tasks two raters must share before their Cohen's kappa is worth computing
@@ -63,7 +67,7 @@ class Variable:
     """One thing raters give a value for: a likert criterion, or a pairwise preference."""
 
     question: str
-    kind: str  # "likert" or "pairwise"
+    kind: str  # "likert", "pairwise", or "flag" (a rubric flag raised or not: 1 or 0)
     criterion: str | None = None
     scale: tuple[int, int] | None = None
 
@@ -77,11 +81,15 @@ class Variable:
         if self.kind == "likert":
             low, high = self.scale
             return list(range(low, high + 1))
+        if self.kind == "flag":
+            return [0, 1]
         return [0, 1, TIE]
 
     def value_name(self, value: int) -> str:
         if self.kind == "likert":
             return str(value)
+        if self.kind == "flag":
+            return {0: "not raised", 1: "raised"}[value]
         return {0: "first", 1: "second", TIE: "tie"}[value]
 
 
@@ -524,3 +532,113 @@ def review_counts(project: Project) -> dict[str, int]:
         Judgment.objects.filter(project=project).order_by().values_list("status").annotate(n=Count("id"))
     )
     return {status: counts.get(status, 0) for status in Judgment.Status.values}
+
+
+# ---------------------------------------------------------------- (QA)² projects
+
+
+@dataclass
+class Qa2Group:
+    """Tasks grouped by how their raters judged the question's assumption, and how acceptable
+    the answers were judged in them."""
+
+    label: str
+    tasks: int = 0
+    judgments: int = 0
+    acceptable: int = 0  # judgments that found the answer acceptable
+
+    @property
+    def rate(self) -> float | None:
+        return self.acceptable / self.judgments if self.judgments else None
+
+
+@dataclass
+class Qa2Summary:
+    flagged: Qa2Group  # a majority of the task's raters flagged a questionable assumption
+    not_flagged: Qa2Group  # a majority did not
+    split: Qa2Group  # as many did as did not
+    detection: VariableAgreement  # agreement on whether the question holds a questionable assumption
+
+    @property
+    def groups(self) -> list[Qa2Group]:
+        return [self.flagged, self.not_flagged, self.split]
+
+
+def qa2_detection_data(
+    project: Project, *, statuses: Iterable[str] | None = TRAINING_STATUSES
+) -> ReliabilityData:
+    """Raters × tasks: 1 where the rater flagged a questionable assumption, 0 where they did not.
+
+    Every judgment with an acceptability score counts: an unflagged rubric is not stored, so a
+    judgment without an `assumption` answer is a 0, not a missing value.
+    """
+    judgments = Judgment.objects.filter(project=project, task__is_gold=False)
+    if statuses is not None:
+        judgments = judgments.filter(status__in=list(statuses))
+    answers = Answer.objects.filter(
+        judgment__in=judgments, question__in=[ASSUMPTION_QUESTION, ACCEPTABLE_QUESTION]
+    ).values_list("judgment__rater_id", "judgment__task_id", "question", "kind", "value")
+    values: dict[tuple[int, int], int] = {}
+    for rater_id, task_id, question, kind, value in answers:
+        key = (rater_id, task_id)
+        if question == ASSUMPTION_QUESTION and kind == Answer.Kind.RUBRIC:
+            flags = value.get("flags", []) if isinstance(value, dict) else []
+            if ASSUMPTION_FLAG in flags:
+                values[key] = 1
+            else:
+                values.setdefault(key, 0)
+        elif question == ACCEPTABLE_QUESTION and kind == Answer.Kind.LIKERT:
+            values.setdefault(key, 0)
+    return _as_reliability_data(Variable(ASSUMPTION_QUESTION, "flag", ASSUMPTION_FLAG), values)
+
+
+def _acceptability(project: Project, statuses: Iterable[str] | None) -> dict[tuple[int, int], int]:
+    """{(rater id, task id): 1 if the rater found the answer acceptable, else 0}."""
+    answers = Answer.objects.filter(
+        judgment__project=project,
+        judgment__task__is_gold=False,
+        question=ACCEPTABLE_QUESTION,
+        kind=Answer.Kind.LIKERT,
+    )
+    if statuses is not None:
+        answers = answers.filter(judgment__status__in=list(statuses))
+    scores = {}
+    for rater_id, task_id, value in answers.values_list("judgment__rater_id", "judgment__task_id", "value"):
+        score = value.get(ACCEPTABLE_QUESTION) if isinstance(value, dict) else None
+        if score in (0, 1) and not isinstance(score, bool):
+            scores[(rater_id, task_id)] = score
+    return scores
+
+
+def qa2_summary(project: Project, *, statuses: Iterable[str] | None = TRAINING_STATUSES) -> Qa2Summary:
+    """Acceptability split by the raters' majority view of each question's assumption, and their
+    agreement on detecting it (pending and accepted judgments of non-gold tasks, by default).
+
+    A task's group is decided by its own raters: flagged when more than half of them flagged a
+    questionable assumption, not flagged when fewer than half did, split otherwise. Acceptability
+    counts every judgment in the group's tasks.
+    """
+    detection = qa2_detection_data(project, statuses=statuses)
+    acceptable = _acceptability(project, statuses)
+    summary = Qa2Summary(
+        flagged=Qa2Group("Assumption flagged by the majority"),
+        not_flagged=Qa2Group("Assumption not flagged by the majority"),
+        split=Qa2Group("Raters split evenly"),
+        detection=variable_agreement(detection),
+    )
+    for unit in detection.units:
+        flags = detection.column(unit)
+        raised = sum(flags)
+        if 2 * raised > len(flags):
+            group = summary.flagged
+        elif 2 * raised < len(flags):
+            group = summary.not_flagged
+        else:
+            group = summary.split
+        group.tasks += 1
+        for rater in detection.raters:
+            score = acceptable.get((rater, unit))
+            if score is not None:
+                group.judgments += 1
+                group.acceptable += score
+    return summary

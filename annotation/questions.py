@@ -4,6 +4,7 @@ A project's `questions` is a list of question specs, for example::
 
     [
       {"name": "quality", "kind": "likert", "scale": [1, 7], "criteria": ["helpful", "accurate"]},
+      {"name": "acceptable", "kind": "likert", "scale": [0, 1], "hint": "0 = no, 1 = yes"},
       {"name": "feedback", "kind": "feedback", "min_length": 10},
       {"name": "fix", "kind": "fix", "required": false},
       {"name": "assumptions", "kind": "rubric", "flags": [
@@ -119,6 +120,8 @@ def validate_questions_config(questions: Any) -> list[dict]:
                 or len(set(criteria)) != len(criteria)
             ):
                 raise QuestionsConfigError(f"{where}.criteria must be distinct lowercase names")
+            if not isinstance(question.get("hint", ""), str):
+                raise QuestionsConfigError(f"{where}.hint must be text (what the scale's ends mean)")
         elif kind in ("pairwise", "ranking"):
             if not isinstance(question.setdefault("allow_ties", kind == "pairwise"), bool):
                 raise QuestionsConfigError(f"{where}.allow_ties must be true or false")

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.db.models.functions import Length
 from django.utils import timezone
 
+from annotation import templates_qa2
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task, TaskOutput, Webhook
 from annotation.questions import clean_answers, fix_limit, questions_for
 from annotation.webhooks import webhook_event_emit
@@ -522,3 +524,35 @@ def _task_over(project: Project, kind: str, output_ids: list[int]) -> Task | Non
         if sorted(task.task_outputs.values_list("output_id", flat=True)) == sorted(output_ids):
             return task
     return None
+
+
+# ---------------------------------------------------------------- projects from templates
+
+# name → (label, a function returning the project fields the template sets: questions, guidelines)
+PROJECT_TEMPLATES = {templates_qa2.NAME: (templates_qa2.LABEL, templates_qa2.template_fields)}
+
+
+class ProjectTemplateError(QueueError):
+    """A project cannot be created from a template as asked; nothing was written."""
+
+    status = 400
+    code = "invalid"
+
+
+def project_create_from_template(
+    *, name: str, template: str, overlap: int = 2, description: str = ""
+) -> Project:
+    """A new project asking the template's questions under its guidelines, validated like a form's."""
+    if template not in PROJECT_TEMPLATES:
+        raise ProjectTemplateError(
+            f"template must be one of {', '.join(PROJECT_TEMPLATES)} (got {template!r})"
+        )
+    project = Project(name=name, description=description, overlap=overlap, **PROJECT_TEMPLATES[template][1]())
+    try:
+        project.full_clean()
+    except ValidationError as error:
+        raise ProjectTemplateError(
+            "; ".join(f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items())
+        ) from error
+    project.save()
+    return project

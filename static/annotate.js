@@ -234,7 +234,7 @@
       handles.likert.push(entry);
       return row;
     });
-    return questionBox(question, el("p", { class: "hint", text: `${low} = poor … ${high} = excellent` }), ...rows);
+    return questionBox(question, el("p", { class: "hint", text: question.hint || `${low} = poor … ${high} = excellent` }), ...rows);
   }
 
   function buildPairwise(question, outputs, handles) {
@@ -890,9 +890,14 @@
     if (key === "g" || key === "G") return toggle("guidelines");
     if (!form) return;
     if (key === "s" || key === "S") return skip();
-    if ((key === "f" || key === "F") && form.texts.feedback) {
-      event.preventDefault();
-      return focusText("feedback");
+    if (key === "f" || key === "F") {
+      // The first written-feedback question, whatever its name ("explanation" in (QA)² projects).
+      const feedback = Object.values(form.texts).find((h) => h.question.kind === "feedback");
+      if (feedback) {
+        event.preventDefault();
+        feedback.area.focus();
+      }
+      return;
     }
     if (key === "x" || key === "X") {
       const fix = Object.values(form.texts).find((h) => h.question.kind === "fix");
@@ -947,11 +952,6 @@
     if (!output) return;
     form.pairwise.pick(String(output.id));
     saveDraft();
-  }
-
-  function focusText(name) {
-    const handle = form.texts[name];
-    if (handle) handle.area.focus();
   }
 
   next();
