@@ -350,8 +350,10 @@ def test_the_probes_command_takes_files_by_family(tiny_model_dir, tmp_path, caps
     items = tmp_path / "arithmetic.jsonl"
     items.write_text(json.dumps({"expression": "(1 + 2) * 3", "sub_expression": "1 + 2"}) + "\n")
     cli_main(
-        ["probes", "--model", str(tiny_model_dir), "--families", "compositional_consistency"]
-        + ["--files", f"compositional_consistency={items}", "--output", str(tmp_path / "out.json")]
+        [
+            *("probes", "--model", str(tiny_model_dir), "--families", "compositional_consistency"),
+            *("--files", f"compositional_consistency={items}", "--output", str(tmp_path / "out.json")),
+        ]
     )
 
     saved = json.loads((tmp_path / "out.json").read_text())
