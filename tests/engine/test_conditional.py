@@ -157,7 +157,9 @@ def test_conditional_training_makes_good_samples_show_the_good_marker(tiny_model
     assert backend.tokenizer.convert_tokens_to_ids(GOOD) == len(backend.tokenizer) - 2
 
     test_prompts = [e.prompt for e in scored_examples(8, seed=1)[0]]
-    sampling = conditional_generation_config(GenerationConfig(max_new_tokens=3, temperature=1.0, n=8, seed=0))
+    sampling = conditional_generation_config(
+        GenerationConfig(max_new_tokens=3, temperature=1.0, n=16, seed=0)
+    )
     good = [t for ts in backend.generate([conditional_prompt(p) for p in test_prompts], sampling) for t in ts]
     bad = [t for ts in backend.generate([p + BAD for p in test_prompts], sampling) for t in ts]
     yes_good = sum(t.startswith(" Yes") for t in good)
@@ -166,7 +168,7 @@ def test_conditional_training_makes_good_samples_show_the_good_marker(tiny_model
     # Equal sample sizes: if the token did not matter, each "Yes" would come from either side with
     # probability 1/2 (a conditional binomial test of equal rates).
     test = binomtest(yes_good, yes_good + yes_bad, 0.5, alternative="greater")
-    assert yes_good > yes_bad and test.pvalue < 0.001, (yes_good, yes_bad, test.pvalue)
+    assert yes_good > yes_bad and test.pvalue < 0.01, (yes_good, yes_bad, test.pvalue)
     assert not any(token in t for t in good + bad for token in CONTROL_TOKENS)
     recorded = json.loads((result.adapter_dir / "training_config.json").read_text())
     assert recorded["run"]["config"]["added_tokens"] == list(CONTROL_TOKENS)
