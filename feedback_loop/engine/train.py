@@ -817,6 +817,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.add_argument(flag, nargs="+", default=None)
         elif f.name == "max_steps":
             parser.add_argument(flag, type=int, default=None)
+        elif f.name == "added_tokens_learning_rate":
+            parser.add_argument(flag, type=float, default=None)
         else:
             parser.add_argument(
                 flag, type=type(f.default) if f.default is not None else str, default=f.default

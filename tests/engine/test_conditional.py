@@ -172,3 +172,28 @@ def test_conditional_training_makes_good_samples_show_the_good_marker(tiny_model
     assert not any(token in t for t in good + bad for token in CONTROL_TOKENS)
     recorded = json.loads((result.adapter_dir / "training_config.json").read_text())
     assert recorded["run"]["config"]["added_tokens"] == list(CONTROL_TOKENS)
+
+
+def test_the_train_command_takes_added_tokens_and_their_learning_rate(tiny_model_dir, tmp_path):
+    from feedback_loop.engine.train import load_sft_jsonl, main
+
+    examples, scores = scored_examples(8)
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": e.prompt, "completion": e.completion}) + "\n"
+            for e in tag_examples(examples, scores, threshold=3, untagged_fraction=0)
+        )
+    )
+    main(
+        [
+            *("--model", str(tiny_model_dir), "--train", str(data), "--output-dir", str(tmp_path / "out")),
+            *("--max-steps", "1", "--rank", "2", "--no-progress", "--added-tokens", GOOD, BAD),
+            *("--added-tokens-learning-rate", "0.05"),
+        ]
+    )
+
+    recorded = json.loads((tmp_path / "out" / "training_config.json").read_text())["run"]["config"]
+    assert recorded["added_tokens"] == [GOOD, BAD] and recorded["added_tokens_learning_rate"] == 0.05
+    assert is_conditional_adapter(tmp_path / "out")
+    assert load_sft_jsonl(data)[0].prompt.endswith(GOOD)
