@@ -376,6 +376,11 @@ def load_lora_model(model: str | Path, config: LoRATrainingConfig, device: torch
     )
     torch.manual_seed(config.seed)  # the LoRA A matrices are drawn now
     peft_model = get_peft_model(base, lora_config)
+    for name, parameter in peft_model.named_parameters():
+        if "trainable_tokens_delta" in name:
+            # Like the LoRA matrices, the new tokens' rows train in fp32 (peft casts them to the base's
+            # dtype in the forward pass).
+            parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return peft_model
