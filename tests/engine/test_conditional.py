@@ -197,3 +197,26 @@ def test_the_train_command_takes_added_tokens_and_their_learning_rate(tiny_model
     assert recorded["added_tokens"] == [GOOD, BAD] and recorded["added_tokens_learning_rate"] == 0.05
     assert is_conditional_adapter(tmp_path / "out")
     assert load_sft_jsonl(data)[0].prompt.endswith(GOOD)
+
+
+def test_a_model_with_its_own_output_layer_trains_the_new_tokens_output_rows_too(tiny_model_dir, tmp_path):
+    untied = AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=False)
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone() * 2)
+    untied.save_pretrained(tmp_path / "untied")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "untied")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "untied")
+
+    model = load_lora_model(
+        tmp_path / "untied",
+        LoRATrainingConfig(rank=2, added_tokens=CONTROL_TOKENS),
+        torch.device("cpu"),
+        tokenizer=tokenizer,
+    )
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n}
+    assert any("wte" in n for n in trainable) and any("lm_head" in n for n in trainable)
+    ids = tokenizer.convert_tokens_to_ids(list(CONTROL_TOKENS))
+    output = model.get_output_embeddings()
+    rows = output(torch.eye(untied.config.n_embd))[:, ids].T  # each new token's output row
+    old_mean = untied.lm_head.weight[: ids[0]].mean(dim=0)
+    assert torch.allclose(rows, old_mean.expand_as(rows), atol=1e-5)
