@@ -259,16 +259,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             examples = [SFTExample(row["prompt"], row["completion"]) for row in rows]
             metrics["held_out_loss"] = evaluate.held_out_loss(backend, examples)
         if args.multiple_choice:
-            from feedback_loop.engine.probes import load_multiple_choice_jsonl
+            from feedback_loop.engine.inverse_scaling import load_task
 
-            result = evaluate.multiple_choice(backend, load_multiple_choice_jsonl(args.multiple_choice))
+            task = load_task(args.multiple_choice, kind="classification")
+            items = [evaluate.MultipleChoiceItem(i.prompt, i.classes, i.answer_index) for i in task.items]
+            result = evaluate.multiple_choice(backend, items)
             metrics.update({"multiple_choice/accuracy": result.accuracy, "multiple_choice/loss": result.loss})
         if args.code:
             metrics.update(_code_metrics(backend, args))
         if args.probes:
             from feedback_loop.engine.probes import run_probes
 
-            metrics.update(run_probes(backend))
+            metrics.update(run_probes(backend).metrics)
     if not metrics:
         raise SystemExit(
             "nothing to evaluate: give --held-out, --multiple-choice, --code, --probes or --win-outcomes"
@@ -362,7 +364,99 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_arguments(evaluate, required=False)
     _add_sampling_arguments(evaluate, n=1, temperature=0.0, max_new_tokens=128)
     evaluate.set_defaults(run=cmd_evaluate)
+    _add_research_commands(commands)
     return parser
+
+
+# -- research probes: inverse-scaling sweeps and probe files ---------------------------------------------
+
+
+def _sweep_models(args: argparse.Namespace):
+    """(name, parameter count, backend) for each --models entry, loaded one at a time."""
+    import gc
+
+    from feedback_loop.engine.backends import load_backend
+    from feedback_loop.engine.inverse_scaling import parameter_count
+
+    if args.params and len(args.params) != len(args.models):
+        raise SystemExit("sweep: give one --params value per model")
+    for i, spec in enumerate(args.models):
+        if args.base_url:
+            options = {"kind": "openai", "base_url": args.base_url, "model": spec}
+            options["api_key"] = os.environ.get("OPENAI_API_KEY")
+        else:
+            model, _, adapter = spec.partition("::")
+            options = {"kind": "hf", "model": model, "adapter": adapter or None, "device": args.device}
+            options["dtype"] = args.dtype
+        backend = load_backend({**options, "batch_size": args.batch_size})
+        count = args.params[i] if args.params else parameter_count(backend)
+        if count is None:
+            raise SystemExit(f"sweep: the parameter count of {spec} is unknown; pass --params")
+        yield spec, count, backend
+        del backend
+        gc.collect()
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from feedback_loop.engine.inverse_scaling import load_task, plot_sweep, sweep
+
+    task = load_task(args.task)
+    result = sweep(task, _sweep_models(args), seed=args.seed)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{task.name}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    plot_sweep(result, output / f"{task.name}.png")
+    summary = {k: v for k, v in result.to_dict().items() if k != "points"}
+    print(json.dumps(summary | {"output": str(output)}, indent=2))
+
+
+def cmd_probes(args: argparse.Namespace) -> None:
+    from feedback_loop.engine.probes import run_probes
+
+    files: dict[str, list[str]] = {}
+    for spec in args.files or ():
+        family, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"probes: --files takes FAMILY=PATH, got {spec!r}")
+        files.setdefault(family, []).append(path)
+    results = run_probes(
+        _backend(args),
+        files=files,
+        families=args.families,
+        chain_of_thought=not args.no_chain_of_thought,
+        max_reasoning_tokens=args.max_reasoning_tokens,
+    )
+    text = json.dumps(results.to_dict(), indent=2, ensure_ascii=False)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+def _add_research_commands(commands) -> None:
+    sweep = commands.add_parser(
+        "sweep", help="an inverse-scaling task over models of several sizes: loss against parameters"
+    )
+    sweep.add_argument("--task", required=True, help="Inverse Scaling Prize task file (.csv or .jsonl)")
+    sweep.add_argument(
+        "--models", nargs="+", required=True, help="model folders or names; BASE::ADAPTER for an adapter"
+    )
+    sweep.add_argument("--params", nargs="+", type=int, help="parameter counts (default: counted)")
+    sweep.add_argument("--output", required=True, help="folder for TASK.json and TASK.png")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the bootstrap interval")
+    sweep.add_argument("--base-url", help="OpenAI-compatible server serving the --models by name")
+    sweep.add_argument("--device")
+    sweep.add_argument("--dtype")
+    sweep.add_argument("--batch-size", type=int, default=8)
+    sweep.set_defaults(run=cmd_sweep)
+
+    probes = commands.add_parser("probes", help="regression probes (probe files, or the built-in examples)")
+    probes.add_argument("--files", nargs="+", help="FAMILY=PATH probe files (README, 'Probe files')")
+    probes.add_argument("--no-chain-of-thought", action="store_true", help="biased_context: score letters")
+    probes.add_argument("--max-reasoning-tokens", type=int, default=512)
+    probes.add_argument("--families", nargs="+", help="probe families to run (default: all)")
+    probes.add_argument("--output", help="also write the results to this JSON file")
+    _add_backend_arguments(probes)
+    probes.set_defaults(run=cmd_probes)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -90,6 +90,11 @@ class LoRATrainingConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     device: str | None = None  # "cuda", "cpu", "cuda:1"...; None picks cuda when available
     save_every_steps: int = 0  # checkpoint every this many optimizer steps, to resume a crash (0: never)
+    # conditional training (feedback_loop.engine.conditional)
+    added_tokens: tuple[str, ...] = ()  # new special tokens (<|good|>, <|bad|>): added to the tokenizer,
+    #                                     rows start at the mean embedding and train with the LoRA matrices
+    added_tokens_learning_rate: float | None = None  # peak rate for those rows (None: learning_rate); new
+    #                                                  rows start far from any meaning and need larger steps
 
 
 @dataclass
@@ -293,11 +298,54 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
-def load_lora_model(model: str | Path, config: LoRATrainingConfig, device: torch.device):
+def add_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
+    """Add `tokens` to the tokenizer as special tokens (never split, never normalised); their ids."""
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in tokens], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(list(tokens))
+
+
+def resize_for_added_tokens(base, vocab_size: int, new_ids: Sequence[int]) -> None:
+    """Grow the embedding (and an untied output layer) to `vocab_size`; the new tokens' rows start at
+    the mean of the existing rows (a neutral start: the model reads them as an average token)."""
+    import torch
+
+    if vocab_size > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        layers = [base.get_input_embeddings()]
+        output = base.get_output_embeddings()
+        if output is not None and output.weight is not layers[0].weight:
+            layers.append(output)
+        new = torch.tensor(list(new_ids), dtype=torch.long, device=layers[0].weight.device)
+        for layer in layers:
+            weight = layer.weight
+            others = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+            others[new] = False
+            weight[new] = weight[others].mean(dim=0)
+            bias = getattr(layer, "bias", None)
+            if bias is not None and bias.shape[0] == weight.shape[0]:
+                bias[new] = 0.0
+
+
+def _trainable_token_indices(base, new_ids: Sequence[int]) -> list[int] | dict[str, list[int]]:
+    """peft's `trainable_token_indices`: the input embedding's rows, and the output layer's when it has
+    its own weights (a tied output layer follows its embedding)."""
+    embedding, output = base.get_input_embeddings(), base.get_output_embeddings()
+    if output is None or output.weight is embedding.weight:
+        return list(new_ids)
+    names = {module: name for name, module in base.named_modules()}
+    return {names[embedding].split(".")[-1]: list(new_ids), names[output].split(".")[-1]: list(new_ids)}
+
+
+def load_lora_model(model: str | Path, config: LoRATrainingConfig, device: torch.device, *, tokenizer=None):
     """The base model with fresh LoRA matrices; only the LoRA matrices are trainable.
 
     On a bf16 GPU the frozen base weights are stored in bf16 (half the memory, no casts) while the LoRA
     matrices stay fp32, so the optimizer updates full-precision weights.
+    With `config.added_tokens`, the tokens join `tokenizer` (loaded from `model` when not given), the
+    embeddings grow to hold them, and their rows are trainable too (peft trainable tokens).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -306,6 +354,15 @@ def load_lora_model(model: str | Path, config: LoRATrainingConfig, device: torch
 
     dtype = torch.bfloat16 if uses_bf16(device) else torch.float32
     base = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
+    extra: dict[str, Any] = {}
+    if config.added_tokens:
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        new_ids = add_tokens(tokenizer, config.added_tokens)
+        resize_for_added_tokens(base, len(tokenizer), new_ids)
+        extra["trainable_token_indices"] = _trainable_token_indices(base, new_ids)
     lora_config = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -315,9 +372,15 @@ def load_lora_model(model: str | Path, config: LoRATrainingConfig, device: torch
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in base.modules()),
         bias="none",
         task_type="CAUSAL_LM",
+        **extra,
     )
     torch.manual_seed(config.seed)  # the LoRA A matrices are drawn now
     peft_model = get_peft_model(base, lora_config)
+    for name, parameter in peft_model.named_parameters():
+        if "trainable_tokens_delta" in name:
+            # Like the LoRA matrices, the new tokens' rows train in fp32 (peft casts them to the base's
+            # dtype in the forward pass).
+            parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return peft_model
@@ -393,11 +456,13 @@ def learning_rate_at(step: int, config: LoRATrainingConfig, total_steps: int) ->
 # Files: run description, checkpoints, checksum
 
 
-def dataset_sha256(examples: Sequence[SFTExample]) -> str:
-    """Content hash of the training data, recorded so an adapter traces back to what it learned from."""
+def dataset_sha256(examples: Sequence[SFTExample], weights: Sequence[float] | None = None) -> str:
+    """Content hash of the training data (and loss weights, when there are any), recorded so an
+    adapter traces back to what it learned from."""
     digest = hashlib.sha256()
-    for e in examples:
-        digest.update(json.dumps([e.prompt, e.completion], ensure_ascii=False).encode("utf-8"))
+    for i, e in enumerate(examples):
+        row = [e.prompt, e.completion] if weights is None else [e.prompt, e.completion, float(weights[i])]
+        digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -517,6 +582,7 @@ def train_lora(
     progress: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
     init_adapter: str | Path | None = None,
+    example_weights: Sequence[float] | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter on `examples` (loss on completion tokens only) and save it to `output_dir`.
 
@@ -526,6 +592,9 @@ def train_lora(
     exception raised from it stops training, and a later call resumes).
     `init_adapter`: start the LoRA matrices from this adapter's weights instead of a fresh draw
     (continued fine-tuning of a parent adapter); its rank and target modules must match `config`.
+    `example_weights`: one loss weight per example (reward-weighted regression); each completion token's
+    loss is multiplied by its example's weight. With `config.added_tokens` the adapter folder also holds
+    the grown tokenizer, which `HFBackend` loads with the adapter.
     """
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -534,10 +603,12 @@ def train_lora(
 
     wall_start = time.perf_counter()
     output_dir = Path(output_dir)
+    if example_weights is not None and len(example_weights) != len(examples):
+        raise ValueError(f"{len(examples)} examples but {len(example_weights)} weights")
     run = {
         "base_model": str(model),
         "config": dataclasses.asdict(config),
-        "dataset_sha256": dataset_sha256(examples),
+        "dataset_sha256": dataset_sha256(examples, example_weights),
         "n_examples": len(examples),
         "n_eval_examples": len(eval_examples),
         "init_adapter_sha256": adapter_checksum(init_adapter) if init_adapter is not None else None,
@@ -549,10 +620,18 @@ def train_lora(
 
     device = training_device(config.device)
     tokenizer = AutoTokenizer.from_pretrained(model)
+    if config.added_tokens:
+        add_tokens(tokenizer, config.added_tokens)  # before tokenizing: the tokens must stay whole
     tokenized = tokenize_examples(
         tokenizer, examples, max_length=config.max_length, append_eos=config.append_eos
     )
-    train_set = [t for t in tokenized if has_completion_tokens(t)]
+    kept = [i for i, t in enumerate(tokenized) if has_completion_tokens(t)]
+    train_set = [tokenized[i] for i in kept]
+    weights = (
+        torch.tensor([float(example_weights[i]) for i in kept], device=device)
+        if example_weights is not None
+        else None
+    )
     if not train_set:
         raise ValueError("no example has a completion token left after truncation to max_length")
     eval_set = [
@@ -563,13 +642,17 @@ def train_lora(
         if has_completion_tokens(t)
     ]
 
-    peft_model = load_lora_model(model, config, device)
+    peft_model = load_lora_model(model, config, device, tokenizer=tokenizer)
     if init_adapter is not None:
         load_adapter_weights(peft_model, init_adapter)
     pad_id = filler_token_id(peft_model.config, tokenizer)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    token_rows = [p for n, p in peft_model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    groups = [{"params": [p for p in trainable if all(p is not q for q in token_rows)], "peak_lr": None}]
+    if token_rows:
+        groups.append({"params": token_rows, "peak_lr": config.added_tokens_learning_rate})
     optimizer = torch.optim.AdamW(
-        trainable,
+        groups,
         lr=config.learning_rate,
         betas=(0.9, 0.999),
         eps=1e-8,
@@ -622,14 +705,22 @@ def train_lora(
 
         lr = learning_rate_at(step, config, total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            peak = group["peak_lr"]
+            group["lr"] = (
+                lr
+                if peak is None
+                else learning_rate_at(step, dataclasses.replace(config, learning_rate=peak), total_steps)
+            )
         # Sum of token losses over the whole step divided by its completion tokens: a true per-token mean,
         # whatever the split into micro-batches.
         step_targets = sum(b.n_completion_tokens for b in micro_batches)
         loss_sum = torch.zeros((), device=device)
         for batch in micro_batches:
             with autocast_for(device):
-                nll = completion_token_nll(peft_model, batch.to(device))
+                on_device = batch.to(device)
+                nll = completion_token_nll(peft_model, on_device)
+            if weights is not None:
+                nll = nll * weights[on_device.completion_example_index()]
             loss = nll.sum() / step_targets
             loss.backward()
             loss_sum += loss.detach()
@@ -667,7 +758,10 @@ def train_lora(
     eval_loss = (
         completion_loss(peft_model, eval_set, config, pad_id=pad_id, device=device) if eval_set else None
     )
-    peft_model.save_pretrained(output_dir)
+    # Trainable tokens save their own rows; the whole grown embedding need not be saved with them.
+    peft_model.save_pretrained(output_dir, save_embedding_layers=False if config.added_tokens else "auto")
+    if config.added_tokens:
+        tokenizer.save_pretrained(output_dir)
     metrics = {
         "train_loss": losses,  # mean completion-token NLL of each optimizer step
         "eval_loss_initial": eval_loss_initial,  # on eval_examples before training (None when resumed)
@@ -724,10 +818,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif f.name == "target_modules":
+        elif f.name in ("target_modules", "added_tokens"):
             parser.add_argument(flag, nargs="+", default=None)
         elif f.name == "max_steps":
             parser.add_argument(flag, type=int, default=None)
+        elif f.name == "added_tokens_learning_rate":
+            parser.add_argument(flag, type=float, default=None)
         else:
             parser.add_argument(
                 flag, type=type(f.default) if f.default is not None else str, default=f.default
@@ -737,6 +833,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = LoRATrainingConfig(**{k: v for k, v in args.items() if k in fields})
     if config.target_modules:
         config.target_modules = tuple(config.target_modules)
+    config.added_tokens = tuple(config.added_tokens or ())
     result = train_lora(
         args["model"],
         load_sft_jsonl(args["train"]),

@@ -18,6 +18,7 @@ class GenerationConfig:
     n: int = 1  # samples per prompt
     seed: int | None = 0  # seed for sampling; None draws from the global generator
     stop: tuple[str, ...] = ()  # the output is cut before the first of these strings
+    bad_words: tuple[str, ...] = ()  # texts the model may never write (e.g. control tokens)
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,36 @@ def test_openai_next_token_logprobs_read_the_top_logprobs():
     backend = OpenAIBackend("http://x", "m", top_logprobs=5, transport=transport)
     [row] = backend.next_token_logprobs(["Q:"], [" Yes", " No", " Never"])
     assert row == {" Yes": -0.2, " No": -1.9, " Never": -math.inf}
+
+
+# -- banned words -----------------------------------------------------------------------------------
+
+
+def test_hf_generation_never_writes_a_banned_word(backend):
+    config = GenerationConfig(max_new_tokens=12, temperature=1.0, n=8, seed=0)
+    free = backend.generate(["The cat"], config)[0]
+    word = " the"
+    assert any(word in t for t in free)  # the tiny model writes it unprompted
+
+    banned = backend.generate(["The cat"], GenerationConfig(**{**config.__dict__, "bad_words": (word,)}))[0]
+    ids = backend.tokenizer(word, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1
+    for text in banned:
+        assert ids[0] not in backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_openai_generation_bans_words_with_logit_bias(tiny_model_dir):
+    transport, requests = _mock(
+        lambda body: httpx.Response(200, json={"choices": [{"index": 0, "text": "x"}]})
+    )
+    backend = OpenAIBackend(
+        "http://x", "m", transport=transport, token_ids={"<|good|>": 1024}, tokenizer=str(tiny_model_dir)
+    )
+    backend.generate(["a"], GenerationConfig(bad_words=("<|good|>", "<|endoftext|>")))
+    assert requests[0]["logit_bias"] == {"1024": -100, "0": -100}
+
+    with pytest.raises(ValueError, match="single tokens"):
+        backend.generate(["a"], GenerationConfig(bad_words=("several words here",)))
+    without_ids = OpenAIBackend("http://x", "m", transport=transport)
+    with pytest.raises(ValueError, match="token id"):
+        without_ids.generate(["a"], GenerationConfig(bad_words=("<|good|>",)))

@@ -84,6 +84,7 @@ class HFBackend:
         """Load a LoRA adapter next to the others; the base weights stay as they are."""
         from peft import PeftModel
 
+        self._take_adapter_tokenizer(Path(path))
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         else:
@@ -95,6 +96,28 @@ class HFBackend:
         # peft activates the first adapter it loads; keep what the caller chose until set_adapter.
         if self.active_adapter is not None:
             self.model.set_adapter(self.active_adapter)
+
+    def _take_adapter_tokenizer(self, path: Path) -> None:
+        """An adapter trained with added tokens (conditional training) ships its grown tokenizer: use it,
+        and grow the base embeddings to match (the adapter holds the new tokens' rows). Text without the
+        new tokens encodes as before, so other adapters and the base model are unaffected."""
+        from transformers import AutoTokenizer
+
+        if not (path / "tokenizer_config.json").exists():
+            return
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            from peft import PeftModel
+
+            if isinstance(self.model, PeftModel):
+                raise ValueError(f"{path}: load an adapter with added tokens before the other adapters")
+            self.model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if len(tokenizer) >= len(self.tokenizer):
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self.tokenizer = tokenizer
 
     def set_adapter(self, name: str | None) -> None:
         """Make `name` the active adapter; None runs the base model."""
@@ -147,6 +170,16 @@ class HFBackend:
         if joined[: len(prefix)] == prefix:
             return joined[len(prefix) :]
         return self._encode(token)
+
+    def _bad_words_ids(self, words: Sequence[str]) -> list[list[int]]:
+        """Each banned text as token ids, both as it is encoded alone and after other text (they can
+        differ, and either could be generated)."""
+        banned: list[list[int]] = []
+        for word in words:
+            for ids in (self._encode(word), self._candidate_ids(word)):
+                if ids and ids not in banned:
+                    banned.append(ids)
+        return banned
 
     @property
     def max_length(self) -> int:
@@ -204,6 +237,8 @@ class HFBackend:
             )
         else:
             options.update(do_sample=False)
+        if config.bad_words:
+            options.update(bad_words_ids=self._bad_words_ids(config.bad_words))
         if config.stop:
             # Stop early once every row has written a stop string; the text is cut below anyway.
             options.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -51,6 +51,8 @@ class OpenAIBackend:
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        token_ids: Mapping[str, int] | None = None,
+        tokenizer: str | None = None,
     ):
         base_url = base_url.rstrip("/")
         if not base_url.endswith("/v1"):
@@ -62,6 +64,11 @@ class OpenAIBackend:
         self.top_logprobs = top_logprobs  # OpenAI allows 5, vLLM 20 by default
         self.backoff_s = backoff_s
         self._sleep = sleep
+        # Banned words go out as token ids in `logit_bias`: known ids, else the served model's tokenizer
+        # (a local folder or HF id; for a conditionally trained adapter, the adapter's folder).
+        self.token_ids = dict(token_ids or {})
+        self.tokenizer_path = tokenizer
+        self._tokenizer = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
 
@@ -131,9 +138,30 @@ class OpenAIBackend:
             options["seed"] = config.seed
         if config.stop:
             options["stop"] = list(config.stop)
+        if config.bad_words:
+            # -100 is the floor of OpenAI's logit_bias and, in vLLM too, means "never sample this token".
+            options["logit_bias"] = {str(self._token_id(w)): -100 for w in config.bad_words}
         choices = self._complete(prompts, **options)
         texts = [_cut_at_stop(c.get("text", ""), config.stop) for c in choices]
         return [texts[i * n : (i + 1) * n] * (1 if sampling else config.n) for i in range(len(prompts))]
+
+    def _token_id(self, word: str) -> int:
+        """The one token id of a banned word; logit_bias cannot ban a sequence of tokens."""
+        if word in self.token_ids:
+            return self.token_ids[word]
+        if self.tokenizer_path is None:
+            raise ValueError(
+                f"{self.model}: banning {word!r} needs its token id: pass token_ids or tokenizer to the backend"
+            )
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        ids = self._tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{word!r} is {len(ids)} tokens; logit_bias can only ban single tokens")
+        self.token_ids[word] = ids[0]
+        return ids[0]
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ContinuationScore]:
         """Prompt log-probs echoed back by the server; tokens are assigned by their character offset."""
