@@ -193,9 +193,14 @@ LOOP_STALL_SECONDS = env_float("LOOP_STALL_SECONDS", 600)
 LOOP_SWEEP_SECONDS = env_float("LOOP_SWEEP_SECONDS", 60)
 # Seconds each heartbeat of a step waits: tests slow the steps down to kill a worker in the middle.
 LOOP_TEST_STEP_DELAY = env_float("LOOP_TEST_STEP_DELAY", 0)
+# A periodic message that waited ten periods for a worker is dropped: they do not pile up while
+# the workers are down.
 CELERY_BEAT_SCHEDULE = {
-    "loop-sweep-rounds": {"task": "feedback_loop.sweep_rounds", "schedule": LOOP_SWEEP_SECONDS},
-    "loop-auto-start-rounds": {"task": "feedback_loop.auto_start_rounds", "schedule": LOOP_SWEEP_SECONDS},
+    name: {"task": task, "schedule": LOOP_SWEEP_SECONDS, "options": {"expires": 10 * LOOP_SWEEP_SECONDS}}
+    for name, task in (
+        ("loop-sweep-rounds", "feedback_loop.sweep_rounds"),
+        ("loop-auto-start-rounds", "feedback_loop.auto_start_rounds"),
+    )
 }
 
 # Webhooks (annotation.webhooks): attempts per delivery, the backoff between them (base × 2^n,
