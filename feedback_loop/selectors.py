@@ -9,6 +9,7 @@ curator rejects or excludes after a round drops out of every later round's train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
@@ -111,6 +112,34 @@ def new_feedback_count(project: Project) -> int:
     """Feedback judgments no round has taken up yet: what the auto-start threshold is compared with."""
     require = loop_config_of(project).require_acceptance
     return feedback_judgments(project, require_acceptance=require).count()
+
+
+def new_accepted_feedback_count(project: Project) -> int:
+    """Accepted feedback judgments no round has taken up yet: what the auto-start threshold counts
+    (a curator's acceptance, not a rater's submission, is what may set a round going)."""
+    return feedback_judgments(project, require_acceptance=True).count()
+
+
+def auto_start_candidates() -> QuerySet[LoopConfig]:
+    """Loop settings of projects with an auto-start threshold and no round running."""
+    running = Round.objects.filter(project=OuterRef("project")).exclude(state__in=Round.TERMINAL)
+    return (
+        LoopConfig.objects.filter(auto_start_threshold__gt=0)
+        .exclude(Exists(running))
+        .select_related("project")
+        .order_by("project_id")
+    )
+
+
+def stalled_rounds(*, now: datetime, stall_seconds: float, claim_stale_seconds: float) -> QuerySet[Round]:
+    """Unfinished rounds untouched for `stall_seconds` whose step nobody holds: unclaimed, or
+    claimed by a worker whose heartbeat is stale."""
+    return (
+        Round.objects.exclude(state__in=Round.TERMINAL)
+        .filter(updated_at__lt=now - timedelta(seconds=stall_seconds))
+        .filter(Q(claim_token="") | Q(heartbeat_at__lt=now - timedelta(seconds=claim_stale_seconds)))
+        .order_by("pk")
+    )
 
 
 def feedback_rows(judgment_ids: list[int]) -> list[FeedbackRow]:

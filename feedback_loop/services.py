@@ -7,9 +7,12 @@ and hands the round on with another conditional update that names its claim toke
 claimed by someone else meanwhile, that update matches no row and the step's result is dropped.
 
 A worker that dies mid-step leaves its claim behind; the claim's heartbeat goes stale after
-CLAIM_STALE_SECONDS and a re-delivered task may claim the step again. Every step's writes are
-idempotent (unique refinements, the adapter one-to-one with its round, outputs keyed), so doing a
-step twice writes nothing twice.
+LOOP_CLAIM_STALE_SECONDS and a re-delivered task may claim the step again. A step's message can
+also be lost for good (a broker restarted empty, a send that failed while it was down): the
+sweeper (`rounds_resend_stalled`, run by celery beat) sends the step again of every round that
+has sat without a live claim for LOOP_STALL_SECONDS. Every step's writes are idempotent (unique
+refinements, the adapter one-to-one with its round, outputs keyed), so doing a step twice writes
+nothing twice, and only the claim holder moves the round on, so it moves on once.
 """
 
 from __future__ import annotations
@@ -29,10 +32,18 @@ from annotation.models import Project, Webhook
 from annotation.services import NewTask, QueueError, outputs_enqueue
 from annotation.webhooks import webhook_event_emit
 from feedback_loop.models import Adapter, Refinement, Round
-from feedback_loop.selectors import active_round, loop_config_of
+from feedback_loop.selectors import (
+    active_round,
+    auto_start_candidates,
+    loop_config_of,
+    new_accepted_feedback_count,
+    stalled_rounds,
+)
 
-# A claim whose heartbeat is older than this belongs to a worker that is gone.
-CLAIM_STALE_SECONDS = getattr(settings, "LOOP_CLAIM_STALE_SECONDS", 300)
+
+def claim_stale_seconds() -> float:
+    """A claim whose heartbeat is older than this belongs to a worker that is gone."""
+    return float(settings.LOOP_CLAIM_STALE_SECONDS)
 
 
 class LoopError(QueueError):
@@ -121,6 +132,49 @@ def round_cancel(*, round: Round) -> Round:
     return round
 
 
+def rounds_auto_start() -> list[Round]:
+    """Start a round for each project whose new accepted feedback reached its auto-start threshold
+    (the beat task's work). Judgments a round took up are not new; a project with a round running
+    (or one just started by a curator) is skipped."""
+    started = []
+    for config in auto_start_candidates():
+        count = new_accepted_feedback_count(config.project)
+        if count < config.auto_start_threshold:
+            continue
+        try:
+            started.append(
+                round_start(
+                    project=config.project,
+                    user=None,
+                    reason=f"automatic: {count} new accepted feedback judgments "
+                    f"(threshold {config.auto_start_threshold})",
+                )
+            )
+        except RoundInProgress:
+            continue
+    return started
+
+
+def rounds_resend_stalled() -> list[int]:
+    """Send again the step of every round that sat LOOP_STALL_SECONDS with no live claim: its
+    message was lost, or its worker died and the broker has not handed the message on yet. The
+    round's `updated_at` is stamped so a step that only waits in a long queue is re-sent once per
+    LOOP_STALL_SECONDS at most; a duplicate message finds the step claimed or done and does nothing."""
+    now = timezone.now()
+    resent = []
+    for round_id, state, updated_at in stalled_rounds(
+        now=now,
+        stall_seconds=float(settings.LOOP_STALL_SECONDS),
+        claim_stale_seconds=claim_stale_seconds(),
+    ).values_list("pk", "state", "updated_at"):
+        with transaction.atomic():
+            # Only if nobody touched the round since it was read (a worker claiming it meanwhile).
+            if Round.objects.filter(pk=round_id, state=state, updated_at=updated_at).update(updated_at=now):
+                _enqueue_step(round_id, state)
+                resent.append(round_id)
+    return resent
+
+
 # ---------------------------------------------------------------- claiming and handing on
 
 
@@ -131,7 +185,7 @@ def round_claim(*, round_id: int, state: str) -> str | None:
     now = timezone.now()
     claimed = (
         Round.objects.filter(pk=round_id, state=state)
-        .filter(Q(claim_token="") | Q(heartbeat_at__lt=now - timedelta(seconds=CLAIM_STALE_SECONDS)))
+        .filter(Q(claim_token="") | Q(heartbeat_at__lt=now - timedelta(seconds=claim_stale_seconds())))
         .update(claim_token=token, heartbeat_at=now, attempts=F("attempts") + 1, updated_at=now)
     )
     return token if claimed else None

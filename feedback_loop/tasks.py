@@ -3,12 +3,15 @@
 Each task takes a round id, claims the round's step with a conditional update (services.round_claim),
 reads what it needs through the selectors, calls the engine on plain data, and hands the result
 to one service, which moves the round on and enqueues the next step once its transaction commits.
-Training and generation run on the `gpu` queue, the rest on `default`.
+Every step that loads a model (refine, select, train, evaluate, generate) runs on the queue
+REFINERY_MODEL_QUEUE (`gpu`), taking up the feedback on `default`.
 
 A step that raises is run again (`stage_retries` times, with a short back-off), then the round is
 `failed` with the error, and `round_retry` resumes it from that step. A task delivered again after
 its worker died finds the dead worker's claim; once the claim's heartbeat is stale it claims the
 step afresh. Every step's writes are idempotent, and training resumes from its last checkpoint.
+Two periodic tasks (settings.CELERY_BEAT_SCHEDULE) re-send the steps of stalled rounds and start
+rounds automatically.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from celery import shared_task
+from django.conf import settings
 
 from annotation.models import Output, Prompt
 from annotation.questions import questions_for
@@ -155,7 +160,7 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
         round = Round.objects.filter(pk=round_id).first()
         if round is not None and round.state == state and round.claim_token:
             # Another worker holds the step, or held it and died: look again once its claim could be stale.
-            enqueue_step(round_id, state, countdown=services.CLAIM_STALE_SECONDS)
+            enqueue_step(round_id, state, countdown=services.claim_stale_seconds())
         return
     round = Round.objects.select_related("project").get(pk=round_id)
     try:
@@ -172,6 +177,8 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
 def _heartbeat(round: Round, token: str, progress: dict) -> None:
     if not services.round_heartbeat(round_id=round.pk, token=token, progress=progress):
         raise StepStopped()
+    if settings.LOOP_TEST_STEP_DELAY:
+        time.sleep(settings.LOOP_TEST_STEP_DELAY)
 
 
 def _take_feedback(round: Round, token: str) -> None:
@@ -399,7 +406,7 @@ def _generate(round: Round, token: str) -> None:
     pairwise = bool(config.get("pairwise_tasks")) and bool(questions_for(project.questions, "pairwise"))
     single = bool(questions_for(project.questions, "single"))
     generation = generation_config_from(config.get("generation", {}))
-    settings = {**dataclasses.asdict(generation), "adapter_id": adapter.pk, "round": round.number}
+    provenance = {**dataclasses.asdict(generation), "adapter_id": adapter.pk, "round": round.number}
 
     def key(role: str, prompt: Prompt) -> str:
         return f"round-{round.number}:{role}:prompt-{prompt.pk}"
@@ -445,7 +452,7 @@ def _generate(round: Round, token: str) -> None:
             model_name=config["base_model"],
             adapter=adapter_path,
             round_number=round.number,
-            generation={**settings, "role": role},
+            generation={**provenance, "role": role},
         )
 
     single_tasks, pair_tasks = [], []
@@ -470,27 +477,27 @@ def round_take_feedback_task(round_id: int) -> None:
     _run_step(round_id, Round.State.PENDING, _take_feedback)
 
 
-@shared_task(name="feedback_loop.refine", queue="default")
+@shared_task(name="feedback_loop.refine")
 def round_refine_task(round_id: int) -> None:
     _run_step(round_id, Round.State.REFINING, _refine)
 
 
-@shared_task(name="feedback_loop.select", queue="default")
+@shared_task(name="feedback_loop.select")
 def round_select_task(round_id: int) -> None:
     _run_step(round_id, Round.State.SELECTING, _select)
 
 
-@shared_task(name="feedback_loop.train", queue="gpu")
+@shared_task(name="feedback_loop.train")
 def round_train_task(round_id: int) -> None:
     _run_step(round_id, Round.State.TRAINING, _train)
 
 
-@shared_task(name="feedback_loop.evaluate", queue="default")
+@shared_task(name="feedback_loop.evaluate")
 def round_evaluate_task(round_id: int) -> None:
     _run_step(round_id, Round.State.EVALUATING, _evaluate)
 
 
-@shared_task(name="feedback_loop.generate", queue="gpu")
+@shared_task(name="feedback_loop.generate")
 def round_generate_task(round_id: int) -> None:
     _run_step(round_id, Round.State.GENERATING, _generate)
 
@@ -505,8 +512,25 @@ STEP_TASKS = {
 }
 
 
+def step_queue(state: str) -> str:
+    """The queue of the round's step `state`: the model queue for every step that loads a model."""
+    return "default" if state == Round.State.PENDING else settings.REFINERY_MODEL_QUEUE
+
+
 def enqueue_step(round_id: int, state: str, *, countdown: float | None = None) -> None:
     """Send the task that runs the round's step `state` (to the queue that step runs on)."""
     task = STEP_TASKS.get(state)
     if task is not None:
-        task.apply_async((round_id,), countdown=countdown)
+        task.apply_async((round_id,), countdown=countdown, queue=step_queue(state))
+
+
+@shared_task(name="feedback_loop.sweep_rounds", queue="default")
+def rounds_sweep_task() -> list[int]:
+    """Periodic (celery beat): send again the step of every round whose message was lost."""
+    return services.rounds_resend_stalled()
+
+
+@shared_task(name="feedback_loop.auto_start_rounds", queue="default")
+def rounds_auto_start_task() -> list[int]:
+    """Periodic (celery beat): start a round for each project with enough new accepted feedback."""
+    return [round.pk for round in services.rounds_auto_start()]
