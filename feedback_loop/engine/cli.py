@@ -279,25 +279,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(text)
 
 
-def _code_metrics(backend: ModelBackend, args: argparse.Namespace) -> dict[str, float]:
-    """pass@k on code tasks: n samples per task, each run against the task's tests in the sandbox."""
-    from feedback_loop.engine.evaluate import mean_pass_at_k
-    from feedback_loop.engine.sandbox import SandboxLimits, run_unit_tests_many
+def _code_metrics(backend: ModelBackend, args: argparse.Namespace) -> dict[str, Any]:
+    """pass@k on code tasks (feedback_loop.engine.code): n samples per task, each program cut at the
+    end of its function and run against the task's tests in the sandbox. Refused where pass@k would
+    be wrong (k > n, or n > 1 greedy samples); tasks whose tests do not load are listed, not scored."""
+    from feedback_loop.engine.code import SamplingConfig, code_task, evaluate_pass_at_k
+    from feedback_loop.engine.sandbox import SandboxLimits
 
-    rows = read_jsonl(args.code)
-    _require(rows, ["prompt", "tests"], args.code)
-    config = _generation_config(args)
-    samples = backend.generate([row["prompt"] for row in rows], config)
-    limits = SandboxLimits(timeout_s=args.timeout_s)
-    passed = []
-    for row, texts in zip(rows, samples, strict=True):
-        # The model continues the prompt (a signature and docstring), so the program is both together.
-        programs = [row["prompt"] + text for text in texts]
-        results = run_unit_tests_many(
-            programs, row["tests"], limits=limits, entry_point=row.get("entry_point")
-        )
-        passed.append([r.status == "pass" for r in results])
-    return {f"pass@{k}": mean_pass_at_k(passed, k) for k in args.k if k <= args.n}
+    tasks = [code_task(row) for row in read_jsonl(args.code)]
+    config = SamplingConfig(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    result = evaluate_pass_at_k(
+        backend, tasks, args.k, config, limits=SandboxLimits(timeout_s=args.timeout_s)
+    )
+    metrics: dict[str, Any] = {f"pass@{k}": value for k, value in result.pass_at.items()}
+    metrics["code/per_task"] = [{"task_id": t.task_id, "n": t.n, "c": t.c} for t in result.per_task]
+    metrics["code/tests_error"] = list(result.tests_error)
+    return metrics
 
 
 # -- the parser -------------------------------------------------------------------------------------
@@ -350,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--held-out", help="JSONL of {prompt, completion}: mean NLL per completion token")
     evaluate.add_argument("--multiple-choice", help="JSONL of {prompt, classes, answer_index}")
-    evaluate.add_argument("--code", help="JSONL of {prompt, tests, entry_point?}: pass@k in the sandbox")
+    evaluate.add_argument(
+        "--code", help="JSONL of code tasks (MBPP, HumanEval or {text, prompt?, test, entry_point?}): pass@k"
+    )
     evaluate.add_argument("--k", type=int, nargs="+", default=[1], help="pass@k for these k (k <= n)")
     evaluate.add_argument(
         "--probes", action="store_true", help="the regression probes on their built-in items"

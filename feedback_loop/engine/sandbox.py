@@ -58,7 +58,10 @@ Test formats (all may be mixed in one `tests` string, which runs in the program'
 `test_*` functions (one test each), a HumanEval `check(candidate)` function (one test, called with
 the program's `entry_point` function) and top-level `assert` statements as in MBPP (one test each;
 other top-level statements are setup and run in order). The program runs as a module named
-`candidate` and may import only the standard library (the child starts with `-S`: no site-packages).
+`candidate` and may import only the standard library (the child starts with `-S`: no site-packages)
+and the test helpers of `sandbox_lib` (`from pytest import approx`, `pytest.raises`), a folder of
+standard-library-only stand-ins mounted read-only. Tests that cannot load (a syntax error, an import
+that fails in their setup) end as `tests_error`, not as a failure of the program.
 
 The child sets its limits on itself rather than in a `preexec_fn`: `preexec_fn` is unsafe when the
 parent has threads (`run_unit_tests_many`, web and Celery workers), and the child does it before any
@@ -88,7 +91,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-Status = Literal["pass", "fail", "error", "timeout"]
+Status = Literal["pass", "fail", "error", "timeout", "tests_error"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,10 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class UnitTestResult:
-    status: Status  # pass: every test passed; fail: some failed; error: did not load or crashed
+    # pass: every test passed; fail: some failed; error: the program did not load or crashed;
+    # tests_error: the tests themselves did not load (a syntax error, a helper they cannot import),
+    # which says nothing about the program
+    status: Status
     passed: int  # tests that passed (counted up to a timeout or crash)
     failed: int  # tests that failed
     output: str  # what the program printed, then one line per failed test, truncated
@@ -136,6 +142,10 @@ _ALLOW_HOOKS_ONLY_ENV = "REFINERY_SANDBOX_ALLOW_HOOKS_ONLY"
 _BWRAP_ENV = "REFINERY_SANDBOX_BWRAP"
 _BWRAP_WORK = "/sandbox"  # inside bubblewrap: the working folder (a tmpfs) and this script
 _BWRAP_SCRIPT = "/run/refinery-sandbox.py"
+# Test helpers (sandbox_lib: a stand-in for pytest.approx and pytest.raises, standard library only),
+# the one folder besides the standard library that the program's imports may read, read-only.
+_HELPERS = Path(__file__).resolve().parent / "sandbox_lib"
+_BWRAP_HELPERS = "/run/refinery-sandbox-lib"
 
 
 def run_unit_tests(
@@ -177,6 +187,7 @@ def run_unit_tests(
             "uid": uid,
             "limits": asdict(limits),
             "result_fd": write_fd,
+            "helpers": _BWRAP_HELPERS if layer == "bwrap" else str(_HELPERS),
         }
         # Handed over as an open, already deleted file: nothing on disk for the candidate to find, and
         # it reaches the child through bubblewrap too. The box path in argv only labels the process.
@@ -420,6 +431,7 @@ def _bwrap_arguments(bwrap: str, size_mb: int) -> list[str]:
     for path in hidden:
         arguments += ["--tmpfs", path]
     arguments += ["--ro-bind", str(Path(__file__).resolve()), _BWRAP_SCRIPT]
+    arguments += ["--ro-bind", str(_HELPERS), _BWRAP_HELPERS]
     arguments += ["--size", str(size_mb * 1024 * 1024), "--perms", "0700", "--tmpfs", _BWRAP_WORK]
     return [*arguments, "--chdir", _BWRAP_WORK, "--remount-ro", "/"]
 
@@ -569,6 +581,7 @@ def _classify(records: list[dict], returncode: int, timed_out: bool, output: str
     isolation: tuple[str, ...] = ()
     tests = []
     load_error = None
+    tests_error = None
     done = False
     for record in records:
         event = record.get("event")
@@ -578,6 +591,8 @@ def _classify(records: list[dict], returncode: int, timed_out: bool, output: str
             tests.append(record)
         elif event == "load_error":
             load_error = record.get("error", "")
+        elif event == "tests_error":
+            tests_error = record.get("error", "")
         elif event == "done":
             done = True
     passed = sum(1 for t in tests if t.get("ok"))
@@ -587,6 +602,8 @@ def _classify(records: list[dict], returncode: int, timed_out: bool, output: str
         status, notes = "timeout", [*notes, "TIMEOUT: wall-clock limit reached"]
     elif _SIGXCPU is not None and returncode == -_SIGXCPU:
         status, notes = "timeout", [*notes, "TIMEOUT: CPU limit reached"]
+    elif tests_error is not None:
+        status, notes = "tests_error", [*notes, f"TESTS ERROR: {tests_error}"]
     elif load_error is not None:
         status, notes = "error", [*notes, f"ERROR: {load_error}"]
     elif not done:
@@ -611,6 +628,9 @@ def _child_main(payload_fd: str) -> None:
     with os.fdopen(int(payload_fd), encoding="utf-8") as handover:
         payload = json.loads(handover.read())
     _die_with_parent(payload)
+    # Last on the path, so it can shadow nothing; a read root like the standard library from here on.
+    if os.path.isdir(payload.get("helpers") or ""):
+        sys.path.append(payload["helpers"])
     nonce = payload["nonce"]
     results = os.fdopen(payload["result_fd"], "w", buffering=1, encoding="utf-8")
 
@@ -823,7 +843,7 @@ def _disarm_process_spawning() -> None:
         delattr(_posixsubprocess, name)
     subprocess._fork_exec = None
     subprocess._USE_POSIX_SPAWN = False
-    for name in ("subprocess", "_posixsubprocess", "multiprocessing.util"):
+    for name in ("subprocess", "_posixsubprocess", "multiprocessing.util", "socket", "_socket"):
         sys.modules.pop(name, None)
 
 
@@ -934,7 +954,19 @@ def _install_audit_hook(work: str, read_roots: tuple[str, ...]) -> None:
         "sqlite3.enable_load_extension",
         "sqlite3.load_extension",
     }
-    refused_imports = {"_ctypes", "ctypes", "_posixsubprocess", "_xxsubinterpreters"}
+    # Refused by name as well as by what they do: a program that imports them gets a clear error at
+    # load time, not a half-working module (the socket module loads, though no socket can be made).
+    refused_imports = {
+        "_ctypes",
+        "ctypes",
+        "_posixsubprocess",
+        "subprocess",
+        "_xxsubinterpreters",
+        "socket",
+        "_socket",
+        "ssl",
+        "_ssl",
+    }
     # Event name -> positions of the path arguments that are written to.
     mutating = {
         "os.remove": (0,),
@@ -1018,8 +1050,12 @@ def _run_harness(program: str, tests: str, entry_point: str | None, report) -> N
     for name, source in [("<program>", program), ("<tests>", tests)]:
         linecache.cache[name] = (len(source), None, source.splitlines(True), name)
     try:
-        program_code = compile(program, "<program>", "exec")
         tests_tree = ast.parse(tests, "<tests>")
+    except SyntaxError as error:
+        report(event="tests_error", error=describe(error))
+        return
+    try:
+        program_code = compile(program, "<program>", "exec")
     except SyntaxError as error:
         report(event="load_error", error=describe(error))
         return
@@ -1049,6 +1085,10 @@ def _run_harness(program: str, tests: str, entry_point: str | None, report) -> N
             continue
         try:
             exec(code, namespace)
+        except ImportError as error:
+            # An import the tests need and the sandbox does not offer: the tests cannot run at all.
+            report(event="tests_error", error=describe(error))
+            return
         except BaseException as error:
             report(event="load_error", error="tests: " + describe(error))
             return
