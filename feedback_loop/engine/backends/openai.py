@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -51,6 +51,8 @@ class OpenAIBackend:
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        token_ids: Mapping[str, int] | None = None,
+        answer_bias: float = 100.0,
     ):
         base_url = base_url.rstrip("/")
         if not base_url.endswith("/v1"):
@@ -61,6 +63,10 @@ class OpenAIBackend:
         self.batch_size = batch_size  # prompts per request
         self.top_logprobs = top_logprobs  # OpenAI allows 5, vLLM 20 by default
         self.backoff_s = backoff_s
+        # The served model's id of each answer token (" Yes": 7010, ...): with them, next-token
+        # questions put `answer_bias` on every candidate, so all of them are among the top log-probs.
+        self.token_ids = dict(token_ids or {})
+        self.answer_bias = answer_bias
         self._sleep = sleep
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
@@ -136,7 +142,11 @@ class OpenAIBackend:
         return [texts[i * n : (i + 1) * n] * (1 if sampling else config.n) for i in range(len(prompts))]
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ContinuationScore]:
-        """Prompt log-probs echoed back by the server; tokens are assigned by their character offset."""
+        """Prompt log-probs echoed back by the server, for prompt + continuation sent as one text.
+
+        A token belongs to the continuation when it ends past the prompt (by its character offset):
+        the same rule as the local backend's joint tokenization, so both count the same tokens.
+        """
         if len(prompts) != len(continuations):
             raise ValueError("score needs one continuation per prompt")
         full = [p + c for p, c in zip(prompts, continuations, strict=True)]
@@ -162,16 +172,31 @@ class OpenAIBackend:
                 end = offsets[k + 1] if k + 1 < len(offsets) else len(text)
                 # A token belongs to the continuation if it ends past the prompt; tokens starting at the
                 # end of the echoed text are the generated one we asked for, not part of the input.
-                if start >= len(text) or end <= len(prompt) or lp is None:
+                if start >= len(text) or end <= len(prompt):
                     continue
+                if lp is None:  # the text's first token, with nothing before it to condition on
+                    raise ValueError(
+                        f"{self.model}: the server gives the first token of {text[:40]!r} no log-prob; "
+                        "a continuation needs a non-empty prompt to be scored whole"
+                    )
                 total += lp
                 count += 1
             scores.append(ContinuationScore(logprob=total, n_tokens=count))
         return scores
 
     def next_token_logprobs(self, prompts: Sequence[str], tokens: Sequence[str]) -> list[dict[str, float]]:
-        """Read from the top log-probs of the first generated token; a token not among them gets -inf."""
-        choices = self._complete(prompts, max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
+        """Read from the top log-probs of the first generated token; a token not among them gets -inf.
+
+        When every candidate's id is known (`token_ids`), each gets the same `logit_bias`, so all of
+        them are among the top log-probs whatever the model prefers: a " No" that would have fallen
+        out of the top k can no longer make P(Yes) / (P(Yes) + P(No)) read 1.0. The same bias on
+        every candidate leaves their differences (all that ratio reads) as the model has them.
+        """
+        options: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
+        if tokens and all(t in self.token_ids for t in tokens):
+            options["logit_bias"] = {str(self.token_ids[t]): self.answer_bias for t in tokens}
+            options["logprobs"] = max(self.top_logprobs, len(set(tokens)))
+        choices = self._complete(prompts, **options)
         results = []
         for choice in choices:
             top = ((choice.get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}
