@@ -176,10 +176,21 @@ def cmd_refine(args: argparse.Namespace) -> None:
 
     rows = read_jsonl(args.input)
     _require(rows, ["prompt", "output", "feedback"], args.input)
+    items = [feedback_item(row) for row in rows]
+    all_code = all(item.kind == "code" for item in items)
+    n = args.n if args.n is not None else _default_refinements(all_code)
     config = RefineConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        max_new_tokens=args.max_new_tokens or 128,
+        code_max_new_tokens=args.max_new_tokens or 512,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
     )
-    results = refine(_backend(args), [feedback_item(row) for row in rows], n=args.n, config=config)
+    if args.refiner:
+        if args.adapter:
+            raise SystemExit("give --refiner or --adapter, not both")
+        args.adapter = args.refiner
+    results = refine(_backend(args), items, n=n, config=config)
     write_jsonl(
         args.output,
         (
@@ -233,17 +244,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     metrics: dict[str, Any] = {}
     if args.win_outcomes:
         outcomes = []
-        for number, row in enumerate(read_jsonl(args.win_outcomes), start=1):
+        rows = read_jsonl(args.win_outcomes)
+        for number, row in enumerate(rows, start=1):
             outcome = row.get("outcome")
             if isinstance(outcome, bool) or outcome not in (0, 0.5, 1):
                 raise SystemExit(f"{args.win_outcomes}: row {number} needs an outcome of 1, 0.5 or 0")
             outcomes.append(float(outcome))
+        if rows and all("task_id" in row for row in rows):
+            # Several raters per task: the interval resamples tasks, not single judgments.
+            by_task = evaluate.win_rate_by_task(
+                [(row["task_id"], o) for row, o in zip(rows, outcomes, strict=True)]
+            )
+            metrics["win_rate_se"] = by_task.standard_error
+            metrics["win_rate_tasks"] = by_task.n_tasks
         result = evaluate.win_rate(outcomes)
         metrics.update(
             {
                 "win_rate": result.rate,
-                "win_rate_low": result.low,
-                "win_rate_high": result.high,
+                "win_rate_low": by_task.low if "win_rate_tasks" in metrics else result.low,
+                "win_rate_high": by_task.high if "win_rate_tasks" in metrics else result.high,
                 "win_rate_n": result.n,
             }
         )
@@ -303,6 +322,66 @@ def _code_metrics(backend: ModelBackend, args: argparse.Namespace) -> dict[str, 
     return metrics
 
 
+# -- π_Refine: a refiner trained on human refinements -----------------------------------------------
+
+
+def _default_refinements(all_code: bool) -> int:
+    from feedback_loop.engine.refiner import CODE_REFINEMENTS_N
+
+    return CODE_REFINEMENTS_N if all_code else 5
+
+
+def cmd_train_refiner(args: argparse.Namespace) -> None:
+    from feedback_loop.engine.refiner import train_refiner
+    from feedback_loop.engine.train import LoRATrainingConfig
+
+    config = LoRATrainingConfig(
+        rank=args.rank,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        batch_size=args.train_batch_size,
+        max_steps=args.max_steps,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    result = train_refiner(
+        args.model,
+        read_jsonl(args.train),
+        args.output_dir,
+        config,
+        eval_rows=read_jsonl(args.eval) if args.eval else (),
+        progress=not args.no_progress,
+    )
+    summary = {k: v for k, v in result.metrics.items() if k != "train_loss"}
+    print(
+        json.dumps({"adapter_dir": str(result.adapter_dir), "checksum": result.checksum, **summary}, indent=2)
+    )
+
+
+def _add_refiner_commands(commands) -> None:
+    parser = commands.add_parser(
+        "train-refiner",
+        help="train π_Refine: (task, OLD CODE, FEEDBACK) → the human refinement, as a LoRA adapter",
+    )
+    parser.add_argument("--model", required=True, help="base model folder")
+    parser.add_argument(
+        "--train",
+        required=True,
+        help="JSONL of {output, feedback, refinement} + the task (code shape or prompt)",
+    )
+    parser.add_argument("--eval", help="held-out rows, same format")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=cmd_train_refiner)
+
+
 # -- the parser -------------------------------------------------------------------------------------
 
 
@@ -329,9 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     refine = commands.add_parser("refine", help="N refinements per (prompt, output, feedback)")
     refine.add_argument("--input", required=True)
     refine.add_argument("--output", required=True)
+    refine.add_argument("--refiner", help="a trained refiner's adapter (see train-refiner) to refine with")
     _add_backend_arguments(refine)
-    _add_sampling_arguments(refine, n=5, temperature=0.8, max_new_tokens=128)
+    # None: N=30 and 512 tokens when every row is code (ILF for code), else N=5 and 128 tokens.
+    _add_sampling_arguments(refine, n=None, temperature=0.8, max_new_tokens=None)
     refine.set_defaults(run=cmd_refine)
+    _add_refiner_commands(commands)
 
     select = commands.add_parser("select", help="one refinement per feedback")
     select.add_argument(
@@ -360,7 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--probes", action="store_true", help="the regression probes on their built-in items"
     )
-    evaluate.add_argument("--win-outcomes", help="JSONL of {outcome: 1|0.5|0} from rater comparisons")
+    evaluate.add_argument(
+        "--win-outcomes",
+        help="JSONL of {outcome: 1|0.5|0, task_id?} from rater comparisons (with task_id: resampled by task)",
+    )
     evaluate.add_argument("--stop", action="append", default=[], help="stop string for --code samples")
     evaluate.add_argument("--timeout-s", type=float, default=5.0, help="sandbox time limit per sample")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
