@@ -60,7 +60,9 @@ class Report:
             if isinstance(result, str):
                 lines.append(f"{name:<28}{result}")
                 continue
-            cells = "".join(f"{100 * result.pass_at[k]:>9.1f}%" for k in ks)
+            cells = "".join(
+                f"{100 * result.pass_at[k]:>9.1f}%" if k in result.pass_at else f"{'-':>10}" for k in ks
+            )
             lines.append(f"{name:<28}{cells}   {len(result.per_task):>5}  {len(result.tests_error):>11}")
         return "\n".join(lines)
 
@@ -170,6 +172,7 @@ def run(args: argparse.Namespace) -> Report:
         ("human", "fine-tuned on human fixes", [sft_example(t, t.extra["refinement"]) for t in ilf_tasks]),
         ("ilf", "ILF (π_Refine + unit tests)", [sft_example(t, program) for t, program in chosen]),
     ]
+    policy = None  # the last model fine-tuned, for best-of-N
     for slug, name, examples in settings:
         if not examples:
             report.rows[name] = "not trained: no refinement passed its tests"
@@ -182,7 +185,54 @@ def run(args: argparse.Namespace) -> Report:
             "s": round(time.monotonic() - started, 1),
         }
         evaluate(name, result.adapter_dir)
+        policy = result.adapter_dir
+    if args.best_of > 0:
+        best_of_n_row(args, report, model, policy, refiner_tasks, held_out, lora, work)
     return report
+
+
+def best_of_n_row(args, report, model, policy, refiner_tasks, held_out, lora, work) -> None:
+    """The paper's ILF + best-of-N: the last fine-tuned model's N samples per held-out task, the one a
+    reward model (trained on human fix ≻ original program, from the refiner tasks) ranks highest kept;
+    pass@1 is the share of tasks whose kept program passes."""
+    from feedback_loop.engine.backends.hf import HFBackend
+    from feedback_loop.engine.code import CODE_STOP, TaskCount, generation_prompt, program_from_completion
+    from feedback_loop.engine.reward_model import Comparison, best_of_n, train_reward_model
+    from feedback_loop.engine.sandbox import run_unit_tests
+    from feedback_loop.engine.types import GenerationConfig
+
+    started = time.monotonic()
+    comparisons = [
+        Comparison(generation_prompt(t), t.extra["refinement"], t.extra["completion"]) for t in refiner_tasks
+    ]
+    trained = train_reward_model(model, comparisons, work / "reward", lora, progress=False)
+    reward = HFBackend(model, adapter=trained.adapter_dir, device=args.device, batch_size=args.batch_size)
+    sampler = HFBackend(model, adapter=policy, device=args.device, batch_size=args.batch_size)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        n=args.best_of,
+        seed=args.seed,
+        stop=CODE_STOP,
+    )
+    counts = []
+    for task in held_out:
+        [pick] = best_of_n(
+            sampler,
+            reward,
+            [generation_prompt(task)],
+            config,
+            transform=lambda text, task=task: program_from_completion(task, text),
+        )
+        result = run_unit_tests(pick.text, task.test, entry_point=task.entry_point_of())
+        counts.append(TaskCount(task.task_id, 1, int(result.status == "pass"), {result.status: 1}))
+    scored = [c for c in counts if "tests_error" not in c.statuses]
+    broken = tuple(c.task_id for c in counts if "tests_error" in c.statuses)
+    rate = sum(c.c for c in scored) / len(scored) if scored else float("nan")
+    name = f"last model + best-of-{args.best_of} (RM)"
+    report.rows[name] = PassAtKResult({1: rate}, tuple(scored), broken, SamplingConfig(n=args.best_of))
+    report.steps["best-of-n s"] = round(time.monotonic() - started, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
     parser.add_argument("--pretrain-steps", type=int, default=150, help="tiny model only")
+    parser.add_argument(
+        "--best-of",
+        type=int,
+        default=0,
+        help="also rank N samples of the last model by a reward model (paper: 64)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the table's numbers and the steps to this file")
     return parser

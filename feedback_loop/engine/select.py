@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from feedback_loop.engine.types import FeedbackItem, ModelBackend, Refinement
 METHODS = ("instruct_rm", "unit_tests", "reward_model", "random", "first")
 
 Candidate = str | Refinement
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class Selection:
     scores: list[float]  # one per candidate, higher is better (what the method ranked by)
     method: str  # which method chose
     details: list[Any] = field(default_factory=list)  # per candidate, e.g. UnitTestResult for unit_tests
+    # unit_tests: the task's tests did not load (a syntax error, an import the sandbox lacks), so no
+    # candidate was really tested; index is None for that reason, not because every candidate failed
+    tests_error: bool = False
 
 
 def _text(candidate: Candidate) -> str:
@@ -121,8 +126,15 @@ def select_by_unit_tests(
     )
     scores = [r.passed / (r.passed + r.failed) if r.passed + r.failed else 0.0 for r in results]
     passing = [i for i, r in enumerate(results) if r.status == "pass"]
+    broken = any(r.status == "tests_error" for r in results)
+    if broken:
+        logger.warning("unit_tests selection: the tests do not load: %s", results[0].output[-300:])
     return Selection(
-        index=passing[0] if passing else None, scores=scores, method="unit_tests", details=results
+        index=passing[0] if passing else None,
+        scores=scores,
+        method="unit_tests",
+        details=results,
+        tests_error=broken,
     )
 
 

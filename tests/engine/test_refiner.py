@@ -134,6 +134,8 @@ def test_the_ilf_code_reproduction_runs_every_step(tmp_path):
             str(tmp_path),
             "--json",
             str(tmp_path / "report.json"),
+            "--best-of",
+            "2",
         ]
     )
     held_out = [t.task_id for t in read_mbpp_jsonl(FIXTURE)[6:9]]
@@ -144,6 +146,8 @@ def test_the_ilf_code_reproduction_runs_every_step(tmp_path):
         assert set(result.pass_at) == {1, 2}
     ilf = report.rows["ILF (π_Refine + unit tests)"]
     assert isinstance(ilf, str) or len(ilf.per_task) == 3  # trained only when a refinement passed
+    best = report.rows["last model + best-of-2 (RM)"]
+    assert [t.n for t in best.per_task] == [1, 1, 1] and set(best.pass_at) == {1}
     assert report.steps["refine+select"]["feedback"] == 3
     assert report.steps["pi_refine"]["examples"] == 3
     assert json.loads((tmp_path / "report.json").read_text())["rows"]["zero-shot"]["pass_at"].keys() == {

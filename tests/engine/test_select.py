@@ -198,3 +198,10 @@ def test_every_instruct_rm_template_shows_input_output_feedback_and_refinement()
         assert question.endswith("Answer:")
     pairs = {instruct_rm_answers(t) for t in INSTRUCT_RM_TEMPLATES}
     assert pairs == {(" Yes", " No"), (" True", " False")}
+
+
+def test_unit_test_selection_says_when_the_tests_themselves_do_not_load():
+    broken = select_by_unit_tests([PROGRAM_PASSING, PROGRAM_WRONG], "from numpy import isclose\n" + TESTS)
+    assert broken.index is None and broken.tests_error
+    assert [r.status for r in broken.details] == ["tests_error", "tests_error"]
+    assert not select_by_unit_tests([PROGRAM_WRONG], TESTS).tests_error
