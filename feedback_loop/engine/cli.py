@@ -70,14 +70,38 @@ def _require(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str) -
 
 
 def feedback_item(row: dict[str, Any]) -> FeedbackItem:
-    return FeedbackItem(
-        prompt=row["prompt"],
-        output=row["output"],
-        feedback=row["feedback"],
-        kind=row.get("kind", "text"),
-        tests=row.get("tests") or "",
-        entry_point=row.get("entry_point"),
-    )
+    """A row as a FeedbackItem: `prompt`/`output`/`feedback` (and `kind`, `tests`, `entry_point`), or a
+    code task in the MBPP/HumanEval shape (`text`, `test` or `test_list`) with `output` and `feedback`."""
+    from feedback_loop.engine.refiner import refiner_item
+
+    return refiner_item(row)
+
+
+def _is_code_task_row(row: dict[str, Any]) -> bool:
+    return isinstance(row.get("text"), str) and ("test" in row or "test_list" in row)
+
+
+def _require_feedback_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Every row has `output` and `feedback`, and a task: `prompt`, or a code task's `text` and tests."""
+    _require(rows, ["output", "feedback"], path)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row.get("prompt"), str) and not _is_code_task_row(row):
+            raise SystemExit(f"{path}: row {number} lacks string field(s) ['prompt']")
+
+
+def _sft_pair(row: dict[str, Any], item: FeedbackItem, chosen: str) -> dict[str, str]:
+    """The training pair a selection makes; for code, generation prompt → the completion of the
+    program (feedback_loop.engine.code), the shape evaluation samples in."""
+    if item.kind != "code":
+        return {"prompt": row["prompt"], "completion": chosen}
+    from feedback_loop.engine.code import CodeTask, code_task, sft_example
+
+    if _is_code_task_row(row):
+        task = code_task({k: v for k, v in row.items() if k not in ("output", "feedback", "refinements")})
+    else:
+        task = CodeTask(task_id="", text=item.prompt, test=item.tests or "pass", entry_point=item.entry_point)
+    example = sft_example(task, chosen)
+    return {"prompt": example.prompt, "completion": example.completion}
 
 
 def _refinement(value: str | dict[str, Any]) -> Refinement:
@@ -175,7 +199,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
     from feedback_loop.engine.refine import RefineConfig, refine
 
     rows = read_jsonl(args.input)
-    _require(rows, ["prompt", "output", "feedback"], args.input)
+    _require_feedback_rows(rows, args.input)
     items = [feedback_item(row) for row in rows]
     all_code = all(item.kind == "code" for item in items)
     n = args.n if args.n is not None else _default_refinements(all_code)
@@ -204,7 +228,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     from feedback_loop.engine.select import select
 
     rows = read_jsonl(args.input)
-    _require(rows, ["prompt", "output", "feedback"], args.input)
+    _require_feedback_rows(rows, args.input)
     items = [feedback_item(row) for row in rows]
     candidates = [[_refinement(r) for r in row.get("refinements", [])] for row in rows]
     backend = None
@@ -219,7 +243,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         limits = SandboxLimits(timeout_s=args.timeout_s)
     selections = select(args.method, items, candidates, backend=backend, limits=limits, seed=args.seed)
     out, sft = [], []
-    for row, cands, selection in zip(rows, candidates, selections, strict=True):
+    for row, item, cands, selection in zip(rows, items, candidates, selections, strict=True):
         chosen = cands[selection.index].text if selection.index is not None else None
         out.append(
             {
@@ -228,10 +252,11 @@ def cmd_select(args: argparse.Namespace) -> None:
                 "selected_index": selection.index,
                 "scores": selection.scores,
                 "selection_method": selection.method,
+                **({"tests_error": True} if selection.tests_error else {}),
             }
         )
         if chosen is not None:
-            sft.append({"prompt": row["prompt"], "completion": chosen})
+            sft.append(_sft_pair(row, item, chosen))
     write_jsonl(args.output, out)
     if args.sft_output:
         write_jsonl(args.sft_output, sft)
