@@ -79,7 +79,11 @@ def backends(tiny_model_dir):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            payload = json.dumps(fake.complete(body)).encode()
+            if self.path == "/tokenize":  # vLLM's, at the server's root
+                ids = fake.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
+                payload = json.dumps({"tokens": ids["input_ids"]}).encode()
+            else:
+                payload = json.dumps(fake.complete(body)).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -159,3 +163,14 @@ def test_logit_bias_keeps_both_answers_in_the_top_logprobs(backends, tiny_model_
         )
     narrow.close()
     biased_backend.close()
+
+
+def test_answer_token_ids_can_come_from_the_servers_tokenize(backends):
+    local, remote, fake = backends
+    backend = OpenAIBackend(str(remote._client.base_url), "tiny", top_logprobs=1, token_ids="server")
+    [row] = backend.next_token_logprobs(["The cat"], [" Yes", " No"])
+    ids = {t: local.tokenizer(t)["input_ids"][0] for t in (" Yes", " No")}
+    assert backend.token_ids == ids
+    assert fake.requests[-1]["logit_bias"] == {str(i): 100.0 for i in ids.values()}
+    assert all(math.isfinite(v) for v in row.values())
+    backend.close()

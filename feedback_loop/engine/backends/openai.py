@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -51,7 +51,7 @@ class OpenAIBackend:
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        token_ids: Mapping[str, int] | None = None,
+        token_ids: Mapping[str, int] | Literal["server"] | None = None,
         answer_bias: float = 100.0,
     ):
         base_url = base_url.rstrip("/")
@@ -65,7 +65,9 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         # The served model's id of each answer token (" Yes": 7010, ...): with them, next-token
         # questions put `answer_bias` on every candidate, so all of them are among the top log-probs.
-        self.token_ids = dict(token_ids or {})
+        # "server": ask the server's /tokenize (vLLM's) for them, once per token.
+        self._lookup = token_ids == "server"
+        self.token_ids: dict[str, int] = {} if token_ids in (None, "server") else dict(token_ids)  # type: ignore[arg-type]
         self.answer_bias = answer_bias
         self._sleep = sleep
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -184,6 +186,29 @@ class OpenAIBackend:
             scores.append(ContinuationScore(logprob=total, n_tokens=count))
         return scores
 
+    def _look_up_token_ids(self, tokens: Sequence[str]) -> None:
+        """Learn each token's id from the server's /tokenize (vLLM): the ids of "a" + token past
+        those of "a", so that " Yes" is the token a model writes after text. A token that is not one
+        token, or a server without the endpoint, leaves the ids unknown (and the bias off)."""
+        root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
+
+        def ids(text: str) -> list[int]:
+            body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+            response = self._client.post(f"{root}/tokenize", json=body)
+            response.raise_for_status()
+            return list(response.json()["tokens"])
+
+        for token in tokens:
+            if token in self.token_ids:
+                continue
+            try:
+                prefix, joined = ids("a"), ids("a" + token)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                self._lookup = False  # no such endpoint: do not ask again
+                return
+            if joined[: len(prefix)] == prefix and len(joined) == len(prefix) + 1:
+                self.token_ids[token] = joined[-1]
+
     def next_token_logprobs(self, prompts: Sequence[str], tokens: Sequence[str]) -> list[dict[str, float]]:
         """Read from the top log-probs of the first generated token; a token not among them gets -inf.
 
@@ -193,6 +218,8 @@ class OpenAIBackend:
         every candidate leaves their differences (all that ratio reads) as the model has them.
         """
         options: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
+        if self._lookup:
+            self._look_up_token_ids(tokens)
         if tokens and all(t in self.token_ids for t in tokens):
             options["logit_bias"] = {str(self.token_ids[t]): self.answer_bias for t in tokens}
             options["logprobs"] = max(self.top_logprobs, len(set(tokens)))
