@@ -59,8 +59,9 @@ Test formats (all may be mixed in one `tests` string, which runs in the program'
 the program's `entry_point` function) and top-level `assert` statements as in MBPP (one test each;
 other top-level statements are setup and run in order). The program runs as a module named
 `candidate` and may import only the standard library (the child starts with `-S`: no site-packages)
-and the test helpers of `sandbox_lib` (`from pytest import approx`, `pytest.raises`), a folder of
-standard-library-only stand-ins mounted read-only. Tests that cannot load (a syntax error, an import
+and the test helpers of `sandbox_lib` (`from pytest import approx`, `pytest.raises`): standard-library-
+only stand-ins whose source the payload carries, loaded as modules in the child (no host folder but
+the standard library is opened). Tests that cannot load (a syntax error, an import
 that fails in their setup) end as `tests_error`, not as a failure of the program.
 
 The child sets its limits on itself rather than in a `preexec_fn`: `preexec_fn` is unsafe when the
@@ -142,10 +143,10 @@ _ALLOW_HOOKS_ONLY_ENV = "REFINERY_SANDBOX_ALLOW_HOOKS_ONLY"
 _BWRAP_ENV = "REFINERY_SANDBOX_BWRAP"
 _BWRAP_WORK = "/sandbox"  # inside bubblewrap: the working folder (a tmpfs) and this script
 _BWRAP_SCRIPT = "/run/refinery-sandbox.py"
-# Test helpers (sandbox_lib: a stand-in for pytest.approx and pytest.raises, standard library only),
-# the one folder besides the standard library that the program's imports may read, read-only.
+# Test helpers (sandbox_lib: a stand-in for pytest.approx and pytest.raises, standard library only).
+# Their source travels in the payload and the child loads them as modules: no folder of the host
+# beyond the standard library is opened to the program, under any layer.
 _HELPERS = Path(__file__).resolve().parent / "sandbox_lib"
-_BWRAP_HELPERS = "/run/refinery-sandbox-lib"
 
 
 def run_unit_tests(
@@ -187,7 +188,7 @@ def run_unit_tests(
             "uid": uid,
             "limits": asdict(limits),
             "result_fd": write_fd,
-            "helpers": _BWRAP_HELPERS if layer == "bwrap" else str(_HELPERS),
+            "helpers": _helper_sources(),
         }
         # Handed over as an open, already deleted file: nothing on disk for the candidate to find, and
         # it reaches the child through bubblewrap too. The box path in argv only labels the process.
@@ -327,6 +328,12 @@ def _kill_processes_of_box(box: str) -> int:
 # Parent side
 
 
+@functools.cache
+def _helper_sources() -> dict[str, str]:
+    """{module name: source} of the test helpers in sandbox_lib."""
+    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(_HELPERS.glob("[!_]*.py"))}
+
+
 def _throwaway_uid() -> int | None:
     """A random uid the kernel accepts (mapped in our user namespace), or None when not root."""
     if not hasattr(os, "setresuid") or os.geteuid() != 0:
@@ -431,7 +438,6 @@ def _bwrap_arguments(bwrap: str, size_mb: int) -> list[str]:
     for path in hidden:
         arguments += ["--tmpfs", path]
     arguments += ["--ro-bind", str(Path(__file__).resolve()), _BWRAP_SCRIPT]
-    arguments += ["--ro-bind", str(_HELPERS), _BWRAP_HELPERS]
     arguments += ["--size", str(size_mb * 1024 * 1024), "--perms", "0700", "--tmpfs", _BWRAP_WORK]
     return [*arguments, "--chdir", _BWRAP_WORK, "--remount-ro", "/"]
 
@@ -628,9 +634,6 @@ def _child_main(payload_fd: str) -> None:
     with os.fdopen(int(payload_fd), encoding="utf-8") as handover:
         payload = json.loads(handover.read())
     _die_with_parent(payload)
-    # Last on the path, so it can shadow nothing; a read root like the standard library from here on.
-    if os.path.isdir(payload.get("helpers") or ""):
-        sys.path.append(payload["helpers"])
     nonce = payload["nonce"]
     results = os.fdopen(payload["result_fd"], "w", buffering=1, encoding="utf-8")
 
@@ -645,6 +648,7 @@ def _child_main(payload_fd: str) -> None:
         report(event="confine_error", error=str(error))
         os._exit(3)
     report(event="isolation", layers=layers)
+    _load_helpers(payload.get("helpers") or {})
     _run_harness(payload["program"], payload["tests"], payload["entry_point"], report)
     report(event="done")
     results.close()
@@ -652,6 +656,18 @@ def _child_main(payload_fd: str) -> None:
     sys.stderr.flush()
     # Skip interpreter finalisation: atexit handlers and __del__ methods are the candidate's code.
     os._exit(0)
+
+
+def _load_helpers(sources: dict[str, str]) -> None:
+    """Make each test helper importable by name (`from pytest import approx`) from its source text,
+    after confinement: a helper imports only the standard library, like the program under test."""
+    import types
+
+    for name, source in sources.items():
+        module = types.ModuleType(name)
+        module.__file__ = f"<sandbox_lib/{name}.py>"
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+        sys.modules[name] = module
 
 
 class _ConfinementFailed(Exception):

@@ -62,7 +62,9 @@ def test_approx_based_tests_pass_and_fail_correctly(limits):
 
 
 @pytest.mark.parametrize("limits", LAYERS, ids=["auto", "bwrap"])
-@pytest.mark.parametrize("module", ["socket", "subprocess", "ctypes", "_socket", "numpy", "torch"])
+@pytest.mark.parametrize(
+    "module", ["socket", "subprocess", "ctypes", "_socket", "numpy", "torch", "_pytest", "pluggy"]
+)
 def test_program_still_cannot_import_anything_but_the_standard_library_and_the_helpers(limits, module):
     result = run_unit_tests(f"import {module}\n", "assert True", limits=limits)
     assert result.status == "error"
@@ -222,3 +224,22 @@ def test_run_unit_tests_many_keeps_the_order_with_helpers():
         APPROX_TESTS.replace("area(2)", "f()").replace("12.566370614359172", "1"),
     )
     assert [r.status for r in results] == ["pass", "fail"]
+
+
+@pytest.mark.parametrize("limits", LAYERS, ids=["auto", "bwrap"])
+def test_the_stand_in_is_the_only_pytest_and_the_real_one_stays_out_of_reach(limits):
+    real = Path(pytest.__file__).resolve()
+    tests = (
+        "import pytest\n"
+        "def test_stand_in():\n"
+        "    assert pytest.__file__ == '<sandbox_lib/pytest.py>'\n"
+        "    assert not hasattr(pytest, 'fixture')\n"
+        "def test_real_file_unreadable():\n"
+        "    try:\n"
+        f"        open({str(real)!r}).read()\n"
+        "    except OSError:\n"
+        "        return\n"
+        "    raise AssertionError('read the real pytest')\n"
+    )
+    result = run_unit_tests("", tests, limits=limits)
+    assert (result.status, result.passed) == ("pass", 2), result.output
