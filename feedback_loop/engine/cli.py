@@ -140,6 +140,8 @@ def _backend(args: argparse.Namespace) -> ModelBackend:
                 "model": args.model,
                 "api_key": os.environ.get("OPENAI_API_KEY"),
                 "batch_size": args.batch_size,
+                # Answer tokens' ids from vLLM's /tokenize, for logit_bias on yes/no questions.
+                "token_ids": "server",
             }
         )
     return load_backend(

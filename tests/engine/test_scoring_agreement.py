@@ -33,6 +33,7 @@ class _FakeServer:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.requests = []
+        self.tokenized = []  # texts asked of /tokenize
 
     @torch.inference_mode()
     def complete(self, body: dict) -> dict:
@@ -80,6 +81,7 @@ def backends(tiny_model_dir):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path == "/tokenize":  # vLLM's, at the server's root
+                fake.tokenized.append(body["prompt"])
                 ids = fake.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
                 payload = json.dumps({"tokens": ids["input_ids"]}).encode()
             else:
@@ -174,3 +176,36 @@ def test_answer_token_ids_can_come_from_the_servers_tokenize(backends):
     assert fake.requests[-1]["logit_bias"] == {str(i): 100.0 for i in ids.values()}
     assert all(math.isfinite(v) for v in row.values())
     backend.close()
+
+
+def test_the_command_line_puts_logit_bias_on_instruct_rm_answers_against_a_server(backends, tmp_path):
+    from feedback_loop.engine.cli import main, read_jsonl, write_jsonl
+
+    _, remote, fake = backends
+    row = {
+        "prompt": "Describe the cat.",
+        "output": "A cat.",
+        "feedback": "Say more.",
+        "refinements": ["The cat sees."],
+    }
+    write_jsonl(tmp_path / "in.jsonl", [row])
+    fake.requests.clear()
+    main(
+        [
+            "select",
+            "--method",
+            "instruct_rm",
+            "--model",
+            "tiny",
+            "--base-url",
+            str(remote._client.base_url),
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+        ]
+    )
+    # The command line's server backend looks the answer tokens up for logit_bias. (The tiny
+    # vocabulary has no single " True" token, so with True/False templates asked the bias stays off.)
+    assert read_jsonl(tmp_path / "out.jsonl")[0]["selected_index"] == 0
+    assert {"a Yes", "a No", "a True"} <= set(fake.tokenized)
