@@ -202,6 +202,13 @@ CELERY_BEAT_SCHEDULE = {
         ("loop-auto-start-rounds", "feedback_loop.auto_start_rounds"),
     )
 }
+# Each round's win rate over the previous model, from the raters' comparisons of their outputs.
+LOOP_WIN_RATE_SECONDS = env_float("LOOP_WIN_RATE_SECONDS", 300.0)
+CELERY_BEAT_SCHEDULE["loop-win-rates"] = {
+    "task": "feedback_loop.update_win_rates",
+    "schedule": LOOP_WIN_RATE_SECONDS,
+    "options": {"expires": LOOP_WIN_RATE_SECONDS},
+}
 
 # Webhooks (annotation.webhooks): attempts per delivery, the backoff between them (base × 2^n,
 # capped), the HTTP timeout, and whether private and loopback addresses may receive them

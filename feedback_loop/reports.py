@@ -220,6 +220,20 @@ def metric_items(metrics: dict) -> list[tuple[str, str]]:
     return items
 
 
+def win_rate_summary(evaluation: dict) -> dict | None:
+    """The raters' win rate of an adapter over the model it replaced, for the round page; None
+    while no rater has compared their outputs."""
+    evaluation = evaluation if isinstance(evaluation, dict) else {}
+    if _number(evaluation.get("win_rate")) is None:
+        return None
+    details = {
+        key.removeprefix("win_rate_"): value
+        for key, value in evaluation.items()
+        if key.startswith("win_rate_")
+    }
+    return {**details, "rate": evaluation["win_rate"]}
+
+
 def _flatten(metrics: dict, prefix: str = ""):
     for name, value in metrics.items():
         key = f"{prefix}{name}"

@@ -416,3 +416,32 @@ def round_outputs_enqueue(
         return _hand_on(
             round.pk, token, Round.State.DONE, new_task_count=F("new_task_count") + created, progress={}
         )
+
+
+WIN_RATE_KEYS = (
+    "win_rate",
+    "win_rate_se",
+    "win_rate_low",
+    "win_rate_high",
+    "win_rate_n",
+    "win_rate_n_tasks",
+    "win_rate_judgments",
+)
+
+
+def adapter_win_rate_record(*, adapter_id: int, win_rate: dict) -> None:
+    """Store the raters' win rate of an adapter over the model it replaced in its evaluation.
+
+    Only the win-rate keys change: the evaluating step's numbers stay as they are (the row is
+    locked so that two writers do not lose each other's keys)."""
+    unknown = set(win_rate) - set(WIN_RATE_KEYS)
+    if unknown:
+        raise ValueError(f"not win-rate keys: {sorted(unknown)}")
+    with transaction.atomic():
+        adapter = Adapter.objects.select_for_update().get(pk=adapter_id)
+        evaluation = dict(adapter.evaluation or {})
+        for key in WIN_RATE_KEYS:
+            evaluation.pop(key, None)
+        evaluation.update(win_rate)
+        adapter.evaluation = evaluation
+        adapter.save(update_fields=["evaluation"])

@@ -10,8 +10,8 @@ A step that raises is run again (`stage_retries` times, with a short back-off), 
 `failed` with the error, and `round_retry` resumes it from that step. A task delivered again after
 its worker died finds the dead worker's claim; once the claim's heartbeat is stale it claims the
 step afresh. Every step's writes are idempotent, and training resumes from its last checkpoint.
-Two periodic tasks (settings.CELERY_BEAT_SCHEDULE) re-send the steps of stalled rounds and start
-rounds automatically.
+Periodic tasks (settings.CELERY_BEAT_SCHEDULE) re-send the steps of stalled rounds, start rounds
+automatically, and update each round's win rate from the raters' comparisons.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from annotation.questions import questions_for
 from annotation.services import NewOutput, NewTask
 from feedback_loop import selectors, services
 from feedback_loop.engine.backends import load_backend
-from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k
+from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, win_rate_by_task
 from feedback_loop.engine.refine import RefineConfig, refine
 from feedback_loop.engine.sandbox import run_unit_tests_many
 from feedback_loop.engine.select import select
@@ -534,3 +534,36 @@ def rounds_sweep_task() -> list[int]:
 def rounds_auto_start_task() -> list[int]:
     """Periodic (celery beat): start a round for each project with enough new accepted feedback."""
     return [round.pk for round in services.rounds_auto_start()]
+
+
+def round_win_rate(round: Round) -> dict | None:
+    """The raters' win rate of the round's new model over the previous one, from its comparison
+    tasks: ties count ½, and the standard error and interval are over tasks (a task's raters are
+    not independent of each other). None while no comparison has an outcome."""
+    judgments = selectors.comparison_judgment_count(round)
+    outcomes = selectors.comparison_outcomes(round)
+    if not outcomes:
+        return None
+    result = win_rate_by_task(outcomes, seed=round.number)
+    return {
+        "win_rate": result.rate,
+        # NaN (a single task) is not JSON: no standard error then.
+        "win_rate_se": result.standard_error if result.standard_error == result.standard_error else None,
+        "win_rate_low": result.low,
+        "win_rate_high": result.high,
+        "win_rate_n": result.n,
+        "win_rate_n_tasks": result.n_tasks,
+        "win_rate_judgments": judgments,
+    }
+
+
+@shared_task(name="feedback_loop.update_win_rates", queue="default")
+def rounds_win_rate_task() -> list[int]:
+    """Periodic (celery beat): recompute the win rate of every round with new comparison judgments."""
+    updated = []
+    for round in selectors.rounds_with_new_comparisons():
+        win_rate = round_win_rate(round)
+        if win_rate is not None:
+            services.adapter_win_rate_record(adapter_id=round.adapter.pk, win_rate=win_rate)
+            updated.append(round.pk)
+    return updated

@@ -29,7 +29,11 @@ def _age(round, seconds, **fields):
 
 def test_beat_runs_the_sweeper_and_the_auto_start(settings):
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert scheduled == {"feedback_loop.sweep_rounds", "feedback_loop.auto_start_rounds"}
+    assert scheduled == {
+        "feedback_loop.sweep_rounds",
+        "feedback_loop.auto_start_rounds",
+        "feedback_loop.update_win_rates",
+    }
     assert scheduled <= set(app.tasks)  # names the workers know
 
 
