@@ -77,6 +77,18 @@ class LoopConfig(models.Model):
     auto_start_threshold = models.PositiveIntegerField(
         default=0, help_text="Start a round after this many new feedback judgments (0: never on its own)."
     )
+    # {family: [probe files]} (an empty list: the small example files shipped with the engine).
+    probes = models.JSONField(
+        default=dict, blank=True, help_text="Probe families each adapter is run on, with their files."
+    )
+    probe_tolerance = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.0)],
+        help_text="How far a probe result may fall below the model it replaces before it is flagged.",
+    )
+    probes_block_promotion = models.BooleanField(
+        default=False, help_text="A flagged probe keeps the new adapter from becoming the active model."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -85,13 +97,19 @@ class LoopConfig(models.Model):
     def clean(self) -> None:
         # The engine's trainer is the authority on its own settings; feedback_loop.tasks is the one
         # module that talks to the engine.
-        from feedback_loop.tasks import generation_config_from, refine_config_from, training_config_from
+        from feedback_loop.tasks import (
+            generation_config_from,
+            probe_files_from,
+            refine_config_from,
+            training_config_from,
+        )
 
         errors = {}
         for field, check in (
             ("training", training_config_from),
             ("generation", generation_config_from),
             ("generation", refine_config_from),
+            ("probes", probe_files_from),
         ):
             try:
                 check(getattr(self, field))
@@ -116,6 +134,9 @@ class LoopConfig(models.Model):
             "generation_batch": self.generation_batch,
             "pairwise_tasks": self.pairwise_tasks,
             "stage_retries": self.stage_retries,
+            "probes": dict(self.probes),
+            "probe_tolerance": self.probe_tolerance,
+            "probes_block_promotion": self.probes_block_promotion,
             "project_kind": self.project.kind,
         }
 
@@ -179,6 +200,8 @@ class Round(models.Model):
     reason = models.TextField(blank=True)
     promoted = models.BooleanField(null=True, blank=True)
     promotion_reason = models.TextField(blank=True)
+    # [{"probe", "value", "baseline", "drop"}]: probe results that fell beyond the tolerance.
+    probe_flags = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -255,6 +278,8 @@ class Adapter(models.Model):
     checksum = models.CharField(max_length=64, help_text="sha256 over the adapter files.")
     training_metrics = models.JSONField(default=dict, blank=True)
     evaluation = models.JSONField(default=dict, blank=True)
+    # What the probes saw, per family (the examples asked and answered): evaluation["probes"] has the numbers.
+    probe_details = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=False, help_text="The project's model is the base plus this.")
     training_judgments = models.ManyToManyField(Judgment, related_name="trained_adapters", blank=True)
     # The selected refinements the training examples were made of, in training-set order.

@@ -347,11 +347,20 @@ def promotion_decision(evaluation: dict, *, tolerance: float) -> tuple[bool, str
     )
 
 
-def adapter_promote(*, round_id: int, token: str, evaluation: dict) -> bool:
+def adapter_promote(
+    *,
+    round_id: int,
+    token: str,
+    evaluation: dict,
+    probe_flags: Sequence[dict] = (),
+    probe_details: dict | None = None,
+) -> bool:
     """The evaluating step: store the adapter's evaluation and promote it when it does not regress.
 
     A promoted adapter becomes the project's active model and the round goes on to generate new
     outputs with it; one that regresses ends the round `done` with promoted=false and the reason.
+    Probe results that fell beyond the project's tolerance (`probe_flags`) are flagged on the
+    round, and keep the adapter from promotion when the project says so.
     """
     with transaction.atomic():
         round = Round.objects.select_for_update().get(pk=round_id)
@@ -359,10 +368,19 @@ def adapter_promote(*, round_id: int, token: str, evaluation: dict) -> bool:
             return False
         adapter = Adapter.objects.get(round=round)
         adapter.evaluation = evaluation
-        adapter.save(update_fields=["evaluation"])
+        adapter.probe_details = probe_details or {}
+        adapter.save(update_fields=["evaluation", "probe_details"])
+        Round.objects.filter(pk=round.pk).update(probe_flags=list(probe_flags))
         promote, why = promotion_decision(
             evaluation, tolerance=float(round.config.get("promotion_tolerance", 0))
         )
+        if probe_flags:
+            names = ", ".join(flag["probe"] for flag in probe_flags)
+            if promote and round.config.get("probes_block_promotion"):
+                promote = False
+                why = f"probes fell beyond the tolerance ({names}): the active model stays; {why}"
+            else:
+                why = f"{why}; probes flagged: {names}"
         if promote:
             Adapter.objects.filter(project_id=round.project_id, is_active=True).exclude(pk=adapter.pk).update(
                 is_active=False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -34,6 +35,8 @@ from annotation.services import NewOutput, NewTask
 from feedback_loop import selectors, services
 from feedback_loop.engine.backends import load_backend
 from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, win_rate_by_task
+from feedback_loop.engine.probes import FAMILIES as PROBE_FAMILIES
+from feedback_loop.engine.probes import run_probes
 from feedback_loop.engine.refine import RefineConfig, refine
 from feedback_loop.engine.sandbox import run_unit_tests_many
 from feedback_loop.engine.select import select
@@ -121,6 +124,53 @@ def refine_config_from(settings: dict) -> RefineConfig:
     if not isinstance(settings, dict):
         raise ValueError("generation settings must be an object")
     return RefineConfig(**_typed_fields(settings.get("refine") or {}, RefineConfig, what="refine"))
+
+
+PROBE_SUFFIXES = (".csv", ".jsonl")
+
+
+def probe_files_from(settings: dict) -> dict[str, list[str]]:
+    """The probe families a project enables, each with its files ({family: [path, ...]}; an empty
+    list runs the family's small example files). Unknown families and ill-formed paths raise."""
+    if not isinstance(settings, dict):
+        raise ValueError("probes must be an object of family: [files]")
+    files = {}
+    for family, paths in settings.items():
+        if family not in PROBE_FAMILIES:
+            raise ValueError(f"unknown probe family {family!r} (families: {', '.join(PROBE_FAMILIES)})")
+        if not isinstance(paths, list) or not all(isinstance(p, str) and p.strip() for p in paths):
+            raise ValueError(f"{family}: files must be a list of paths")
+        wrong = [p for p in paths if not p.lower().endswith(PROBE_SUFFIXES)]
+        if wrong:
+            raise ValueError(f"{family}: {wrong[0]!r} is not a .csv or .jsonl file")
+        files[family] = list(paths)
+    return files
+
+
+def probe_direction(name: str) -> int:
+    """+1 when a higher value of the probe metric `name` is better, -1 when lower is, 0 when it is no
+    score of the model (a chance rate)."""
+    last = name.rsplit("/", 1)[-1]
+    if "chance" in last:
+        return 0
+    if last in ("loss", "flip_to_cue_rate"):  # a model swayed by the cue flips more
+        return -1
+    return 1
+
+
+def probe_regressions(new: dict, baseline: dict, *, tolerance: float) -> list[dict]:
+    """The probe results of the new model that are worse than the baseline's by more than `tolerance`
+    (in the metric's own units), worst first."""
+    flags = []
+    for name, value in new.items():
+        old = baseline.get(name)
+        direction = probe_direction(name)
+        if not direction or not all(isinstance(v, int | float) and math.isfinite(v) for v in (value, old)):
+            continue
+        drop = (old - value) * direction
+        if drop > tolerance:
+            flags.append({"probe": name, "value": value, "baseline": old, "drop": drop})
+    return sorted(flags, key=lambda flag: -flag["drop"])
 
 
 def storable(text: str) -> str:
@@ -367,7 +417,29 @@ def _evaluate(round: Round, token: str) -> None:
         evaluation["pass@1"] = pass_at_1(backend, code_rows, generation)
         backend.set_adapter("previous" if adapter.parent is not None else None)
         evaluation["baseline_pass@1"] = pass_at_1(backend, code_rows, generation)
-    services.adapter_promote(round_id=round.pk, token=token, evaluation=evaluation)
+    probe_flags, probe_details = [], {}
+    probes = probe_files_from(config.get("probes") or {})
+    if probes:
+        # Each adapter against the model it would replace, on the same items with the same seed.
+        _heartbeat(round, token, {"stage": Round.State.EVALUATING, "probes": list(probes)})
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        backend.set_adapter("new")
+        new = run_probes(backend, files=probes, families=list(probes), seed=round.number)
+        backend.set_adapter("previous" if adapter.parent is not None else None)
+        baseline = run_probes(backend, files=probes, families=list(probes), seed=round.number)
+        evaluation["probes"] = new.metrics
+        evaluation["baseline_probes"] = baseline.metrics
+        probe_flags = probe_regressions(
+            new.metrics, baseline.metrics, tolerance=float(config.get("probe_tolerance", 0.05))
+        )
+        probe_details = new.details
+    services.adapter_promote(
+        round_id=round.pk,
+        token=token,
+        evaluation=evaluation,
+        probe_flags=probe_flags,
+        probe_details=probe_details,
+    )
 
 
 def adapters_of(adapter: Adapter) -> dict[str, str]:
