@@ -33,6 +33,12 @@ class LoopConfig(models.Model):
         FIRST = "first", "First refinement (ablation)"
         RANDOM = "random", "Random refinement (ablation)"
 
+    class Objective(models.TextChoices):
+        ILF = "ilf", "ILF: train on the selected refinements of written feedback"
+        CONDITIONAL = "conditional", "Conditional training on rater scores (<|good|> / <|bad|> tokens)"
+        FILTERING = "filtering", "Filtering: train on the well-scored outputs only"
+        RWR = "rwr", "Reward-weighted regression on rater scores"
+
     class DataMode(models.TextChoices):
         CUMULATIVE = "cumulative-from-base", "Train from the base model on all data so far"
         CONTINUE = "continue-from-parent", "Continue the parent adapter on the new data only"
@@ -55,6 +61,20 @@ class LoopConfig(models.Model):
     # Settings of the refiner and of generation (max_new_tokens, temperature ...), over the defaults.
     generation = models.JSONField(default=dict, blank=True, help_text="Generation settings of the loop.")
     data_mode = models.CharField(max_length=24, choices=DataMode.choices, default=DataMode.CUMULATIVE)
+    objective = models.CharField(max_length=12, choices=Objective.choices, default=Objective.ILF)
+    # The score objectives learn from the raters' Likert scores of the project's outputs: an output
+    # is good from `score_threshold` (absolute) or, when that is blank, from the `score_percentile`.
+    score_threshold = models.FloatField(
+        null=True, blank=True, help_text="Score from which an output is good."
+    )
+    score_percentile = models.FloatField(
+        default=75.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
+        help_text="Percentile of the scores from which an output is good (when no threshold is set).",
+    )
+    rwr_beta = models.FloatField(
+        default=1.0, validators=[MinValueValidator(1e-6)], help_text="β of reward-weighted regression."
+    )
     require_acceptance = models.BooleanField(
         default=False, help_text="Train only on judgments a curator accepted (else pending ones too)."
     )
@@ -129,6 +149,10 @@ class LoopConfig(models.Model):
             "training": dict(self.training),
             "generation": dict(self.generation),
             "data_mode": self.data_mode,
+            "objective": self.objective,
+            "score_threshold": self.score_threshold,
+            "score_percentile": self.score_percentile,
+            "rwr_beta": self.rwr_beta,
             "require_acceptance": self.require_acceptance,
             "promotion_tolerance": self.promotion_tolerance,
             "generation_batch": self.generation_batch,

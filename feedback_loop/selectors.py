@@ -408,3 +408,70 @@ def _comparison_judgments_all() -> QuerySet[Judgment]:
         .values("pk")
         .distinct()
     )
+
+
+# ---------------------------------------------------------------- score objectives
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    judgment_id: int
+    prompt: str
+    completion: str  # the output the rater scored
+    score: float  # the mean of the judgment's Likert scores
+
+
+def scored_judgments(project: Project, *, require_acceptance: bool) -> QuerySet[Judgment]:
+    """Judgments of the project that may train and score a single model output on a Likert scale."""
+    return (
+        Judgment.objects.filter(
+            project=project,
+            status__in=trainable_statuses(require_acceptance=require_acceptance),
+            task__kind=Task.Kind.SINGLE,
+            task__is_gold=False,
+        )
+        .filter(Exists(Answer.objects.filter(judgment=OuterRef("pk"), kind=Answer.Kind.LIKERT)))
+        .order_by("id")
+    )
+
+
+def scored_rows(round: Round) -> list[ScoredRow]:
+    """The score objectives' training rows: prompt → the scored output, with the rater's score (the
+    mean over the Likert criteria and questions of the judgment). Judgments a curator rejected or
+    excluded since the round took them up drop out, as in ILF training."""
+    judgments = (
+        scored_judgments(round.project, require_acceptance=round.config.get("require_acceptance", False))
+        .filter(pk__in=round.judgment_ids)
+        .select_related("task__prompt")
+        .prefetch_related(
+            Prefetch(
+                "answer_rows",
+                queryset=Answer.objects.filter(kind=Answer.Kind.LIKERT).order_by("id"),
+                to_attr="likert",
+            ),
+            Prefetch(
+                "task__task_outputs",
+                queryset=TaskOutput.objects.select_related("output").order_by("position"),
+                to_attr="shown",
+            ),
+        )
+    )
+    rows = []
+    for judgment in judgments:
+        values = [
+            v
+            for answer in judgment.likert
+            for v in (answer.value.values() if isinstance(answer.value, dict) else [answer.value])
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        if not values or not judgment.task.shown:
+            continue
+        rows.append(
+            ScoredRow(
+                judgment_id=judgment.pk,
+                prompt=training_prompt_of(judgment.task.prompt),
+                completion=judgment.task.shown[0].output.text,
+                score=sum(values) / len(values),
+            )
+        )
+    return rows

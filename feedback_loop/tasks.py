@@ -34,6 +34,12 @@ from annotation.questions import questions_for
 from annotation.services import NewOutput, NewTask
 from feedback_loop import selectors, services
 from feedback_loop.engine.backends import load_backend
+from feedback_loop.engine.conditional import (
+    conditional_generation_config,
+    conditional_prompt,
+    is_conditional_adapter,
+    prepare_training,
+)
 from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, win_rate_by_task
 from feedback_loop.engine.probes import FAMILIES as PROBE_FAMILIES
 from feedback_loop.engine.probes import run_probes
@@ -231,7 +237,21 @@ def _heartbeat(round: Round, token: str, progress: dict) -> None:
         time.sleep(settings.LOOP_TEST_STEP_DELAY)
 
 
+def _scores_objective(round: Round) -> bool:
+    """Whether the round learns from rater scores (conditional, filtering, rwr) rather than ILF."""
+    return round.config.get("objective", LoopConfig.Objective.ILF) != LoopConfig.Objective.ILF
+
+
 def _take_feedback(round: Round, token: str) -> None:
+    if _scores_objective(round):
+        # Every scored output so far: the objective is fitted to the project's score distribution.
+        ids = round.judgment_ids or list(
+            selectors.scored_judgments(
+                round.project, require_acceptance=round.config.get("require_acceptance", False)
+            ).values_list("pk", flat=True)
+        )
+        services.round_take_feedback(round_id=round.pk, token=token, judgment_ids=ids)
+        return
     ids = round.judgment_ids or list(
         selectors.feedback_judgments(
             round.project,
@@ -243,6 +263,9 @@ def _take_feedback(round: Round, token: str) -> None:
 
 
 def _refine(round: Round, token: str) -> None:
+    if _scores_objective(round):  # nothing to refine: the scores are the signal
+        services.round_advance(round_id=round.pk, token=token, refinement_count=0)
+        return
     config = round.config
     rows = selectors.feedback_rows(round.judgment_ids)
     services.refinements_record(
@@ -299,6 +322,9 @@ def _feedback_item(row: selectors.FeedbackRow) -> FeedbackItem:
 
 
 def _select(round: Round, token: str) -> None:
+    if _scores_objective(round):
+        services.round_advance(round_id=round.pk, token=token, selected_count=0)
+        return
     config = round.config
     method = config["selector"]
     refinements = list(
@@ -338,10 +364,33 @@ def _select(round: Round, token: str) -> None:
 
 def _train(round: Round, token: str) -> None:
     config = round.config
-    rows = selectors.training_rows(round)
-    if not rows:
-        raise NothingToTrain("nothing to train on: no selected refinement of a judgment that may train")
-    examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
+    training = training_config_from(config.get("training", {}))
+    weights, counts = None, {}
+    if _scores_objective(round):
+        scored = selectors.scored_rows(round)
+        if not scored:
+            raise NothingToTrain("nothing to train on: no Likert-scored output of a judgment that may train")
+        threshold = config.get("score_threshold")
+        prepared = prepare_training(
+            config["objective"],
+            [SFTExample(prompt=row.prompt, completion=row.completion) for row in scored],
+            [row.score for row in scored],
+            threshold=threshold,
+            percentile=None if threshold is not None else config.get("score_percentile", 75.0),
+            beta=config.get("rwr_beta", 1.0),
+            seed=round.number,
+        )
+        if not prepared.examples:
+            raise NothingToTrain("nothing to train on: no output scored above the threshold")
+        examples, weights, counts = prepared.examples, prepared.weights, prepared.counts
+        training = dataclasses.replace(training, added_tokens=prepared.added_tokens)
+        refinement_ids, judgment_ids = [], [row.judgment_id for row in scored]
+    else:
+        rows = selectors.training_rows(round)
+        if not rows:
+            raise NothingToTrain("nothing to train on: no selected refinement of a judgment that may train")
+        examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
+        refinement_ids, judgment_ids = [row.refinement_id for row in rows], [row.judgment_id for row in rows]
     sha = dataset_sha256(examples)
     parent = selectors.active_adapter(round.project)
     init = (
@@ -361,19 +410,23 @@ def _train(round: Round, token: str) -> None:
         model_path(config["base_model"]),
         examples,
         output_dir,
-        training_config_from(config.get("training", {})),
+        training,
         progress=False,
         on_step=on_step,
         init_adapter=init,
+        example_weights=weights,
     )
+    metrics = dict(result.metrics)
+    if _scores_objective(round):
+        metrics["objective"] = {"name": config["objective"], **counts}
     services.adapter_register(
         round=round,
         path=str(result.adapter_dir),
         checksum=result.checksum,
-        training_metrics=result.metrics,
+        training_metrics=metrics,
         dataset_sha256=sha,
-        refinement_ids=[row.refinement_id for row in rows],
-        judgment_ids=[row.judgment_id for row in rows],
+        refinement_ids=refinement_ids,
+        judgment_ids=judgment_ids,
         parent=parent,
     )
     services.round_advance(round_id=round.pk, token=token)
@@ -400,11 +453,12 @@ def _evaluate(round: Round, token: str) -> None:
     if rows:
         _heartbeat(round, token, {"stage": Round.State.EVALUATING, "done": 0, "total": len(rows)})
         backend = _backend(config["base_model"], adapters=adapters_of(adapter))
-        examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
         backend.set_adapter("new")
-        evaluation["held_out_loss"] = held_out_loss(backend, examples)
+        evaluation["held_out_loss"] = held_out_loss(backend, _held_out(rows, adapter.path))
         backend.set_adapter("previous" if adapter.parent is not None else None)
-        evaluation["baseline_held_out_loss"] = held_out_loss(backend, examples)
+        evaluation["baseline_held_out_loss"] = held_out_loss(
+            backend, _held_out(rows, adapter.parent.path if adapter.parent else None)
+        )
     code_rows = selectors.code_eval_rows(round.project)
     if code_rows:
         # pass@1 of greedy programs, for the record: the promotion rule reads the held-out loss.
@@ -442,12 +496,26 @@ def _evaluate(round: Round, token: str) -> None:
     )
 
 
+def _conditional(adapter_path: str | None) -> bool:
+    """Whether the model is a conditionally trained adapter: it is asked for `<|good|>` outputs."""
+    return bool(adapter_path) and is_conditional_adapter(adapter_path)
+
+
+def _held_out(rows: list[selectors.HeldOutRow], adapter_path: str | None) -> list[SFTExample]:
+    """The held-out examples as the model generates: after `<|good|>` for a conditional adapter."""
+    ask = conditional_prompt if _conditional(adapter_path) else str
+    return [SFTExample(prompt=ask(row.prompt), completion=row.completion) for row in rows]
+
+
 def adapters_of(adapter: Adapter) -> dict[str, str]:
-    """The round's adapter as "new" and the model it is compared with as "previous" (None: the base)."""
+    """The round's adapter as "new" and the model it is compared with as "previous" (None: the base).
+
+    A conditionally trained adapter grows the vocabulary, which the backend can do only before any
+    other adapter is loaded: such adapters come first."""
     adapters = {"new": adapter.path}
     if adapter.parent is not None:
         adapters["previous"] = adapter.parent.path
-    return adapters
+    return dict(sorted(adapters.items(), key=lambda item: not _conditional(item[1])))
 
 
 def pass_at_1(backend, rows: list[selectors.CodeTaskRow], generation: GenerationConfig) -> float:
@@ -501,14 +569,17 @@ def _generate(round: Round, token: str) -> None:
     adapters = adapters_of(adapter)
     texts: dict[tuple[str, int], str] = {}
     backend = None
-    for role, name, _ in roles:
+    for role, name, path in roles:
         missing = [p for p in prompts if key(role, p) not in have]
         if not missing:
             continue
         backend = backend or _backend(config["base_model"], adapters=adapters)
         backend.set_adapter(name)
         _heartbeat(round, token, {"stage": Round.State.GENERATING, "role": role, "total": len(missing)})
-        outputs = backend.generate([selectors.training_prompt_of(p) for p in missing], generation)
+        ask, config_of_role = str, generation
+        if _conditional(path):  # the good distribution, and never a control token in the output
+            ask, config_of_role = conditional_prompt, conditional_generation_config(generation)
+        outputs = backend.generate([ask(selectors.training_prompt_of(p)) for p in missing], config_of_role)
         for prompt, samples in zip(missing, outputs, strict=True):
             texts[(role, prompt.pk)] = storable(samples[0]).strip() if samples else ""
     existing = dict(
@@ -524,7 +595,7 @@ def _generate(round: Round, token: str) -> None:
             model_name=config["base_model"],
             adapter=adapter_path,
             round_number=round.number,
-            generation={**provenance, "role": role},
+            generation={**provenance, "role": role, "conditional": _conditional(adapter_path)},
         )
 
     single_tasks, pair_tasks = [], []
