@@ -21,9 +21,14 @@ from feedback_loop.engine.code import (
 from feedback_loop.engine.prompts import refinement_prompt
 from feedback_loop.engine.sandbox import SandboxLimits, run_unit_tests, run_unit_tests_many
 from feedback_loop.engine.types import GenerationConfig
+from tests.engine.test_sandbox import NEEDS_BWRAP
 
 FIXTURE = Path(__file__).resolve().parents[2] / "bench" / "data" / "ilf_code_tasks.jsonl"
-LAYERS = [SandboxLimits(), SandboxLimits(os_layer="bwrap")]
+# The layer this machine gives by default, and bubblewrap by force where it runs.
+LAYERS = [
+    pytest.param(SandboxLimits(), id="auto"),
+    pytest.param(SandboxLimits(os_layer="bwrap"), id="bwrap", marks=NEEDS_BWRAP),
+]
 APPROX_TESTS = "from pytest import approx\nassert area(2) == approx(12.566370614359172)\n"
 
 
@@ -51,7 +56,7 @@ def test_human_refinements_pass_the_sandbox_and_original_completions_mostly_fail
 # -- the sandbox's test helpers --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("limits", LAYERS, ids=["auto", "bwrap"])
+@pytest.mark.parametrize("limits", LAYERS)
 def test_approx_based_tests_pass_and_fail_correctly(limits):
     exact = run_unit_tests(
         "import math\ndef area(r):\n    return math.pi * r * r\n", APPROX_TESTS, limits=limits
@@ -61,7 +66,7 @@ def test_approx_based_tests_pass_and_fail_correctly(limits):
     assert rough.status == "fail", rough.output
 
 
-@pytest.mark.parametrize("limits", LAYERS, ids=["auto", "bwrap"])
+@pytest.mark.parametrize("limits", LAYERS)
 @pytest.mark.parametrize(
     "module", ["socket", "subprocess", "ctypes", "_socket", "numpy", "torch", "_pytest", "pluggy"]
 )
@@ -226,7 +231,7 @@ def test_run_unit_tests_many_keeps_the_order_with_helpers():
     assert [r.status for r in results] == ["pass", "fail"]
 
 
-@pytest.mark.parametrize("limits", LAYERS, ids=["auto", "bwrap"])
+@pytest.mark.parametrize("limits", LAYERS)
 def test_the_stand_in_is_the_only_pytest_and_the_real_one_stays_out_of_reach(limits):
     real = Path(pytest.__file__).resolve()
     tests = (
