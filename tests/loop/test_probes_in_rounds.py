@@ -76,6 +76,9 @@ def test_a_flagged_probe_blocks_promotion_only_when_the_project_says_so(project,
     assert round.promoted is (not block)
     assert "inverse_scaling/memo/loss" in round.promotion_reason
     assert round.state == (Round.State.DONE if block else Round.State.GENERATING)
+    client = Client()
+    client.force_login(alice)
+    assert client.get(reverse("round-detail", args=[round.pk])).json()["probe_flags"] == [FLAG]
 
 
 def test_round_page_lists_flagged_probes_and_escaped_examples(project, alice):
