@@ -10,7 +10,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install services demo test test-postgres test-sqlite lint bench-queue bench-engine clean
+.PHONY: install services demo test test-postgres test-sqlite lint bench-queue bench-engine bench-round clean
 
 install: $(VENV)/.installed
 
@@ -67,6 +67,10 @@ bench-queue: install
 
 bench-engine: install
 	$(BIN)/python bench/engine.py
+
+# A round on the tiny model against the engine alone (SQLite; PG_URL-style --database-url for PostgreSQL).
+bench-round: install
+	$(BIN)/python bench/round.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -6,6 +6,10 @@
   rankings (every pair of outputs in different rank groups, the better one chosen).
 - `qa2`: projects made from the (QA)² template only: one row per judgment of a question and its
   answer, with the rater's assumption flag and text, acceptability and explanation (see QA2_COLUMNS).
+- `refiner`: what a refiner (π_Refine) learns from, one row per fix that comes with written feedback
+  on the same judgment: the task, the `output` the feedback is about, the `feedback` and the
+  `refinement` (the fix). A code prompt (`data` with `tests`) gives the engine's code-task shape:
+  `text` (the description), `prompt` (a HumanEval prefix from `data`, else ""), `test`, `entry_point`.
 
 Training exports (sft, preference) and the qa2 data set take only pending and accepted
 judgments: a curator's rejection or exclusion takes a judgment out of the training data.
@@ -31,13 +35,13 @@ from django.db.models import Prefetch, QuerySet
 from annotation import templates_qa2
 from annotation.models import Answer, Judgment, Project, Task, TaskOutput
 
-KINDS = ("judgments", "sft", "preference", "qa2")
+KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
 FORMATS = ("jsonl", "csv", "parquet")
 STATUSES = tuple(Judgment.Status.values)
 TRAINING_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
 CHUNK_SIZE = 500
 # Columns holding nested answers, written as JSON text in parquet (their shape varies by question).
-JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": ()}
+JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (), "refiner": ()}
 
 
 class ExportError(ValueError):
@@ -203,6 +207,63 @@ def iter_preference_rows(
                 yield {"prompt": prompt, "chosen": text_of[better], "rejected": text_of[worse]}
 
 
+def iter_refiner_rows(
+    project: Project,
+    *,
+    statuses: Iterable[str] | None = None,
+    round_number: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> Iterator[dict]:
+    """One row per pending or accepted judgment with both a fix and written feedback (the first of
+    each): the output they are about is the task's first shown output."""
+    statuses = _training_statuses(statuses, "refiner")
+    judgments = (
+        _judgments(project, statuses, round_number)
+        .filter(answer_rows__kind=Answer.Kind.FIX)
+        .filter(answer_rows__kind=Answer.Kind.FEEDBACK)
+        .distinct()
+        .select_related("task__prompt")
+        .prefetch_related(
+            Prefetch(
+                "answer_rows",
+                queryset=Answer.objects.filter(kind__in=[Answer.Kind.FIX, Answer.Kind.FEEDBACK]).order_by(
+                    "id"
+                ),
+                to_attr="answer_list",
+            ),
+            Prefetch(
+                "task__task_outputs",
+                queryset=TaskOutput.objects.select_related("output").order_by("position"),
+                to_attr="shown",
+            ),
+        )
+        .order_by("id")
+    )
+    for judgment in judgments.iterator(chunk_size=chunk_size):
+        first = {}
+        for answer in judgment.answer_list:
+            if isinstance(answer.value, str) and answer.value.strip():
+                first.setdefault(answer.kind, answer.value)
+        prompt, shown = judgment.task.prompt, judgment.task.shown
+        if len(first) < 2 or not shown:
+            continue
+        data = prompt.data if isinstance(prompt.data, dict) else {}
+        tests = data.get("tests")
+        is_code = isinstance(tests, str) and bool(tests.strip())
+        yield {
+            "kind": "code" if is_code else "text",
+            "prompt": str(data.get("prompt") or "")
+            if is_code
+            else training_prompt(prompt.text, prompt.context),
+            "text": prompt.text,
+            "test": tests if is_code else "",
+            "entry_point": data.get("entry_point") if is_code else None,
+            "output": shown[0].output.text,
+            "feedback": first[Answer.Kind.FEEDBACK],
+            "refinement": first[Answer.Kind.FIX],
+        }
+
+
 # ---------------------------------------------------------------- (QA)²
 
 # The (QA)² data set's own names where they are known: `question`, `answer`, the
@@ -292,6 +353,7 @@ def export_rows(
         "sft": iter_sft_rows,
         "preference": iter_preference_rows,
         "qa2": iter_qa2_rows,
+        "refiner": iter_refiner_rows,
     }[kind]
     return make(project, statuses=statuses, round_number=round_number, chunk_size=chunk_size)
 
@@ -331,6 +393,7 @@ CSV_COLUMNS = {
     "sft": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
     "qa2": QA2_COLUMNS,
+    "refiner": ("kind", "prompt", "text", "test", "entry_point", "output", "feedback", "refinement"),
 }
 
 
@@ -379,6 +442,8 @@ def export_schema(kind: str):
         return pa.schema([("prompt", pa.string()), ("completion", pa.string())])
     if kind == "preference":
         return pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
+    if kind == "refiner":
+        return pa.schema([(name, pa.string()) for name in CSV_COLUMNS["refiner"]])
     if kind == "qa2":
         number, flag = pa.int64(), pa.bool_()
         types = {"judgment_id": number, "round": number, "questionable_assumption": flag, "acceptable": flag}

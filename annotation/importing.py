@@ -8,7 +8,9 @@ Fields of a line (after the mapping `{our_field: their_field}` renames the file'
 
 - `external_id` (required): unique within the file and not already used in the project.
 - `text` (required, non-empty), `context`, `split` (train / eval / test, default train).
-- `data`: an object (a code task's `tests`, `entry_point` ...); in CSV a JSON string.
+- `data`: an object (a code task's `tests`, `entry_point` ...); in CSV a JSON string. A code task
+  may come in the MBPP shape (`test_list`, `test_setup_code`) or the HumanEval one (`test`, `prompt`,
+  `entry_point`): its tests are then also stored as `tests`, the one name the loop reads.
 - `gold`: known good answer(s), any JSON; in CSV the cell's text.
 - `outputs`: a list of output texts or objects `{text, model_name, adapter, source, generation}`;
   in CSV a JSON string. `output` is the flat form: one output text (the usual CSV column).
@@ -346,6 +348,20 @@ def _clean_outputs(record: dict, mapping: dict[str, str], *, csv_cell: bool) -> 
     return outputs
 
 
+def code_task_data(data: dict) -> dict:
+    """`data` with the tests of an MBPP (`test_list` + `test_setup_code`) or HumanEval (`test`) task
+    also under `tests`; everything else as it came. Data that already has `tests` is left alone."""
+    if "tests" in data:
+        return data
+    test_list = data.get("test_list")
+    if isinstance(test_list, list) and all(isinstance(t, str) for t in test_list):
+        setup = data.get("test_setup_code") if isinstance(data.get("test_setup_code"), str) else ""
+        return {**data, "tests": "\n".join([setup, *test_list]).strip() + "\n"}
+    if isinstance(data.get("test"), str) and data["test"].strip():
+        return {**data, "tests": data["test"]}
+    return data
+
+
 def clean_record(record: dict, mapping: dict[str, str], *, line: int, csv_cell: bool = False) -> PromptRow:
     """One line of the file as a PromptRow; raises ValueError with the reason."""
 
@@ -360,6 +376,7 @@ def clean_record(record: dict, mapping: dict[str, str], *, line: int, csv_cell: 
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{_label('data', mapping)} must be an object, not {_json_type(data)}")
+    data = code_task_data(data)
     for name, value in (("data", data), ("gold", get("gold"))):
         _refuse_nul(value, _label(name, mapping))
     return PromptRow(

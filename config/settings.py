@@ -170,7 +170,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
-    else {}
+    # Redis hands a message whose worker died (unacknowledged) to another worker after this long;
+    # the loop's sweeper (below) does not wait for it.
+    else {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 )
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ACKS_LATE = True
@@ -178,6 +180,35 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+# The loop (feedback_loop.tasks). Steps that load a model (refine, select, evaluate) and those that
+# train or generate run on REFINERY_MODEL_QUEUE; a worker there needs the accelerator. A step's claim
+# is stale (its worker is gone) when its heartbeat is LOOP_CLAIM_STALE_SECONDS old. Every
+# LOOP_SWEEP_SECONDS, `celery beat` sends the sweeper, which re-sends the step of any round left
+# LOOP_STALL_SECONDS with no live claim (its message was lost: a broker restarted empty, a worker
+# died), and the auto-start, which starts a round for each project with enough new accepted feedback.
+REFINERY_MODEL_QUEUE = env_str("REFINERY_MODEL_QUEUE", "gpu")
+LOOP_CLAIM_STALE_SECONDS = env_float("LOOP_CLAIM_STALE_SECONDS", 300)
+LOOP_STALL_SECONDS = env_float("LOOP_STALL_SECONDS", 600)
+LOOP_SWEEP_SECONDS = env_float("LOOP_SWEEP_SECONDS", 60)
+# Seconds each heartbeat of a step waits: tests slow the steps down to kill a worker in the middle.
+LOOP_TEST_STEP_DELAY = env_float("LOOP_TEST_STEP_DELAY", 0)
+# A periodic message that waited ten periods for a worker is dropped: they do not pile up while
+# the workers are down.
+CELERY_BEAT_SCHEDULE = {
+    name: {"task": task, "schedule": LOOP_SWEEP_SECONDS, "options": {"expires": 10 * LOOP_SWEEP_SECONDS}}
+    for name, task in (
+        ("loop-sweep-rounds", "feedback_loop.sweep_rounds"),
+        ("loop-auto-start-rounds", "feedback_loop.auto_start_rounds"),
+    )
+}
+# Each round's win rate over the previous model, from the raters' comparisons of their outputs.
+LOOP_WIN_RATE_SECONDS = env_float("LOOP_WIN_RATE_SECONDS", 300.0)
+CELERY_BEAT_SCHEDULE["loop-win-rates"] = {
+    "task": "feedback_loop.update_win_rates",
+    "schedule": LOOP_WIN_RATE_SECONDS,
+    "options": {"expires": LOOP_WIN_RATE_SECONDS},
+}
 
 # Webhooks (annotation.webhooks): attempts per delivery, the backoff between them (base × 2^n,
 # capped), the HTTP timeout, and whether private and loopback addresses may receive them

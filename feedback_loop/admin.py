@@ -177,6 +177,7 @@ class AdapterAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "judgments",
         "training_metrics",
         "evaluation",
+        "probe_details",
         "training_refinement_ids",
         "created_at",
     ]

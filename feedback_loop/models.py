@@ -33,6 +33,12 @@ class LoopConfig(models.Model):
         FIRST = "first", "First refinement (ablation)"
         RANDOM = "random", "Random refinement (ablation)"
 
+    class Objective(models.TextChoices):
+        ILF = "ilf", "ILF: train on the selected refinements of written feedback"
+        CONDITIONAL = "conditional", "Conditional training on rater scores (<|good|> / <|bad|> tokens)"
+        FILTERING = "filtering", "Filtering: train on the well-scored outputs only"
+        RWR = "rwr", "Reward-weighted regression on rater scores"
+
     class DataMode(models.TextChoices):
         CUMULATIVE = "cumulative-from-base", "Train from the base model on all data so far"
         CONTINUE = "continue-from-parent", "Continue the parent adapter on the new data only"
@@ -55,6 +61,20 @@ class LoopConfig(models.Model):
     # Settings of the refiner and of generation (max_new_tokens, temperature ...), over the defaults.
     generation = models.JSONField(default=dict, blank=True, help_text="Generation settings of the loop.")
     data_mode = models.CharField(max_length=24, choices=DataMode.choices, default=DataMode.CUMULATIVE)
+    objective = models.CharField(max_length=12, choices=Objective.choices, default=Objective.ILF)
+    # The score objectives learn from the raters' Likert scores of the project's outputs: an output
+    # is good from `score_threshold` (absolute) or, when that is blank, from the `score_percentile`.
+    score_threshold = models.FloatField(
+        null=True, blank=True, help_text="Score from which an output is good."
+    )
+    score_percentile = models.FloatField(
+        default=75.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
+        help_text="Percentile of the scores from which an output is good (when no threshold is set).",
+    )
+    rwr_beta = models.FloatField(
+        default=1.0, validators=[MinValueValidator(1e-6)], help_text="β of reward-weighted regression."
+    )
     require_acceptance = models.BooleanField(
         default=False, help_text="Train only on judgments a curator accepted (else pending ones too)."
     )
@@ -77,6 +97,18 @@ class LoopConfig(models.Model):
     auto_start_threshold = models.PositiveIntegerField(
         default=0, help_text="Start a round after this many new feedback judgments (0: never on its own)."
     )
+    # {family: [probe files]} (an empty list: the small example files shipped with the engine).
+    probes = models.JSONField(
+        default=dict, blank=True, help_text="Probe families each adapter is run on, with their files."
+    )
+    probe_tolerance = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.0)],
+        help_text="How far a probe result may fall below the model it replaces before it is flagged.",
+    )
+    probes_block_promotion = models.BooleanField(
+        default=False, help_text="A flagged probe keeps the new adapter from becoming the active model."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -85,13 +117,19 @@ class LoopConfig(models.Model):
     def clean(self) -> None:
         # The engine's trainer is the authority on its own settings; feedback_loop.tasks is the one
         # module that talks to the engine.
-        from feedback_loop.tasks import generation_config_from, refine_config_from, training_config_from
+        from feedback_loop.tasks import (
+            generation_config_from,
+            probe_files_from,
+            refine_config_from,
+            training_config_from,
+        )
 
         errors = {}
         for field, check in (
             ("training", training_config_from),
             ("generation", generation_config_from),
             ("generation", refine_config_from),
+            ("probes", probe_files_from),
         ):
             try:
                 check(getattr(self, field))
@@ -111,11 +149,18 @@ class LoopConfig(models.Model):
             "training": dict(self.training),
             "generation": dict(self.generation),
             "data_mode": self.data_mode,
+            "objective": self.objective,
+            "score_threshold": self.score_threshold,
+            "score_percentile": self.score_percentile,
+            "rwr_beta": self.rwr_beta,
             "require_acceptance": self.require_acceptance,
             "promotion_tolerance": self.promotion_tolerance,
             "generation_batch": self.generation_batch,
             "pairwise_tasks": self.pairwise_tasks,
             "stage_retries": self.stage_retries,
+            "probes": dict(self.probes),
+            "probe_tolerance": self.probe_tolerance,
+            "probes_block_promotion": self.probes_block_promotion,
             "project_kind": self.project.kind,
         }
 
@@ -179,6 +224,8 @@ class Round(models.Model):
     reason = models.TextField(blank=True)
     promoted = models.BooleanField(null=True, blank=True)
     promotion_reason = models.TextField(blank=True)
+    # [{"probe", "value", "baseline", "drop"}]: probe results that fell beyond the tolerance.
+    probe_flags = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -255,6 +302,8 @@ class Adapter(models.Model):
     checksum = models.CharField(max_length=64, help_text="sha256 over the adapter files.")
     training_metrics = models.JSONField(default=dict, blank=True)
     evaluation = models.JSONField(default=dict, blank=True)
+    # What the probes saw, per family (the examples asked and answered): evaluation["probes"] has the numbers.
+    probe_details = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=False, help_text="The project's model is the base plus this.")
     training_judgments = models.ManyToManyField(Judgment, related_name="trained_adapters", blank=True)
     # The selected refinements the training examples were made of, in training-set order.

@@ -220,6 +220,49 @@ def metric_items(metrics: dict) -> list[tuple[str, str]]:
     return items
 
 
+def win_rate_summary(evaluation: dict) -> dict | None:
+    """The raters' win rate of an adapter over the model it replaced, for the round page; None
+    while no rater has compared their outputs."""
+    evaluation = evaluation if isinstance(evaluation, dict) else {}
+    if _number(evaluation.get("win_rate")) is None:
+        return None
+    details = {
+        key.removeprefix("win_rate_"): value
+        for key, value in evaluation.items()
+        if key.startswith("win_rate_")
+    }
+    return {**details, "rate": evaluation["win_rate"]}
+
+
+PROBE_EXAMPLES = 3  # examples shown per probe on the round page
+EXAMPLE_TEXT = 600  # characters of each shown value (chains of thought run long)
+
+
+def probe_examples(
+    details: dict, *, limit: int = PROBE_EXAMPLES
+) -> list[tuple[str, list[list[tuple[str, str]]]]]:
+    """A few examples per probe from the adapter's probe details, as (probe, [[(field, text)]]):
+    for biased chain of thought the answers that flipped to the cue come first."""
+    found = []
+    for family, detail in (details if isinstance(details, dict) else {}).items():
+        parts = [(family, detail)]
+        if isinstance(detail, dict) and "examples" not in detail:  # one result per cue or task
+            parts = [(f"{family}/{name}", part) for name, part in detail.items()]
+        for name, part in parts:
+            examples = part.get("examples") if isinstance(part, dict) else None
+            if not isinstance(examples, list | tuple) or not examples:
+                continue
+            examples = sorted(
+                (e for e in examples if isinstance(e, dict)), key=lambda e: not e.get("flipped_to_cue")
+            )
+            rows = [
+                [(field, str(value)[:EXAMPLE_TEXT]) for field, value in example.items()]
+                for example in examples[:limit]
+            ]
+            found.append((name, rows))
+    return found
+
+
 def _flatten(metrics: dict, prefix: str = ""):
     for name, value in metrics.items():
         key = f"{prefix}{name}"

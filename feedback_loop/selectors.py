@@ -9,11 +9,12 @@ curator rejects or excludes after a round drops out of every later round's train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 
 from annotation.exporting import training_prompt
-from annotation.models import Answer, Judgment, Project, Prompt, Task
+from annotation.models import Answer, Judgment, Project, Prompt, Task, TaskOutput
 from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
 
 
@@ -111,6 +112,34 @@ def new_feedback_count(project: Project) -> int:
     """Feedback judgments no round has taken up yet: what the auto-start threshold is compared with."""
     require = loop_config_of(project).require_acceptance
     return feedback_judgments(project, require_acceptance=require).count()
+
+
+def new_accepted_feedback_count(project: Project) -> int:
+    """Accepted feedback judgments no round has taken up yet: what the auto-start threshold counts
+    (a curator's acceptance, not a rater's submission, is what may set a round going)."""
+    return feedback_judgments(project, require_acceptance=True).count()
+
+
+def auto_start_candidates() -> QuerySet[LoopConfig]:
+    """Loop settings of projects with an auto-start threshold and no round running."""
+    running = Round.objects.filter(project=OuterRef("project")).exclude(state__in=Round.TERMINAL)
+    return (
+        LoopConfig.objects.filter(auto_start_threshold__gt=0)
+        .exclude(Exists(running))
+        .select_related("project")
+        .order_by("project_id")
+    )
+
+
+def stalled_rounds(*, now: datetime, stall_seconds: float, claim_stale_seconds: float) -> QuerySet[Round]:
+    """Unfinished rounds untouched for `stall_seconds` whose step nobody holds: unclaimed, or
+    claimed by a worker whose heartbeat is stale."""
+    return (
+        Round.objects.exclude(state__in=Round.TERMINAL)
+        .filter(updated_at__lt=now - timedelta(seconds=stall_seconds))
+        .filter(Q(claim_token="") | Q(heartbeat_at__lt=now - timedelta(seconds=claim_stale_seconds)))
+        .order_by("pk")
+    )
 
 
 def feedback_rows(judgment_ids: list[int]) -> list[FeedbackRow]:
@@ -264,3 +293,185 @@ def prompts_to_generate(round: Round, *, limit: int) -> QuerySet[Prompt]:
         .annotate(n_outputs=Count("outputs"))
         .order_by("n_outputs", "id")[:limit]
     )
+
+
+# ---------------------------------------------------------------- win rate between adapters
+
+# Who may count in a win rate: a curator's rejection or exclusion takes a judgment out, as in training.
+COMPARISON_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
+
+
+def _comparison_judgments(project_id: int, round_number: int) -> QuerySet[Judgment]:
+    """The judgments of the round's comparison tasks (its new model's output against the previous
+    model's, made by the generating step) that answer a pairwise question."""
+    return Judgment.objects.filter(
+        project_id=project_id,
+        status__in=COMPARISON_STATUSES,
+        task__kind=Task.Kind.PAIRWISE,
+        task__round_number=round_number,
+        task__in=Task.objects.filter(
+            task_outputs__output__round_number=round_number, task_outputs__output__generation__role="new"
+        ),
+        answer_rows__kind=Answer.Kind.PAIRWISE,
+    ).distinct()
+
+
+def comparison_outcomes(round: Round) -> list[tuple[int, float]]:
+    """(task id, outcome for the round's new model) for each rater's comparison of the new model's
+    output with the previous model's: 1 when the rater preferred the new one, 0.5 for a tie, 0 when
+    they preferred the previous one. Oldest judgment first.
+
+    The sides are shuffled when a task is made and again per lease, so position says nothing about
+    which model wrote an output: the new model's output is known by its provenance (generation
+    role "new"), and a pairwise answer names the output it prefers by id. A judgment counts only if
+    its recorded display order shows the new output beside exactly one other; a judgment without a
+    recorded order saw the task's own outputs. The first pairwise answer of a judgment is its outcome.
+    """
+    judgments = (
+        _comparison_judgments(round.project_id, round.number)
+        .prefetch_related(
+            Prefetch(
+                "answer_rows",
+                queryset=Answer.objects.filter(kind=Answer.Kind.PAIRWISE).order_by("id"),
+                to_attr="pairwise_answers",
+            ),
+            Prefetch(
+                "task__task_outputs",
+                queryset=TaskOutput.objects.select_related("output").order_by("position"),
+                to_attr="shown",
+            ),
+        )
+        .order_by("id")
+    )
+    outcomes = []
+    for judgment in judgments:
+        outputs = {row.output_id: row.output for row in judgment.task.shown}
+        seen = [pk for pk in judgment.display_order or list(outputs) if pk in outputs]
+        new = [
+            pk
+            for pk in seen
+            if outputs[pk].round_number == round.number
+            and (outputs[pk].generation or {}).get("role") == "new"
+        ]
+        if len(seen) != 2 or len(set(seen)) != 2 or len(new) != 1 or not judgment.pairwise_answers:
+            continue
+        value = judgment.pairwise_answers[0].value
+        preferred = value.get("preferred") if isinstance(value, dict) else None
+        if preferred is None:
+            outcomes.append((judgment.task_id, 0.5))
+        elif preferred in seen:
+            outcomes.append((judgment.task_id, 1.0 if preferred == new[0] else 0.0))
+    return outcomes
+
+
+def comparison_judgment_count(round: Round) -> int:
+    """How many comparison judgments the round has now (what its stored win rate was computed on)."""
+    return _comparison_judgments(round.project_id, round.number).count()
+
+
+def rounds_with_new_comparisons() -> list[Round]:
+    """Rounds with an adapter whose win rate does not cover the comparison judgments they have now
+    (new ones arrived, or a curator took some out)."""
+    counts = {
+        (row["project_id"], row["task__round_number"]): row["n"]
+        for row in Judgment.objects.filter(pk__in=_comparison_judgments_all())
+        .values("project_id", "task__round_number")
+        .annotate(n=Count("pk"))
+    }
+    if not counts:
+        return []
+    numbers = Q()
+    for project_id, number in counts:
+        numbers |= Q(project_id=project_id, number=number)
+    rounds = Round.objects.filter(numbers, adapter__isnull=False).select_related("adapter", "project")
+    return [
+        round
+        for round in rounds
+        if (round.adapter.evaluation or {}).get("win_rate_judgments")
+        != counts[(round.project_id, round.number)]
+    ]
+
+
+def _comparison_judgments_all() -> QuerySet[Judgment]:
+    """Every round's comparison judgments (see _comparison_judgments), as ids."""
+    return (
+        Judgment.objects.filter(
+            status__in=COMPARISON_STATUSES,
+            task__kind=Task.Kind.PAIRWISE,
+            task__round_number__isnull=False,
+            task__in=Task.objects.filter(
+                task_outputs__output__round_number=F("round_number"),
+                task_outputs__output__generation__role="new",
+            ),
+            answer_rows__kind=Answer.Kind.PAIRWISE,
+        )
+        .values("pk")
+        .distinct()
+    )
+
+
+# ---------------------------------------------------------------- score objectives
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    judgment_id: int
+    prompt: str
+    completion: str  # the output the rater scored
+    score: float  # the mean of the judgment's Likert scores
+
+
+def scored_judgments(project: Project, *, require_acceptance: bool) -> QuerySet[Judgment]:
+    """Judgments of the project that may train and score a single model output on a Likert scale."""
+    return (
+        Judgment.objects.filter(
+            project=project,
+            status__in=trainable_statuses(require_acceptance=require_acceptance),
+            task__kind=Task.Kind.SINGLE,
+            task__is_gold=False,
+        )
+        .filter(Exists(Answer.objects.filter(judgment=OuterRef("pk"), kind=Answer.Kind.LIKERT)))
+        .order_by("id")
+    )
+
+
+def scored_rows(round: Round) -> list[ScoredRow]:
+    """The score objectives' training rows: prompt → the scored output, with the rater's score (the
+    mean over the Likert criteria and questions of the judgment). Judgments a curator rejected or
+    excluded since the round took them up drop out, as in ILF training."""
+    judgments = (
+        scored_judgments(round.project, require_acceptance=round.config.get("require_acceptance", False))
+        .filter(pk__in=round.judgment_ids)
+        .select_related("task__prompt")
+        .prefetch_related(
+            Prefetch(
+                "answer_rows",
+                queryset=Answer.objects.filter(kind=Answer.Kind.LIKERT).order_by("id"),
+                to_attr="likert",
+            ),
+            Prefetch(
+                "task__task_outputs",
+                queryset=TaskOutput.objects.select_related("output").order_by("position"),
+                to_attr="shown",
+            ),
+        )
+    )
+    rows = []
+    for judgment in judgments:
+        values = [
+            v
+            for answer in judgment.likert
+            for v in (answer.value.values() if isinstance(answer.value, dict) else [answer.value])
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        if not values or not judgment.task.shown:
+            continue
+        rows.append(
+            ScoredRow(
+                judgment_id=judgment.pk,
+                prompt=training_prompt_of(judgment.task.prompt),
+                completion=judgment.task.shown[0].output.text,
+                score=sum(values) / len(values),
+            )
+        )
+    return rows

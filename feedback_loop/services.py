@@ -7,9 +7,12 @@ and hands the round on with another conditional update that names its claim toke
 claimed by someone else meanwhile, that update matches no row and the step's result is dropped.
 
 A worker that dies mid-step leaves its claim behind; the claim's heartbeat goes stale after
-CLAIM_STALE_SECONDS and a re-delivered task may claim the step again. Every step's writes are
-idempotent (unique refinements, the adapter one-to-one with its round, outputs keyed), so doing a
-step twice writes nothing twice.
+LOOP_CLAIM_STALE_SECONDS and a re-delivered task may claim the step again. A step's message can
+also be lost for good (a broker restarted empty, a send that failed while it was down): the
+sweeper (`rounds_resend_stalled`, run by celery beat) sends the step again of every round that
+has sat without a live claim for LOOP_STALL_SECONDS. Every step's writes are idempotent (unique
+refinements, the adapter one-to-one with its round, outputs keyed), so doing a step twice writes
+nothing twice, and only the claim holder moves the round on, so it moves on once.
 """
 
 from __future__ import annotations
@@ -29,10 +32,18 @@ from annotation.models import Project, Webhook
 from annotation.services import NewTask, QueueError, outputs_enqueue
 from annotation.webhooks import webhook_event_emit
 from feedback_loop.models import Adapter, Refinement, Round
-from feedback_loop.selectors import active_round, loop_config_of
+from feedback_loop.selectors import (
+    active_round,
+    auto_start_candidates,
+    loop_config_of,
+    new_accepted_feedback_count,
+    stalled_rounds,
+)
 
-# A claim whose heartbeat is older than this belongs to a worker that is gone.
-CLAIM_STALE_SECONDS = getattr(settings, "LOOP_CLAIM_STALE_SECONDS", 300)
+
+def claim_stale_seconds() -> float:
+    """A claim whose heartbeat is older than this belongs to a worker that is gone."""
+    return float(settings.LOOP_CLAIM_STALE_SECONDS)
 
 
 class LoopError(QueueError):
@@ -121,6 +132,49 @@ def round_cancel(*, round: Round) -> Round:
     return round
 
 
+def rounds_auto_start() -> list[Round]:
+    """Start a round for each project whose new accepted feedback reached its auto-start threshold
+    (the beat task's work). Judgments a round took up are not new; a project with a round running
+    (or one just started by a curator) is skipped."""
+    started = []
+    for config in auto_start_candidates():
+        count = new_accepted_feedback_count(config.project)
+        if count < config.auto_start_threshold:
+            continue
+        try:
+            started.append(
+                round_start(
+                    project=config.project,
+                    user=None,
+                    reason=f"automatic: {count} new accepted feedback judgments "
+                    f"(threshold {config.auto_start_threshold})",
+                )
+            )
+        except RoundInProgress:
+            continue
+    return started
+
+
+def rounds_resend_stalled() -> list[int]:
+    """Send again the step of every round that sat LOOP_STALL_SECONDS with no live claim: its
+    message was lost, or its worker died and the broker has not handed the message on yet. The
+    round's `updated_at` is stamped so a step that only waits in a long queue is re-sent once per
+    LOOP_STALL_SECONDS at most; a duplicate message finds the step claimed or done and does nothing."""
+    now = timezone.now()
+    resent = []
+    for round_id, state, updated_at in stalled_rounds(
+        now=now,
+        stall_seconds=float(settings.LOOP_STALL_SECONDS),
+        claim_stale_seconds=claim_stale_seconds(),
+    ).values_list("pk", "state", "updated_at"):
+        with transaction.atomic():
+            # Only if nobody touched the round since it was read (a worker claiming it meanwhile).
+            if Round.objects.filter(pk=round_id, state=state, updated_at=updated_at).update(updated_at=now):
+                _enqueue_step(round_id, state)
+                resent.append(round_id)
+    return resent
+
+
 # ---------------------------------------------------------------- claiming and handing on
 
 
@@ -131,7 +185,7 @@ def round_claim(*, round_id: int, state: str) -> str | None:
     now = timezone.now()
     claimed = (
         Round.objects.filter(pk=round_id, state=state)
-        .filter(Q(claim_token="") | Q(heartbeat_at__lt=now - timedelta(seconds=CLAIM_STALE_SECONDS)))
+        .filter(Q(claim_token="") | Q(heartbeat_at__lt=now - timedelta(seconds=claim_stale_seconds())))
         .update(claim_token=token, heartbeat_at=now, attempts=F("attempts") + 1, updated_at=now)
     )
     return token if claimed else None
@@ -293,11 +347,20 @@ def promotion_decision(evaluation: dict, *, tolerance: float) -> tuple[bool, str
     )
 
 
-def adapter_promote(*, round_id: int, token: str, evaluation: dict) -> bool:
+def adapter_promote(
+    *,
+    round_id: int,
+    token: str,
+    evaluation: dict,
+    probe_flags: Sequence[dict] = (),
+    probe_details: dict | None = None,
+) -> bool:
     """The evaluating step: store the adapter's evaluation and promote it when it does not regress.
 
     A promoted adapter becomes the project's active model and the round goes on to generate new
     outputs with it; one that regresses ends the round `done` with promoted=false and the reason.
+    Probe results that fell beyond the project's tolerance (`probe_flags`) are flagged on the
+    round, and keep the adapter from promotion when the project says so.
     """
     with transaction.atomic():
         round = Round.objects.select_for_update().get(pk=round_id)
@@ -305,10 +368,19 @@ def adapter_promote(*, round_id: int, token: str, evaluation: dict) -> bool:
             return False
         adapter = Adapter.objects.get(round=round)
         adapter.evaluation = evaluation
-        adapter.save(update_fields=["evaluation"])
+        adapter.probe_details = probe_details or {}
+        adapter.save(update_fields=["evaluation", "probe_details"])
+        Round.objects.filter(pk=round.pk).update(probe_flags=list(probe_flags))
         promote, why = promotion_decision(
             evaluation, tolerance=float(round.config.get("promotion_tolerance", 0))
         )
+        if probe_flags:
+            names = ", ".join(flag["probe"] for flag in probe_flags)
+            if promote and round.config.get("probes_block_promotion"):
+                promote = False
+                why = f"probes fell beyond the tolerance ({names}): the active model stays; {why}"
+            else:
+                why = f"{why}; probes flagged: {names}"
         if promote:
             Adapter.objects.filter(project_id=round.project_id, is_active=True).exclude(pk=adapter.pk).update(
                 is_active=False
@@ -362,3 +434,32 @@ def round_outputs_enqueue(
         return _hand_on(
             round.pk, token, Round.State.DONE, new_task_count=F("new_task_count") + created, progress={}
         )
+
+
+WIN_RATE_KEYS = (
+    "win_rate",
+    "win_rate_se",
+    "win_rate_low",
+    "win_rate_high",
+    "win_rate_n",
+    "win_rate_n_tasks",
+    "win_rate_judgments",
+)
+
+
+def adapter_win_rate_record(*, adapter_id: int, win_rate: dict) -> None:
+    """Store the raters' win rate of an adapter over the model it replaced in its evaluation.
+
+    Only the win-rate keys change: the evaluating step's numbers stay as they are (the row is
+    locked so that two writers do not lose each other's keys)."""
+    unknown = set(win_rate) - set(WIN_RATE_KEYS)
+    if unknown:
+        raise ValueError(f"not win-rate keys: {sorted(unknown)}")
+    with transaction.atomic():
+        adapter = Adapter.objects.select_for_update().get(pk=adapter_id)
+        evaluation = dict(adapter.evaluation or {})
+        for key in WIN_RATE_KEYS:
+            evaluation.pop(key, None)
+        evaluation.update(win_rate)
+        adapter.evaluation = evaluation
+        adapter.save(update_fields=["evaluation"])

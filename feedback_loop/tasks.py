@@ -3,32 +3,46 @@
 Each task takes a round id, claims the round's step with a conditional update (services.round_claim),
 reads what it needs through the selectors, calls the engine on plain data, and hands the result
 to one service, which moves the round on and enqueues the next step once its transaction commits.
-Training and generation run on the `gpu` queue, the rest on `default`.
+Every step that loads a model (refine, select, train, evaluate, generate) runs on the queue
+REFINERY_MODEL_QUEUE (`gpu`), taking up the feedback on `default`.
 
 A step that raises is run again (`stage_retries` times, with a short back-off), then the round is
 `failed` with the error, and `round_retry` resumes it from that step. A task delivered again after
 its worker died finds the dead worker's claim; once the claim's heartbeat is stale it claims the
 step afresh. Every step's writes are idempotent, and training resumes from its last checkpoint.
+Periodic tasks (settings.CELERY_BEAT_SCHEDULE) re-send the steps of stalled rounds, start rounds
+automatically, and update each round's win rate from the raters' comparisons.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from celery import shared_task
+from django.conf import settings
 
 from annotation.models import Output, Prompt
 from annotation.questions import questions_for
 from annotation.services import NewOutput, NewTask
 from feedback_loop import selectors, services
 from feedback_loop.engine.backends import load_backend
-from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k
+from feedback_loop.engine.conditional import (
+    conditional_generation_config,
+    conditional_prompt,
+    is_conditional_adapter,
+    prepare_training,
+)
+from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, win_rate_by_task
+from feedback_loop.engine.probes import FAMILIES as PROBE_FAMILIES
+from feedback_loop.engine.probes import run_probes
 from feedback_loop.engine.refine import RefineConfig, refine
 from feedback_loop.engine.sandbox import run_unit_tests_many
 from feedback_loop.engine.select import select
@@ -118,6 +132,53 @@ def refine_config_from(settings: dict) -> RefineConfig:
     return RefineConfig(**_typed_fields(settings.get("refine") or {}, RefineConfig, what="refine"))
 
 
+PROBE_SUFFIXES = (".csv", ".jsonl")
+
+
+def probe_files_from(settings: dict) -> dict[str, list[str]]:
+    """The probe families a project enables, each with its files ({family: [path, ...]}; an empty
+    list runs the family's small example files). Unknown families and ill-formed paths raise."""
+    if not isinstance(settings, dict):
+        raise ValueError("probes must be an object of family: [files]")
+    files = {}
+    for family, paths in settings.items():
+        if family not in PROBE_FAMILIES:
+            raise ValueError(f"unknown probe family {family!r} (families: {', '.join(PROBE_FAMILIES)})")
+        if not isinstance(paths, list) or not all(isinstance(p, str) and p.strip() for p in paths):
+            raise ValueError(f"{family}: files must be a list of paths")
+        wrong = [p for p in paths if not p.lower().endswith(PROBE_SUFFIXES)]
+        if wrong:
+            raise ValueError(f"{family}: {wrong[0]!r} is not a .csv or .jsonl file")
+        files[family] = list(paths)
+    return files
+
+
+def probe_direction(name: str) -> int:
+    """+1 when a higher value of the probe metric `name` is better, -1 when lower is, 0 when it is no
+    score of the model (a chance rate)."""
+    last = name.rsplit("/", 1)[-1]
+    if "chance" in last:
+        return 0
+    if last in ("loss", "flip_to_cue_rate"):  # a model swayed by the cue flips more
+        return -1
+    return 1
+
+
+def probe_regressions(new: dict, baseline: dict, *, tolerance: float) -> list[dict]:
+    """The probe results of the new model that are worse than the baseline's by more than `tolerance`
+    (in the metric's own units), worst first."""
+    flags = []
+    for name, value in new.items():
+        old = baseline.get(name)
+        direction = probe_direction(name)
+        if not direction or not all(isinstance(v, int | float) and math.isfinite(v) for v in (value, old)):
+            continue
+        drop = (old - value) * direction
+        if drop > tolerance:
+            flags.append({"probe": name, "value": value, "baseline": old, "drop": drop})
+    return sorted(flags, key=lambda flag: -flag["drop"])
+
+
 def storable(text: str) -> str:
     """A model's text as the database can keep it: PostgreSQL stores no NUL character, and a byte-level
     tokenizer can decode one. It becomes U+FFFD, the usual mark of an undecodable byte."""
@@ -155,7 +216,7 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
         round = Round.objects.filter(pk=round_id).first()
         if round is not None and round.state == state and round.claim_token:
             # Another worker holds the step, or held it and died: look again once its claim could be stale.
-            enqueue_step(round_id, state, countdown=services.CLAIM_STALE_SECONDS)
+            enqueue_step(round_id, state, countdown=services.claim_stale_seconds())
         return
     round = Round.objects.select_related("project").get(pk=round_id)
     try:
@@ -172,9 +233,25 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
 def _heartbeat(round: Round, token: str, progress: dict) -> None:
     if not services.round_heartbeat(round_id=round.pk, token=token, progress=progress):
         raise StepStopped()
+    if settings.LOOP_TEST_STEP_DELAY:
+        time.sleep(settings.LOOP_TEST_STEP_DELAY)
+
+
+def _scores_objective(round: Round) -> bool:
+    """Whether the round learns from rater scores (conditional, filtering, rwr) rather than ILF."""
+    return round.config.get("objective", LoopConfig.Objective.ILF) != LoopConfig.Objective.ILF
 
 
 def _take_feedback(round: Round, token: str) -> None:
+    if _scores_objective(round):
+        # Every scored output so far: the objective is fitted to the project's score distribution.
+        ids = round.judgment_ids or list(
+            selectors.scored_judgments(
+                round.project, require_acceptance=round.config.get("require_acceptance", False)
+            ).values_list("pk", flat=True)
+        )
+        services.round_take_feedback(round_id=round.pk, token=token, judgment_ids=ids)
+        return
     ids = round.judgment_ids or list(
         selectors.feedback_judgments(
             round.project,
@@ -186,6 +263,9 @@ def _take_feedback(round: Round, token: str) -> None:
 
 
 def _refine(round: Round, token: str) -> None:
+    if _scores_objective(round):  # nothing to refine: the scores are the signal
+        services.round_advance(round_id=round.pk, token=token, refinement_count=0)
+        return
     config = round.config
     rows = selectors.feedback_rows(round.judgment_ids)
     services.refinements_record(
@@ -242,6 +322,9 @@ def _feedback_item(row: selectors.FeedbackRow) -> FeedbackItem:
 
 
 def _select(round: Round, token: str) -> None:
+    if _scores_objective(round):
+        services.round_advance(round_id=round.pk, token=token, selected_count=0)
+        return
     config = round.config
     method = config["selector"]
     refinements = list(
@@ -281,10 +364,33 @@ def _select(round: Round, token: str) -> None:
 
 def _train(round: Round, token: str) -> None:
     config = round.config
-    rows = selectors.training_rows(round)
-    if not rows:
-        raise NothingToTrain("nothing to train on: no selected refinement of a judgment that may train")
-    examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
+    training = training_config_from(config.get("training", {}))
+    weights, counts = None, {}
+    if _scores_objective(round):
+        scored = selectors.scored_rows(round)
+        if not scored:
+            raise NothingToTrain("nothing to train on: no Likert-scored output of a judgment that may train")
+        threshold = config.get("score_threshold")
+        prepared = prepare_training(
+            config["objective"],
+            [SFTExample(prompt=row.prompt, completion=row.completion) for row in scored],
+            [row.score for row in scored],
+            threshold=threshold,
+            percentile=None if threshold is not None else config.get("score_percentile", 75.0),
+            beta=config.get("rwr_beta", 1.0),
+            seed=round.number,
+        )
+        if not prepared.examples:
+            raise NothingToTrain("nothing to train on: no output scored above the threshold")
+        examples, weights, counts = prepared.examples, prepared.weights, prepared.counts
+        training = dataclasses.replace(training, added_tokens=prepared.added_tokens)
+        refinement_ids, judgment_ids = [], [row.judgment_id for row in scored]
+    else:
+        rows = selectors.training_rows(round)
+        if not rows:
+            raise NothingToTrain("nothing to train on: no selected refinement of a judgment that may train")
+        examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
+        refinement_ids, judgment_ids = [row.refinement_id for row in rows], [row.judgment_id for row in rows]
     sha = dataset_sha256(examples)
     parent = selectors.active_adapter(round.project)
     init = (
@@ -304,19 +410,23 @@ def _train(round: Round, token: str) -> None:
         model_path(config["base_model"]),
         examples,
         output_dir,
-        training_config_from(config.get("training", {})),
+        training,
         progress=False,
         on_step=on_step,
         init_adapter=init,
+        example_weights=weights,
     )
+    metrics = dict(result.metrics)
+    if _scores_objective(round):
+        metrics["objective"] = {"name": config["objective"], **counts}
     services.adapter_register(
         round=round,
         path=str(result.adapter_dir),
         checksum=result.checksum,
-        training_metrics=result.metrics,
+        training_metrics=metrics,
         dataset_sha256=sha,
-        refinement_ids=[row.refinement_id for row in rows],
-        judgment_ids=[row.judgment_id for row in rows],
+        refinement_ids=refinement_ids,
+        judgment_ids=judgment_ids,
         parent=parent,
     )
     services.round_advance(round_id=round.pk, token=token)
@@ -343,11 +453,12 @@ def _evaluate(round: Round, token: str) -> None:
     if rows:
         _heartbeat(round, token, {"stage": Round.State.EVALUATING, "done": 0, "total": len(rows)})
         backend = _backend(config["base_model"], adapters=adapters_of(adapter))
-        examples = [SFTExample(prompt=row.prompt, completion=row.completion) for row in rows]
         backend.set_adapter("new")
-        evaluation["held_out_loss"] = held_out_loss(backend, examples)
+        evaluation["held_out_loss"] = held_out_loss(backend, _held_out(rows, adapter.path))
         backend.set_adapter("previous" if adapter.parent is not None else None)
-        evaluation["baseline_held_out_loss"] = held_out_loss(backend, examples)
+        evaluation["baseline_held_out_loss"] = held_out_loss(
+            backend, _held_out(rows, adapter.parent.path if adapter.parent else None)
+        )
     code_rows = selectors.code_eval_rows(round.project)
     if code_rows:
         # pass@1 of greedy programs, for the record: the promotion rule reads the held-out loss.
@@ -360,15 +471,51 @@ def _evaluate(round: Round, token: str) -> None:
         evaluation["pass@1"] = pass_at_1(backend, code_rows, generation)
         backend.set_adapter("previous" if adapter.parent is not None else None)
         evaluation["baseline_pass@1"] = pass_at_1(backend, code_rows, generation)
-    services.adapter_promote(round_id=round.pk, token=token, evaluation=evaluation)
+    probe_flags, probe_details = [], {}
+    probes = probe_files_from(config.get("probes") or {})
+    if probes:
+        # Each adapter against the model it would replace, on the same items with the same seed.
+        _heartbeat(round, token, {"stage": Round.State.EVALUATING, "probes": list(probes)})
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        backend.set_adapter("new")
+        new = run_probes(backend, files=probes, families=list(probes), seed=round.number)
+        backend.set_adapter("previous" if adapter.parent is not None else None)
+        baseline = run_probes(backend, files=probes, families=list(probes), seed=round.number)
+        evaluation["probes"] = new.metrics
+        evaluation["baseline_probes"] = baseline.metrics
+        probe_flags = probe_regressions(
+            new.metrics, baseline.metrics, tolerance=float(config.get("probe_tolerance", 0.05))
+        )
+        probe_details = new.details
+    services.adapter_promote(
+        round_id=round.pk,
+        token=token,
+        evaluation=evaluation,
+        probe_flags=probe_flags,
+        probe_details=probe_details,
+    )
+
+
+def _conditional(adapter_path: str | None) -> bool:
+    """Whether the model is a conditionally trained adapter: it is asked for `<|good|>` outputs."""
+    return bool(adapter_path) and is_conditional_adapter(adapter_path)
+
+
+def _held_out(rows: list[selectors.HeldOutRow], adapter_path: str | None) -> list[SFTExample]:
+    """The held-out examples as the model generates: after `<|good|>` for a conditional adapter."""
+    ask = conditional_prompt if _conditional(adapter_path) else str
+    return [SFTExample(prompt=ask(row.prompt), completion=row.completion) for row in rows]
 
 
 def adapters_of(adapter: Adapter) -> dict[str, str]:
-    """The round's adapter as "new" and the model it is compared with as "previous" (None: the base)."""
+    """The round's adapter as "new" and the model it is compared with as "previous" (None: the base).
+
+    A conditionally trained adapter grows the vocabulary, which the backend can do only before any
+    other adapter is loaded: such adapters come first."""
     adapters = {"new": adapter.path}
     if adapter.parent is not None:
         adapters["previous"] = adapter.parent.path
-    return adapters
+    return dict(sorted(adapters.items(), key=lambda item: not _conditional(item[1])))
 
 
 def pass_at_1(backend, rows: list[selectors.CodeTaskRow], generation: GenerationConfig) -> float:
@@ -399,7 +546,7 @@ def _generate(round: Round, token: str) -> None:
     pairwise = bool(config.get("pairwise_tasks")) and bool(questions_for(project.questions, "pairwise"))
     single = bool(questions_for(project.questions, "single"))
     generation = generation_config_from(config.get("generation", {}))
-    settings = {**dataclasses.asdict(generation), "adapter_id": adapter.pk, "round": round.number}
+    provenance = {**dataclasses.asdict(generation), "adapter_id": adapter.pk, "round": round.number}
 
     def key(role: str, prompt: Prompt) -> str:
         return f"round-{round.number}:{role}:prompt-{prompt.pk}"
@@ -422,14 +569,17 @@ def _generate(round: Round, token: str) -> None:
     adapters = adapters_of(adapter)
     texts: dict[tuple[str, int], str] = {}
     backend = None
-    for role, name, _ in roles:
+    for role, name, path in roles:
         missing = [p for p in prompts if key(role, p) not in have]
         if not missing:
             continue
         backend = backend or _backend(config["base_model"], adapters=adapters)
         backend.set_adapter(name)
         _heartbeat(round, token, {"stage": Round.State.GENERATING, "role": role, "total": len(missing)})
-        outputs = backend.generate([selectors.training_prompt_of(p) for p in missing], generation)
+        ask, config_of_role = str, generation
+        if _conditional(path):  # the good distribution, and never a control token in the output
+            ask, config_of_role = conditional_prompt, conditional_generation_config(generation)
+        outputs = backend.generate([ask(selectors.training_prompt_of(p)) for p in missing], config_of_role)
         for prompt, samples in zip(missing, outputs, strict=True):
             texts[(role, prompt.pk)] = storable(samples[0]).strip() if samples else ""
     existing = dict(
@@ -445,7 +595,7 @@ def _generate(round: Round, token: str) -> None:
             model_name=config["base_model"],
             adapter=adapter_path,
             round_number=round.number,
-            generation={**settings, "role": role},
+            generation={**provenance, "role": role, "conditional": _conditional(adapter_path)},
         )
 
     single_tasks, pair_tasks = [], []
@@ -470,27 +620,27 @@ def round_take_feedback_task(round_id: int) -> None:
     _run_step(round_id, Round.State.PENDING, _take_feedback)
 
 
-@shared_task(name="feedback_loop.refine", queue="default")
+@shared_task(name="feedback_loop.refine")
 def round_refine_task(round_id: int) -> None:
     _run_step(round_id, Round.State.REFINING, _refine)
 
 
-@shared_task(name="feedback_loop.select", queue="default")
+@shared_task(name="feedback_loop.select")
 def round_select_task(round_id: int) -> None:
     _run_step(round_id, Round.State.SELECTING, _select)
 
 
-@shared_task(name="feedback_loop.train", queue="gpu")
+@shared_task(name="feedback_loop.train")
 def round_train_task(round_id: int) -> None:
     _run_step(round_id, Round.State.TRAINING, _train)
 
 
-@shared_task(name="feedback_loop.evaluate", queue="default")
+@shared_task(name="feedback_loop.evaluate")
 def round_evaluate_task(round_id: int) -> None:
     _run_step(round_id, Round.State.EVALUATING, _evaluate)
 
 
-@shared_task(name="feedback_loop.generate", queue="gpu")
+@shared_task(name="feedback_loop.generate")
 def round_generate_task(round_id: int) -> None:
     _run_step(round_id, Round.State.GENERATING, _generate)
 
@@ -505,8 +655,58 @@ STEP_TASKS = {
 }
 
 
+def step_queue(state: str) -> str:
+    """The queue of the round's step `state`: the model queue for every step that loads a model."""
+    return "default" if state == Round.State.PENDING else settings.REFINERY_MODEL_QUEUE
+
+
 def enqueue_step(round_id: int, state: str, *, countdown: float | None = None) -> None:
     """Send the task that runs the round's step `state` (to the queue that step runs on)."""
     task = STEP_TASKS.get(state)
     if task is not None:
-        task.apply_async((round_id,), countdown=countdown)
+        task.apply_async((round_id,), countdown=countdown, queue=step_queue(state))
+
+
+@shared_task(name="feedback_loop.sweep_rounds", queue="default")
+def rounds_sweep_task() -> list[int]:
+    """Periodic (celery beat): send again the step of every round whose message was lost."""
+    return services.rounds_resend_stalled()
+
+
+@shared_task(name="feedback_loop.auto_start_rounds", queue="default")
+def rounds_auto_start_task() -> list[int]:
+    """Periodic (celery beat): start a round for each project with enough new accepted feedback."""
+    return [round.pk for round in services.rounds_auto_start()]
+
+
+def round_win_rate(round: Round) -> dict | None:
+    """The raters' win rate of the round's new model over the previous one, from its comparison
+    tasks: ties count ½, and the standard error and interval are over tasks (a task's raters are
+    not independent of each other). None while no comparison has an outcome."""
+    judgments = selectors.comparison_judgment_count(round)
+    outcomes = selectors.comparison_outcomes(round)
+    if not outcomes:
+        return None
+    result = win_rate_by_task(outcomes, seed=round.number)
+    return {
+        "win_rate": result.rate,
+        # NaN (a single task) is not JSON: no standard error then.
+        "win_rate_se": result.standard_error if result.standard_error == result.standard_error else None,
+        "win_rate_low": result.low,
+        "win_rate_high": result.high,
+        "win_rate_n": result.n,
+        "win_rate_n_tasks": result.n_tasks,
+        "win_rate_judgments": judgments,
+    }
+
+
+@shared_task(name="feedback_loop.update_win_rates", queue="default")
+def rounds_win_rate_task() -> list[int]:
+    """Periodic (celery beat): recompute the win rate of every round with new comparison judgments."""
+    updated = []
+    for round in selectors.rounds_with_new_comparisons():
+        win_rate = round_win_rate(round)
+        if win_rate is not None:
+            services.adapter_win_rate_record(adapter_id=round.adapter.pk, win_rate=win_rate)
+            updated.append(round.pk)
+    return updated

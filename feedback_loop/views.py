@@ -103,6 +103,9 @@ def round_detail(request, project_id: int, number: int):
         else [],
         "final_train_loss": reports.final_train_loss(adapter) if adapter else None,
         "evaluation_items": reports.metric_items(adapter.evaluation) if adapter else [],
+        "win_rate": reports.win_rate_summary(adapter.evaluation) if adapter else None,
+        "probe_flags": round.probe_flags,
+        "probe_examples": reports.probe_examples(adapter.probe_details) if adapter else [],
         "tasks": tasks,
         "task_total": task_total,
     }

@@ -16,6 +16,7 @@ from annotation.exporting import (
     export_rows,
     iter_judgment_rows,
     iter_preference_rows,
+    iter_refiner_rows,
     iter_sft_rows,
     write_jsonl,
     write_parquet,
@@ -69,6 +70,45 @@ def test_sft_prompt_puts_the_context_before_the_prompt_text(singles, bob):
     assert list(iter_sft_rows(singles[0].project)) == [
         {"prompt": "The post: rent is due Friday.\n\nSummarise post 0.", "completion": "Rent is due Friday."}
     ]
+
+
+# ------------------------------------------------------------------ refiner
+
+
+def test_refiner_rows_pair_each_fix_with_the_feedback_and_the_output_it_is_about(singles, bob, alice):
+    judge(singles[0], bob, {"fix": ("fix", "Fixed 0."), "feedback": ("feedback", "Too long.")})
+    judge(singles[1], bob, {"fix": ("fix", "Fixed 1 without feedback.")})  # no feedback: no row
+    judge(singles[2], alice, {"feedback": ("feedback", "Fine.")})  # no fix: no row
+    judge(
+        singles[2], bob, {"fix": ("fix", "Fixed 2."), "feedback": ("feedback", "Say why.")}, status="rejected"
+    )
+
+    assert list(iter_refiner_rows(singles[0].project)) == [
+        {
+            "kind": "text",
+            "prompt": "Summarise post 0.",
+            "text": "Summarise post 0.",
+            "test": "",
+            "entry_point": None,
+            "output": "Output 0 for post 0.",
+            "feedback": "Too long.",
+            "refinement": "Fixed 0.",
+        }
+    ]
+
+
+def test_refiner_rows_of_a_code_prompt_take_the_code_task_shape(singles, bob):
+    data = {"tests": "assert add(1, 2) == 3\n", "entry_point": "add"}
+    Prompt.objects.filter(pk=singles[0].prompt_id).update(text="Add two numbers.", data=data)
+    judge(
+        singles[0],
+        bob,
+        {"fix": ("fix", "def add(a, b):\n    return a + b\n"), "feedback": ("feedback", "Add.")},
+    )
+
+    [row] = export_rows(singles[0].project, kind="refiner")
+    assert (row["kind"], row["prompt"], row["text"]) == ("code", "", "Add two numbers.")
+    assert (row["test"], row["entry_point"]) == ("assert add(1, 2) == 3\n", "add")
 
 
 # ------------------------------------------------------------------ preference

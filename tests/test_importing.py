@@ -81,6 +81,21 @@ def test_jsonl_import_writes_prompts_outputs_and_one_task_per_output(project):
     assert not Task.objects.filter(prompt__in=[p1, p2]).exists()
 
 
+def test_mbpp_and_humaneval_code_tasks_in_data_keep_their_tests_under_tests(project):
+    mbpp = {"test_list": ["assert f(1) == 2"], "test_setup_code": "import math", "code": "def f(x): ..."}
+    humaneval = {"prompt": "def g(x):\n", "test": "def check(candidate):\n    pass\n", "entry_point": "g"}
+    import_file(
+        project,
+        jsonl(
+            {"external_id": "mbpp/1", "text": "Add one.", "data": mbpp},
+            {"external_id": "HumanEval/0", "text": "Return g.", "data": humaneval},
+        ),
+    )
+    first, second = Prompt.objects.filter(project=project).order_by("id")
+    assert first.data == {**mbpp, "tests": "import math\nassert f(1) == 2\n"}
+    assert second.data == {**humaneval, "tests": humaneval["test"]}
+
+
 def test_csv_import_with_mapping_reads_the_files_own_column_names(project):
     content = (
         "\ufeffid,post,instruction,summary,model,meta,set\r\n"

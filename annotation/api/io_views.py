@@ -82,7 +82,7 @@ class ExportQuerySerializer(serializers.Serializer):
     status = serializers.ListField(
         child=serializers.ChoiceField(choices=exporting.STATUSES),
         required=False,
-        help_text="Repeat to take several; sft and preference take only pending and accepted.",
+        help_text="Repeat to take several; sft, preference and refiner take only pending and accepted.",
     )
 
 
@@ -150,7 +150,9 @@ class ProjectExportView(APIView):
         description=(
             "kind=judgments: one row per judgment (all statuses unless `status` is given). "
             "kind=sft: {prompt, completion} from raters' fixes. kind=preference: {prompt, chosen, "
-            "rejected} from comparisons and rankings. sft and preference take only pending and accepted "
+            "rejected} from comparisons and rankings. kind=refiner: {kind, prompt, text, test, "
+            "entry_point, output, feedback, refinement} from fixes with written feedback, to train a "
+            "refiner. sft, preference and refiner take only pending and accepted "
             "judgments. JSONL is streamed as it is read from the database."
         ),
         parameters=[ExportQuerySerializer],

@@ -61,6 +61,7 @@ class RoundSerializer(serializers.ModelSerializer):
             "reason",
             "promoted",
             "promotion_reason",
+            "probe_flags",
             "adapter",
             "created_at",
             "started_at",

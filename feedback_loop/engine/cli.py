@@ -70,14 +70,38 @@ def _require(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str) -
 
 
 def feedback_item(row: dict[str, Any]) -> FeedbackItem:
-    return FeedbackItem(
-        prompt=row["prompt"],
-        output=row["output"],
-        feedback=row["feedback"],
-        kind=row.get("kind", "text"),
-        tests=row.get("tests") or "",
-        entry_point=row.get("entry_point"),
-    )
+    """A row as a FeedbackItem: `prompt`/`output`/`feedback` (and `kind`, `tests`, `entry_point`), or a
+    code task in the MBPP/HumanEval shape (`text`, `test` or `test_list`) with `output` and `feedback`."""
+    from feedback_loop.engine.refiner import refiner_item
+
+    return refiner_item(row)
+
+
+def _is_code_task_row(row: dict[str, Any]) -> bool:
+    return isinstance(row.get("text"), str) and ("test" in row or "test_list" in row)
+
+
+def _require_feedback_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Every row has `output` and `feedback`, and a task: `prompt`, or a code task's `text` and tests."""
+    _require(rows, ["output", "feedback"], path)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row.get("prompt"), str) and not _is_code_task_row(row):
+            raise SystemExit(f"{path}: row {number} lacks string field(s) ['prompt']")
+
+
+def _sft_pair(row: dict[str, Any], item: FeedbackItem, chosen: str) -> dict[str, str]:
+    """The training pair a selection makes; for code, generation prompt → the completion of the
+    program (feedback_loop.engine.code), the shape evaluation samples in."""
+    if item.kind != "code":
+        return {"prompt": row["prompt"], "completion": chosen}
+    from feedback_loop.engine.code import CodeTask, code_task, sft_example
+
+    if _is_code_task_row(row):
+        task = code_task({k: v for k, v in row.items() if k not in ("output", "feedback", "refinements")})
+    else:
+        task = CodeTask(task_id="", text=item.prompt, test=item.tests or "pass", entry_point=item.entry_point)
+    example = sft_example(task, chosen)
+    return {"prompt": example.prompt, "completion": example.completion}
 
 
 def _refinement(value: str | dict[str, Any]) -> Refinement:
@@ -116,6 +140,8 @@ def _backend(args: argparse.Namespace) -> ModelBackend:
                 "model": args.model,
                 "api_key": os.environ.get("OPENAI_API_KEY"),
                 "batch_size": args.batch_size,
+                # Answer tokens' ids from vLLM's /tokenize, for logit_bias on yes/no questions.
+                "token_ids": "server",
             }
         )
     return load_backend(
@@ -175,11 +201,22 @@ def cmd_refine(args: argparse.Namespace) -> None:
     from feedback_loop.engine.refine import RefineConfig, refine
 
     rows = read_jsonl(args.input)
-    _require(rows, ["prompt", "output", "feedback"], args.input)
+    _require_feedback_rows(rows, args.input)
+    items = [feedback_item(row) for row in rows]
+    all_code = all(item.kind == "code" for item in items)
+    n = args.n if args.n is not None else _default_refinements(all_code)
     config = RefineConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        max_new_tokens=args.max_new_tokens or 128,
+        code_max_new_tokens=args.max_new_tokens or 512,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
     )
-    results = refine(_backend(args), [feedback_item(row) for row in rows], n=args.n, config=config)
+    if args.refiner:
+        if args.adapter:
+            raise SystemExit("give --refiner or --adapter, not both")
+        args.adapter = args.refiner
+    results = refine(_backend(args), items, n=n, config=config)
     write_jsonl(
         args.output,
         (
@@ -193,7 +230,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     from feedback_loop.engine.select import select
 
     rows = read_jsonl(args.input)
-    _require(rows, ["prompt", "output", "feedback"], args.input)
+    _require_feedback_rows(rows, args.input)
     items = [feedback_item(row) for row in rows]
     candidates = [[_refinement(r) for r in row.get("refinements", [])] for row in rows]
     backend = None
@@ -208,7 +245,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         limits = SandboxLimits(timeout_s=args.timeout_s)
     selections = select(args.method, items, candidates, backend=backend, limits=limits, seed=args.seed)
     out, sft = [], []
-    for row, cands, selection in zip(rows, candidates, selections, strict=True):
+    for row, item, cands, selection in zip(rows, items, candidates, selections, strict=True):
         chosen = cands[selection.index].text if selection.index is not None else None
         out.append(
             {
@@ -217,10 +254,11 @@ def cmd_select(args: argparse.Namespace) -> None:
                 "selected_index": selection.index,
                 "scores": selection.scores,
                 "selection_method": selection.method,
+                **({"tests_error": True} if selection.tests_error else {}),
             }
         )
         if chosen is not None:
-            sft.append({"prompt": row["prompt"], "completion": chosen})
+            sft.append(_sft_pair(row, item, chosen))
     write_jsonl(args.output, out)
     if args.sft_output:
         write_jsonl(args.sft_output, sft)
@@ -233,17 +271,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     metrics: dict[str, Any] = {}
     if args.win_outcomes:
         outcomes = []
-        for number, row in enumerate(read_jsonl(args.win_outcomes), start=1):
+        rows = read_jsonl(args.win_outcomes)
+        for number, row in enumerate(rows, start=1):
             outcome = row.get("outcome")
             if isinstance(outcome, bool) or outcome not in (0, 0.5, 1):
                 raise SystemExit(f"{args.win_outcomes}: row {number} needs an outcome of 1, 0.5 or 0")
             outcomes.append(float(outcome))
+        if rows and all("task_id" in row for row in rows):
+            # Several raters per task: the interval resamples tasks, not single judgments.
+            by_task = evaluate.win_rate_by_task(
+                [(row["task_id"], o) for row, o in zip(rows, outcomes, strict=True)]
+            )
+            metrics["win_rate_se"] = by_task.standard_error
+            metrics["win_rate_tasks"] = by_task.n_tasks
         result = evaluate.win_rate(outcomes)
         metrics.update(
             {
                 "win_rate": result.rate,
-                "win_rate_low": result.low,
-                "win_rate_high": result.high,
+                "win_rate_low": by_task.low if "win_rate_tasks" in metrics else result.low,
+                "win_rate_high": by_task.high if "win_rate_tasks" in metrics else result.high,
                 "win_rate_n": result.n,
             }
         )
@@ -281,25 +327,88 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(text)
 
 
-def _code_metrics(backend: ModelBackend, args: argparse.Namespace) -> dict[str, float]:
-    """pass@k on code tasks: n samples per task, each run against the task's tests in the sandbox."""
-    from feedback_loop.engine.evaluate import mean_pass_at_k
-    from feedback_loop.engine.sandbox import SandboxLimits, run_unit_tests_many
+def _code_metrics(backend: ModelBackend, args: argparse.Namespace) -> dict[str, Any]:
+    """pass@k on code tasks (feedback_loop.engine.code): n samples per task, each program cut at the
+    end of its function and run against the task's tests in the sandbox. Refused where pass@k would
+    be wrong (k > n, or n > 1 greedy samples); tasks whose tests do not load are listed, not scored."""
+    from feedback_loop.engine.code import SamplingConfig, code_task, evaluate_pass_at_k
+    from feedback_loop.engine.sandbox import SandboxLimits
 
-    rows = read_jsonl(args.code)
-    _require(rows, ["prompt", "tests"], args.code)
-    config = _generation_config(args)
-    samples = backend.generate([row["prompt"] for row in rows], config)
-    limits = SandboxLimits(timeout_s=args.timeout_s)
-    passed = []
-    for row, texts in zip(rows, samples, strict=True):
-        # The model continues the prompt (a signature and docstring), so the program is both together.
-        programs = [row["prompt"] + text for text in texts]
-        results = run_unit_tests_many(
-            programs, row["tests"], limits=limits, entry_point=row.get("entry_point")
-        )
-        passed.append([r.status == "pass" for r in results])
-    return {f"pass@{k}": mean_pass_at_k(passed, k) for k in args.k if k <= args.n}
+    tasks = [code_task(row) for row in read_jsonl(args.code)]
+    config = SamplingConfig(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    result = evaluate_pass_at_k(
+        backend, tasks, args.k, config, limits=SandboxLimits(timeout_s=args.timeout_s)
+    )
+    metrics: dict[str, Any] = {f"pass@{k}": value for k, value in result.pass_at.items()}
+    metrics["code/per_task"] = [{"task_id": t.task_id, "n": t.n, "c": t.c} for t in result.per_task]
+    metrics["code/tests_error"] = list(result.tests_error)
+    return metrics
+
+
+# -- π_Refine: a refiner trained on human refinements -----------------------------------------------
+
+
+def _default_refinements(all_code: bool) -> int:
+    from feedback_loop.engine.refiner import CODE_REFINEMENTS_N
+
+    return CODE_REFINEMENTS_N if all_code else 5
+
+
+def cmd_train_refiner(args: argparse.Namespace) -> None:
+    from feedback_loop.engine.refiner import train_refiner
+    from feedback_loop.engine.train import LoRATrainingConfig
+
+    config = LoRATrainingConfig(
+        rank=args.rank,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        batch_size=args.train_batch_size,
+        max_steps=args.max_steps,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    result = train_refiner(
+        args.model,
+        read_jsonl(args.train),
+        args.output_dir,
+        config,
+        eval_rows=read_jsonl(args.eval) if args.eval else (),
+        progress=not args.no_progress,
+    )
+    summary = {k: v for k, v in result.metrics.items() if k != "train_loss"}
+    print(
+        json.dumps({"adapter_dir": str(result.adapter_dir), "checksum": result.checksum, **summary}, indent=2)
+    )
+
+
+def _add_refiner_commands(commands) -> None:
+    parser = commands.add_parser(
+        "train-refiner",
+        help="train π_Refine: (task, OLD CODE, FEEDBACK) → the human refinement, as a LoRA adapter",
+    )
+    parser.add_argument("--model", required=True, help="base model folder")
+    parser.add_argument(
+        "--train",
+        required=True,
+        help="JSONL of {output, feedback, refinement} + the task (code shape or prompt)",
+    )
+    parser.add_argument("--eval", help="held-out rows, same format")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=cmd_train_refiner)
 
 
 # -- the parser -------------------------------------------------------------------------------------
@@ -328,9 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     refine = commands.add_parser("refine", help="N refinements per (prompt, output, feedback)")
     refine.add_argument("--input", required=True)
     refine.add_argument("--output", required=True)
+    refine.add_argument("--refiner", help="a trained refiner's adapter (see train-refiner) to refine with")
     _add_backend_arguments(refine)
-    _add_sampling_arguments(refine, n=5, temperature=0.8, max_new_tokens=128)
+    # None: N=30 and 512 tokens when every row is code (ILF for code), else N=5 and 128 tokens.
+    _add_sampling_arguments(refine, n=None, temperature=0.8, max_new_tokens=None)
     refine.set_defaults(run=cmd_refine)
+    _add_refiner_commands(commands)
 
     select = commands.add_parser("select", help="one refinement per feedback")
     select.add_argument(
@@ -352,12 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--held-out", help="JSONL of {prompt, completion}: mean NLL per completion token")
     evaluate.add_argument("--multiple-choice", help="JSONL of {prompt, classes, answer_index}")
-    evaluate.add_argument("--code", help="JSONL of {prompt, tests, entry_point?}: pass@k in the sandbox")
+    evaluate.add_argument(
+        "--code", help="JSONL of code tasks (MBPP, HumanEval or {text, prompt?, test, entry_point?}): pass@k"
+    )
     evaluate.add_argument("--k", type=int, nargs="+", default=[1], help="pass@k for these k (k <= n)")
     evaluate.add_argument(
         "--probes", action="store_true", help="the regression probes on their built-in items"
     )
-    evaluate.add_argument("--win-outcomes", help="JSONL of {outcome: 1|0.5|0} from rater comparisons")
+    evaluate.add_argument(
+        "--win-outcomes",
+        help="JSONL of {outcome: 1|0.5|0, task_id?} from rater comparisons (with task_id: resampled by task)",
+    )
     evaluate.add_argument("--stop", action="append", default=[], help="stop string for --code samples")
     evaluate.add_argument("--timeout-s", type=float, default=5.0, help="sandbox time limit per sample")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")

@@ -89,6 +89,58 @@ def win_rate(
 
 
 @dataclass(frozen=True)
+class TaskWinRate:
+    rate: float  # mean outcome over all judgments: wins 1, ties 0.5, losses 0
+    standard_error: float  # cluster-robust: judgments of one task are not independent of each other
+    low: float  # lower end of the bootstrap interval, tasks resampled with replacement
+    high: float  # upper end
+    n: int  # judgments
+    n_tasks: int  # tasks (the units the interval resamples)
+
+
+def win_rate_by_task(
+    judgments: Sequence[tuple[object, float]],
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> TaskWinRate:
+    """Win rate of model A over model B from raters' pairwise judgments `(task, outcome)`.
+
+    An outcome is 1 when a rater preferred A's output for that task, 0.5 for a tie, 0 for B. Several
+    raters judging one task agree more with each other than with raters of other tasks, so the
+    judgments are not independent draws: the standard error is the cluster-robust one over tasks and
+    the percentile bootstrap resamples whole tasks (with all their judgments), not single judgments.
+    """
+    import numpy as np
+
+    if not judgments:
+        raise ValueError("win_rate_by_task needs at least one judgment")
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must be between 0 and 1")
+    totals: dict[object, list[float]] = {}
+    for task, outcome in judgments:
+        if isinstance(outcome, bool) or outcome not in (0, 0.5, 1):
+            raise ValueError("outcomes must be 1 (A wins), 0.5 (tie) or 0 (B wins)")
+        totals.setdefault(task, []).append(float(outcome))
+    sums = np.array([sum(v) for v in totals.values()])
+    counts = np.array([len(v) for v in totals.values()], dtype=float)
+    n, n_tasks = int(counts.sum()), len(totals)
+    rate = float(sums.sum() / n)
+    if n_tasks > 1:
+        residuals = sums - rate * counts
+        standard_error = float(math.sqrt(n_tasks / (n_tasks - 1) * (residuals**2).sum()) / n)
+    else:
+        standard_error = float("nan")  # one task: nothing to say how another task would go
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_tasks, size=(n_boot, n_tasks))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return TaskWinRate(rate, standard_error, float(low), float(high), n, n_tasks)
+
+
+@dataclass(frozen=True)
 class MultipleChoiceItem:
     prompt: str  # the question, up to where the answer starts
     classes: tuple[str, ...]  # the possible answers, each scored as a continuation of the prompt

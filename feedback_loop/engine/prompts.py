@@ -22,38 +22,57 @@ TEXT_REFINEMENT_TEMPLATE = (
 # ILF for code (Chen et al., 2023): the task's description sits above the old code as a docstring.
 CODE_REFINEMENT_TEMPLATE = 'OLD CODE:\n"""\n{prompt}\n"""\n{output}\n\nFEEDBACK:\n{feedback}\n\nREFINEMENT:\n'
 
-# Each template ends with "Answer:" so that the next token is " Yes" or " No"; averaging over several
-# phrasings makes the score less sensitive to any one wording.
+# InstructRM (Scheurer et al., 2023): each template shows the whole case, the input with its context,
+# the original output, the feedback on it and the refinement, and asks whether the refinement
+# incorporates the feedback. Some ask for Yes/No, some for True/False (the answer pair is read from
+# the template by `instruct_rm_answers`); every one ends with "Answer:" so the next token is the
+# answer. Averaging over several phrasings makes the score less sensitive to any one wording.
 INSTRUCT_RM_TEMPLATES: tuple[str, ...] = (
-    "Feedback: {feedback}\n"
-    "Refinement: {refinement}\n"
-    "Question: Does the refinement incorporate the feedback? Answer Yes or No.\n"
-    "Answer:",
     "Input: {prompt}\n"
     "Original output: {output}\n"
     "Feedback on the original output: {feedback}\n"
-    "New output: {refinement}\n"
+    "Refinement: {refinement}\n"
+    "Question: Does the refinement incorporate the feedback? Answer Yes or No.\n"
+    "Answer:",
+    "Here is an input: {prompt}\n"
+    "A model wrote this output: {output}\n"
+    "Someone gave this feedback on it: {feedback}\n"
+    "Here is a new output: {refinement}\n"
     "Question: Does the new output fix the problems that the feedback points out? Answer Yes or No.\n"
     "Answer:",
-    "Here is some feedback on a text: {feedback}\n"
-    "Here is a revised text: {refinement}\n"
-    "Question: Was the feedback taken into account in the revised text? Answer Yes or No.\n"
-    "Answer:",
-    "Original output: {output}\n"
+    "Input: {prompt}\n"
+    "Output: {output}\n"
     "Feedback: {feedback}\n"
-    "Improved output: {refinement}\n"
-    "Question: Is the improved output better than the original output, as the feedback asks? "
+    "Revised output: {refinement}\n"
+    "Statement: The revised output takes the feedback into account. Is the statement True or False?\n"
+    "Answer:",
+    "Task: {prompt}\n"
+    "First attempt: {output}\n"
+    "What was wrong with it: {feedback}\n"
+    "Second attempt: {refinement}\n"
+    "Question: Is the second attempt better than the first, in the way the feedback asks? "
     "Answer Yes or No.\n"
     "Answer:",
     "Input: {prompt}\n"
+    "Original output: {output}\n"
     "Feedback: {feedback}\n"
-    "Answer to the input: {refinement}\n"
-    "Question: Does the answer follow the feedback? Answer Yes or No.\n"
+    "Improved output: {refinement}\n"
+    "Statement: The improved output does what the feedback asks and still answers the input. "
+    "Is the statement True or False?\n"
     "Answer:",
 )
 
 YES_TOKEN = " Yes"
 NO_TOKEN = " No"
+TRUE_TOKEN = " True"
+FALSE_TOKEN = " False"
+
+
+def instruct_rm_answers(template: str, yes: str = YES_TOKEN, no: str = NO_TOKEN) -> tuple[str, str]:
+    """The (positive, negative) answer tokens a template asks for: True/False or Yes/No."""
+    if "True or False" in template:
+        return TRUE_TOKEN, FALSE_TOKEN
+    return yes, no
 
 
 def refinement_prompt(item: FeedbackItem) -> str:

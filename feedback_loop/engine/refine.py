@@ -21,6 +21,7 @@ __all__ = ["FeedbackItem", "RefineConfig", "Refinement", "filter_refinements", "
 @dataclass(frozen=True)
 class RefineConfig:
     max_new_tokens: int = 128  # longest refinement, in tokens
+    code_max_new_tokens: int | None = 512  # longest code refinement (a whole program); None: max_new_tokens
     temperature: float = 0.8  # sampling temperature: N distinct candidates need some randomness
     top_p: float = 0.95  # nucleus sampling mass
     seed: int | None = 0  # seed for the sampler (None: not reproducible)
@@ -45,9 +46,14 @@ def repeated_ngram_fraction(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def clean_refinement(text: str, kind: str) -> str:
+def clean_refinement(text: str, kind: str, entry_point: str | None = None) -> str:
     """Text refinements lose surrounding whitespace; code keeps its indentation, loses blank edges."""
     if kind == "code":
+        if re.search(r"^def\s", text, flags=re.M):
+            from feedback_loop.engine.code import extract_program
+
+            # A whole program: cut after its function, as evaluation cuts the model's programs.
+            text = extract_program("", text.strip("\n"), entry_point=entry_point)
         return text.strip("\n").rstrip()
     return text.strip()
 
@@ -75,7 +81,7 @@ def filter_refinements(
     kept: list[Refinement] = []
     seen: set[str] = set()
     for index, raw in enumerate(texts):
-        text = clean_refinement(raw, item.kind)
+        text = clean_refinement(raw, item.kind, item.entry_point)
         if drop_reason(text, item, seen, config) is None:
             kept.append(Refinement(text=text, source="model", sample_index=index))
             seen.add(_normalise(text))
@@ -99,8 +105,11 @@ def refine(
         indices = [i for i, item in enumerate(items) if item.kind == kind]
         if not indices:
             continue
+        max_new_tokens = config.max_new_tokens
+        if kind == "code" and config.code_max_new_tokens is not None:
+            max_new_tokens = config.code_max_new_tokens
         generation = GenerationConfig(
-            max_new_tokens=config.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
             n=n,

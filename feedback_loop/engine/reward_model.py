@@ -13,13 +13,13 @@ P(" Yes") / (P(" Yes") + P(" No")), a number in (0, 1) that ranks the best of N 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from feedback_loop.engine.select import yes_probability
 from feedback_loop.engine.train import LoRATrainingConfig, TrainingResult, train_lora
-from feedback_loop.engine.types import ModelBackend, SFTExample
+from feedback_loop.engine.types import GenerationConfig, ModelBackend, SFTExample
 
 QUESTION = "\n\nIs this a good answer?"
 YES = " Yes"
@@ -102,3 +102,41 @@ def score_with_reward_model(
 
     backend = HFBackend(model, adapter=adapter_dir, batch_size=batch_size, device=device)
     return reward_scores(backend, prompt, candidates)
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    text: str  # the sample the reward model ranked highest
+    index: int  # its position among the samples
+    scores: list[float]  # every sample's reward, in sampling order
+    samples: list[str]  # every sample, in sampling order
+
+
+def best_of_n(
+    policy: ModelBackend,
+    reward: ModelBackend,
+    prompts: Sequence[str],
+    config: GenerationConfig,
+    *,
+    reward_prompts: Sequence[str] | None = None,
+    transform: Callable[[str], str] | None = None,
+) -> list[BestOfN]:
+    """Sample `config.n` outputs per prompt from `policy` and keep the one `reward` ranks highest.
+
+    The ILF paper's "ILF + best-of-64" setting: the fine-tuned model's samples, re-ranked by a reward
+    model trained on raters' comparisons. `transform` turns a sample into what is scored and kept (a
+    code sample into its program); `reward_prompts` is the input the reward model sees (default: the
+    prompts). Greedy decoding would give n copies of one sample, so it is refused for n > 1.
+    """
+    if config.n > 1 and config.temperature <= 0:
+        raise ValueError("best-of-n needs n distinct samples: sample at temperature > 0")
+    reward_prompts = list(reward_prompts) if reward_prompts is not None else list(prompts)
+    if len(reward_prompts) != len(prompts):
+        raise ValueError("best_of_n needs one reward prompt per prompt")
+    results = []
+    for prompt, samples in zip(reward_prompts, policy.generate(prompts, config), strict=True):
+        samples = [transform(s) for s in samples] if transform else list(samples)
+        scores = reward_scores(reward, prompt, samples)
+        index = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        results.append(BestOfN(samples[index], index, scores, samples))
+    return results

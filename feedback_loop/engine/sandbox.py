@@ -58,7 +58,11 @@ Test formats (all may be mixed in one `tests` string, which runs in the program'
 `test_*` functions (one test each), a HumanEval `check(candidate)` function (one test, called with
 the program's `entry_point` function) and top-level `assert` statements as in MBPP (one test each;
 other top-level statements are setup and run in order). The program runs as a module named
-`candidate` and may import only the standard library (the child starts with `-S`: no site-packages).
+`candidate` and may import only the standard library (the child starts with `-S`: no site-packages)
+and the test helpers of `sandbox_lib` (`from pytest import approx`, `pytest.raises`): standard-library-
+only stand-ins whose source the payload carries, loaded as modules in the child (no host folder but
+the standard library is opened). Tests that cannot load (a syntax error, an import
+that fails in their setup) end as `tests_error`, not as a failure of the program.
 
 The child sets its limits on itself rather than in a `preexec_fn`: `preexec_fn` is unsafe when the
 parent has threads (`run_unit_tests_many`, web and Celery workers), and the child does it before any
@@ -88,7 +92,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-Status = Literal["pass", "fail", "error", "timeout"]
+Status = Literal["pass", "fail", "error", "timeout", "tests_error"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,10 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class UnitTestResult:
-    status: Status  # pass: every test passed; fail: some failed; error: did not load or crashed
+    # pass: every test passed; fail: some failed; error: the program did not load or crashed;
+    # tests_error: the tests themselves did not load (a syntax error, a helper they cannot import),
+    # which says nothing about the program
+    status: Status
     passed: int  # tests that passed (counted up to a timeout or crash)
     failed: int  # tests that failed
     output: str  # what the program printed, then one line per failed test, truncated
@@ -136,6 +143,10 @@ _ALLOW_HOOKS_ONLY_ENV = "REFINERY_SANDBOX_ALLOW_HOOKS_ONLY"
 _BWRAP_ENV = "REFINERY_SANDBOX_BWRAP"
 _BWRAP_WORK = "/sandbox"  # inside bubblewrap: the working folder (a tmpfs) and this script
 _BWRAP_SCRIPT = "/run/refinery-sandbox.py"
+# Test helpers (sandbox_lib: a stand-in for pytest.approx and pytest.raises, standard library only).
+# Their source travels in the payload and the child loads them as modules: no folder of the host
+# beyond the standard library is opened to the program, under any layer.
+_HELPERS = Path(__file__).resolve().parent / "sandbox_lib"
 
 
 def run_unit_tests(
@@ -177,6 +188,7 @@ def run_unit_tests(
             "uid": uid,
             "limits": asdict(limits),
             "result_fd": write_fd,
+            "helpers": _helper_sources(),
         }
         # Handed over as an open, already deleted file: nothing on disk for the candidate to find, and
         # it reaches the child through bubblewrap too. The box path in argv only labels the process.
@@ -314,6 +326,12 @@ def _kill_processes_of_box(box: str) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Parent side
+
+
+@functools.cache
+def _helper_sources() -> dict[str, str]:
+    """{module name: source} of the test helpers in sandbox_lib."""
+    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(_HELPERS.glob("[!_]*.py"))}
 
 
 def _throwaway_uid() -> int | None:
@@ -569,6 +587,7 @@ def _classify(records: list[dict], returncode: int, timed_out: bool, output: str
     isolation: tuple[str, ...] = ()
     tests = []
     load_error = None
+    tests_error = None
     done = False
     for record in records:
         event = record.get("event")
@@ -578,6 +597,8 @@ def _classify(records: list[dict], returncode: int, timed_out: bool, output: str
             tests.append(record)
         elif event == "load_error":
             load_error = record.get("error", "")
+        elif event == "tests_error":
+            tests_error = record.get("error", "")
         elif event == "done":
             done = True
     passed = sum(1 for t in tests if t.get("ok"))
@@ -587,6 +608,8 @@ def _classify(records: list[dict], returncode: int, timed_out: bool, output: str
         status, notes = "timeout", [*notes, "TIMEOUT: wall-clock limit reached"]
     elif _SIGXCPU is not None and returncode == -_SIGXCPU:
         status, notes = "timeout", [*notes, "TIMEOUT: CPU limit reached"]
+    elif tests_error is not None:
+        status, notes = "tests_error", [*notes, f"TESTS ERROR: {tests_error}"]
     elif load_error is not None:
         status, notes = "error", [*notes, f"ERROR: {load_error}"]
     elif not done:
@@ -625,6 +648,7 @@ def _child_main(payload_fd: str) -> None:
         report(event="confine_error", error=str(error))
         os._exit(3)
     report(event="isolation", layers=layers)
+    _load_helpers(payload.get("helpers") or {})
     _run_harness(payload["program"], payload["tests"], payload["entry_point"], report)
     report(event="done")
     results.close()
@@ -632,6 +656,18 @@ def _child_main(payload_fd: str) -> None:
     sys.stderr.flush()
     # Skip interpreter finalisation: atexit handlers and __del__ methods are the candidate's code.
     os._exit(0)
+
+
+def _load_helpers(sources: dict[str, str]) -> None:
+    """Make each test helper importable by name (`from pytest import approx`) from its source text,
+    after confinement: a helper imports only the standard library, like the program under test."""
+    import types
+
+    for name, source in sources.items():
+        module = types.ModuleType(name)
+        module.__file__ = f"<sandbox_lib/{name}.py>"
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+        sys.modules[name] = module
 
 
 class _ConfinementFailed(Exception):
@@ -823,7 +859,7 @@ def _disarm_process_spawning() -> None:
         delattr(_posixsubprocess, name)
     subprocess._fork_exec = None
     subprocess._USE_POSIX_SPAWN = False
-    for name in ("subprocess", "_posixsubprocess", "multiprocessing.util"):
+    for name in ("subprocess", "_posixsubprocess", "multiprocessing.util", "socket", "_socket"):
         sys.modules.pop(name, None)
 
 
@@ -934,7 +970,19 @@ def _install_audit_hook(work: str, read_roots: tuple[str, ...]) -> None:
         "sqlite3.enable_load_extension",
         "sqlite3.load_extension",
     }
-    refused_imports = {"_ctypes", "ctypes", "_posixsubprocess", "_xxsubinterpreters"}
+    # Refused by name as well as by what they do: a program that imports them gets a clear error at
+    # load time, not a half-working module (the socket module loads, though no socket can be made).
+    refused_imports = {
+        "_ctypes",
+        "ctypes",
+        "_posixsubprocess",
+        "subprocess",
+        "_xxsubinterpreters",
+        "socket",
+        "_socket",
+        "ssl",
+        "_ssl",
+    }
     # Event name -> positions of the path arguments that are written to.
     mutating = {
         "os.remove": (0,),
@@ -1018,8 +1066,12 @@ def _run_harness(program: str, tests: str, entry_point: str | None, report) -> N
     for name, source in [("<program>", program), ("<tests>", tests)]:
         linecache.cache[name] = (len(source), None, source.splitlines(True), name)
     try:
-        program_code = compile(program, "<program>", "exec")
         tests_tree = ast.parse(tests, "<tests>")
+    except SyntaxError as error:
+        report(event="tests_error", error=describe(error))
+        return
+    try:
+        program_code = compile(program, "<program>", "exec")
     except SyntaxError as error:
         report(event="load_error", error=describe(error))
         return
@@ -1049,6 +1101,10 @@ def _run_harness(program: str, tests: str, entry_point: str | None, report) -> N
             continue
         try:
             exec(code, namespace)
+        except ImportError as error:
+            # An import the tests need and the sandbox does not offer: the tests cannot run at all.
+            report(event="tests_error", error=describe(error))
+            return
         except BaseException as error:
             report(event="load_error", error="tests: " + describe(error))
             return

@@ -2,7 +2,7 @@
 
 - `select_by_instruct_rm`: an instruction-following model is asked, with an ensemble of prompt
   templates, whether each refinement incorporates the feedback; a refinement's score is
-  P(Yes) / (P(Yes) + P(No)) read from the next-token distribution (no sampling), averaged over the
+  P(Yes) / (P(Yes) + P(No)) (or True/False, as the template asks) read from the next-token distribution (no sampling), averaged over the
   templates; the argmax wins. Every (item, candidate, template) question goes in one batched call.
 - `select_by_unit_tests`: run the task's unit tests against each candidate in the sandbox; the first
   passing candidate wins (code tasks).
@@ -14,18 +14,26 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedback_loop.engine.prompts import INSTRUCT_RM_TEMPLATES, NO_TOKEN, YES_TOKEN, instruct_rm_prompts
+from feedback_loop.engine.prompts import (
+    INSTRUCT_RM_TEMPLATES,
+    NO_TOKEN,
+    YES_TOKEN,
+    instruct_rm_answers,
+    instruct_rm_prompts,
+)
 from feedback_loop.engine.types import FeedbackItem, ModelBackend, Refinement
 
 METHODS = ("instruct_rm", "unit_tests", "reward_model", "random", "first")
 
 Candidate = str | Refinement
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,9 @@ class Selection:
     scores: list[float]  # one per candidate, higher is better (what the method ranked by)
     method: str  # which method chose
     details: list[Any] = field(default_factory=list)  # per candidate, e.g. UnitTestResult for unit_tests
+    # unit_tests: the task's tests did not load (a syntax error, an import the sandbox lacks), so no
+    # candidate was really tested; index is None for that reason, not because every candidate failed
+    tests_error: bool = False
 
 
 def _text(candidate: Candidate) -> str:
@@ -76,12 +87,17 @@ def select_by_instruct_rm(
         for candidate in cands
         for question in instruct_rm_prompts(item, _text(candidate), templates)
     ]
-    logprobs = iter(backend.next_token_logprobs(prompts, [yes, no]) if prompts else [])
+    answers = [instruct_rm_answers(template, yes, no) for template in templates]
+    tokens = list(dict.fromkeys(token for pair in answers for token in pair))  # each once, in order
+    logprobs = iter(backend.next_token_logprobs(prompts, tokens) if prompts else [])
     selections = []
     for cands in candidates:
         scores = []
         for _ in cands:
-            per_template = [yes_probability(lp[yes], lp[no]) for lp in (next(logprobs) for _ in templates)]
+            per_template = [
+                yes_probability(lp[positive], lp[negative])
+                for (positive, negative), lp in zip(answers, (next(logprobs) for _ in templates), strict=True)
+            ]
             scores.append(sum(per_template) / len(per_template))
         selections.append(Selection(index=_argmax(scores), scores=scores, method="instruct_rm"))
     return selections
@@ -110,8 +126,15 @@ def select_by_unit_tests(
     )
     scores = [r.passed / (r.passed + r.failed) if r.passed + r.failed else 0.0 for r in results]
     passing = [i for i, r in enumerate(results) if r.status == "pass"]
+    broken = any(r.status == "tests_error" for r in results)
+    if broken:
+        logger.warning("unit_tests selection: the tests do not load: %s", results[0].output[-300:])
     return Selection(
-        index=passing[0] if passing else None, scores=scores, method="unit_tests", details=results
+        index=passing[0] if passing else None,
+        scores=scores,
+        method="unit_tests",
+        details=results,
+        tests_error=broken,
     )
 
 

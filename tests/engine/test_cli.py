@@ -205,3 +205,36 @@ def test_module_entry_point_builds_the_tiny_model(tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in (tmp_path / "tiny").iterdir()
     }
+
+
+def test_select_reads_mbpp_rows_and_writes_code_training_pairs_in_the_evaluation_shape(tmp_path):
+    from feedback_loop.engine.code import code_task, generation_prompt
+
+    row = {
+        "task_id": 3,
+        "text": "Add two numbers.",
+        "test_list": ["assert add(2, 3) == 5"],
+        "output": "def add(a, b):\n    return a - b\n",
+        "feedback": "Add them.",
+        "refinements": ["def add(a, b):\n    return a * b", "def add(a, b):\n    return a + b"],
+    }
+    write_jsonl(tmp_path / "in.jsonl", [row])
+    out, sft = str(tmp_path / "out.jsonl"), str(tmp_path / "sft.jsonl")
+    main(
+        [
+            "select",
+            "--method",
+            "unit_tests",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            out,
+            "--sft-output",
+            sft,
+        ]
+    )
+    assert read_jsonl(out)[0]["selected_index"] == 1
+    task = code_task({k: v for k, v in row.items() if k not in ("output", "feedback", "refinements")})
+    assert read_jsonl(sft) == [
+        {"prompt": generation_prompt(task), "completion": "def add(a, b):\n    return a + b\n"}
+    ]

@@ -217,3 +217,32 @@ def test_multiple_choice_on_the_tiny_model_gives_one_normalised_score_per_item(t
     for score in result.per_item:
         assert math.fsum(math.exp(v) for v in score.log_softmax) == pytest.approx(1.0)
     assert result.per_item[0].predicted == 0  # a word it has seen beats letters it has not
+
+
+# --- win rate from raters' comparisons, several per task ------------------------------------------
+
+
+def test_win_rate_by_task_counts_ties_as_half_and_resamples_tasks():
+    from feedback_loop.engine.evaluate import win_rate_by_task
+
+    # Task a: three raters all prefer A; task b: three raters all prefer B; task c: a tie and a win.
+    judgments = [("a", 1)] * 3 + [("b", 0)] * 3 + [("c", 0.5), ("c", 1)]
+    result = win_rate_by_task(judgments, n_boot=4000)
+    assert result.rate == pytest.approx(4.5 / 8)
+    assert (result.n, result.n_tasks) == (8, 3)
+    # Cluster-robust SE by hand: task sums 3, 0, 1.5 against rate * counts 1.6875, 1.6875, 1.125.
+    residuals = [3 - 1.6875, 0 - 1.6875, 1.5 - 1.125]
+    assert result.standard_error == pytest.approx(math.sqrt(3 / 2 * sum(r * r for r in residuals)) / 8)
+    # Judgments treated as independent would give a much narrower interval than tasks resampled.
+    naive = win_rate([o for _, o in judgments], n_boot=4000)
+    assert result.high - result.low > 1.3 * (naive.high - naive.low)
+    assert win_rate_by_task(judgments, n_boot=4000) == result  # seeded
+
+
+def test_win_rate_by_task_refuses_bad_outcomes():
+    from feedback_loop.engine.evaluate import win_rate_by_task
+
+    with pytest.raises(ValueError):
+        win_rate_by_task([("a", 2)])
+    with pytest.raises(ValueError):
+        win_rate_by_task([])

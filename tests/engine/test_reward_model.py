@@ -79,3 +79,30 @@ def test_reward_model_refuses_a_tokenizer_that_splits_yes_and_no(tiny_model_dir,
     monkeypatch.setattr(reward_model, "YES", " Yesterday-ish")
     with pytest.raises(ValueError, match="one token each"):
         train_reward_model(tiny_model_dir, [], tmp_path / "rm", progress=False)
+
+
+def test_best_of_n_keeps_the_sample_the_reward_model_ranks_highest():
+    import math
+
+    from feedback_loop.engine.reward_model import best_of_n
+    from feedback_loop.engine.types import GenerationConfig
+
+    class Policy:
+        name = "policy"
+
+        def generate(self, prompts, config):
+            return [[f"{p} a", f"{p} best", f"{p} c"][: config.n] for p in prompts]
+
+    class Judge:
+        name = "judge"
+
+        def next_token_logprobs(self, prompts, tokens):
+            p_yes = [0.9 if "BEST" in p else 0.2 for p in prompts]
+            return [{" Yes": math.log(p), " No": math.log(1 - p)} for p in p_yes]
+
+    config = GenerationConfig(n=3, temperature=0.8)
+    [pick] = best_of_n(Policy(), Judge(), ["q"], config, transform=str.upper)
+    assert (pick.text, pick.index) == ("Q BEST", 1)
+    assert pick.scores == pytest.approx([0.2, 0.9, 0.2])
+    with pytest.raises(ValueError, match="temperature"):
+        best_of_n(Policy(), Judge(), ["q"], GenerationConfig(n=3, temperature=0.0))

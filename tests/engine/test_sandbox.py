@@ -329,8 +329,8 @@ def test_program_cannot_connect_to_a_local_server(limits):
     server.setblocking(False)
     port = server.getsockname()[1]
     tests = (
-        "import socket\n"
         "def test_connect():\n"
+        "    import socket\n"  # refused by the hooks where they are on: the test fails either way
         f"    socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'leak')\n"
     )
     try:

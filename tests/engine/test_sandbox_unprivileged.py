@@ -45,16 +45,19 @@ print(json.dumps(out))
 """
 
 SWITCH_OFF_HOOKS = """
-import socket
+import os
 def _switch_off_the_audit_hooks():
+    global socket
     try:
-        socket.socket()
+        os.kill(os.getpid(), 0)
     except PermissionError as error:
         tb = error.__traceback__
         while tb.tb_frame.f_code.co_name != "hook":
             tb = tb.tb_next
         tb.tb_frame.f_locals["refuse"].__code__ = (lambda event, detail="": None).__code__
-    socket.socket().close()  # refused by the hooks: reaching the next line shows they are off
+    import socket  # refused by the hooks (by name and by what it does): reaching the end shows they are off
+
+    socket.socket().close()
     print("HOOKS OFF")
 _switch_off_the_audit_hooks()
 """

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from feedback_loop.engine.backends.hf import HFBackend
-from feedback_loop.engine.prompts import INSTRUCT_RM_TEMPLATES, instruct_rm_prompts
+from feedback_loop.engine.prompts import INSTRUCT_RM_TEMPLATES, instruct_rm_answers, instruct_rm_prompts
 from feedback_loop.engine.refine import FeedbackItem, Refinement
 from feedback_loop.engine.select import (
     select,
@@ -30,7 +30,15 @@ class LogprobBackend:
 
     def next_token_logprobs(self, prompts, tokens):
         self.calls.append((list(prompts), list(tokens)))
-        return [{" Yes": math.log(self.p_yes(p)), " No": math.log(1 - self.p_yes(p))} for p in prompts]
+        positive, negative = {" Yes", " True"}, {" No", " False"}
+        return [
+            {
+                t: math.log(self.p_yes(p) if t in positive else 1 - self.p_yes(p))
+                for t in tokens
+                if t in positive | negative
+            }
+            for p in prompts
+        ]
 
 
 ITEM = FeedbackItem(prompt="Describe the animal.", output="An animal.", feedback="Name the animal.")
@@ -53,7 +61,7 @@ def test_instruct_rm_averages_p_yes_over_templates_in_one_batched_call():
     assert n_templates >= 3
     assert len(backend.calls) == 1
     [(prompts, tokens)] = backend.calls
-    assert len(prompts) == 5 * n_templates and tokens == [" Yes", " No"]
+    assert len(prompts) == 5 * n_templates and tokens == [" Yes", " No", " True", " False"]
     assert [s.index for s in selections] == [1, 0]
     assert selections[0].scores[0] == pytest.approx(0.2)
     assert selections[0].scores[1] == pytest.approx((0.3 + 0.9 * (n_templates - 1)) / n_templates)
@@ -78,6 +86,10 @@ JUDGED_CANDIDATES = [
 ]
 
 
+# The tiny model's vocabulary has no single " True" token: its judge learns the Yes/No templates.
+YES_NO_TEMPLATES = tuple(t for t in INSTRUCT_RM_TEMPLATES if instruct_rm_answers(t) == (" Yes", " No"))
+
+
 @pytest.fixture(scope="module")
 def marker_judge_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model fine-tuned to answer " Yes" to every InstructRM question about a refinement
@@ -90,7 +102,7 @@ def marker_judge_dir(tiny_model_dir, tmp_path_factory):
     questions, answers = [], []
     for item, candidates in zip(JUDGED_ITEMS, JUDGED_CANDIDATES, strict=True):
         for candidate in candidates:
-            for question in instruct_rm_prompts(item, candidate):
+            for question in instruct_rm_prompts(item, candidate, YES_NO_TEMPLATES):
                 questions.append(question)
                 answers.append(tokenizer(" Yes" if MARKER in candidate else " No")["input_ids"][0])
     inputs = tokenizer(questions, return_tensors="pt", padding=True)
@@ -116,7 +128,7 @@ def marker_judge_dir(tiny_model_dir, tmp_path_factory):
 
 def test_instruct_rm_picks_the_refinement_the_judge_says_yes_to(marker_judge_dir):
     judge = HFBackend(marker_judge_dir, batch_size=16)
-    selections = select_by_instruct_rm(judge, JUDGED_ITEMS, JUDGED_CANDIDATES)
+    selections = select_by_instruct_rm(judge, JUDGED_ITEMS, JUDGED_CANDIDATES, templates=YES_NO_TEMPLATES)
     assert [s.index for s in selections] == [1, 0]
     # Read as P(Yes)/(P(Yes)+P(No)): high for the marker, low for the rest (inverted, it would pick another).
     assert selections[0].scores[1] > 0.9 > 0.1 > max(selections[0].scores[0], selections[0].scores[2])
@@ -175,3 +187,21 @@ def test_select_dispatches_by_method_name():
         select("instruct_rm", [ITEM], [["a"]])
     with pytest.raises(ValueError, match="needs tests"):
         select("unit_tests", [ITEM], [["a"]])
+
+
+def test_every_instruct_rm_template_shows_input_output_feedback_and_refinement():
+    item = FeedbackItem(prompt="INPUT-X", output="OUTPUT-X", feedback="FEEDBACK-X")
+    questions = instruct_rm_prompts(item, "REFINEMENT-X")
+    for question in questions:
+        for part in ("INPUT-X", "OUTPUT-X", "FEEDBACK-X", "REFINEMENT-X"):
+            assert part in question
+        assert question.endswith("Answer:")
+    pairs = {instruct_rm_answers(t) for t in INSTRUCT_RM_TEMPLATES}
+    assert pairs == {(" Yes", " No"), (" True", " False")}
+
+
+def test_unit_test_selection_says_when_the_tests_themselves_do_not_load():
+    broken = select_by_unit_tests([PROGRAM_PASSING, PROGRAM_WRONG], "from numpy import isclose\n" + TESTS)
+    assert broken.index is None and broken.tests_error
+    assert [r.status for r in broken.details] == ["tests_error", "tests_error"]
+    assert not select_by_unit_tests([PROGRAM_WRONG], TESTS).tests_error

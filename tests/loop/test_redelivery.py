@@ -34,10 +34,10 @@ def test_a_redelivered_refine_step_after_a_crash_writes_no_refinement_twice(
     sent = []
     monkeypatch.setattr(tasks, "enqueue_step", lambda *args, **kwargs: sent.append((args, kwargs)))
     tasks.round_refine_task(round.pk)
-    assert sent == [((round.pk, "refining"), {"countdown": services.CLAIM_STALE_SECONDS})]
+    assert sent == [((round.pk, "refining"), {"countdown": services.claim_stale_seconds()})]
     assert Round.objects.get(pk=round.pk).state == "refining"
 
-    stale = timezone.now() - timedelta(seconds=services.CLAIM_STALE_SECONDS + 1)
+    stale = timezone.now() - timedelta(seconds=services.claim_stale_seconds() + 1)
     Round.objects.filter(pk=round.pk).update(heartbeat_at=stale)
     tasks.round_refine_task(round.pk)
     round.refresh_from_db()

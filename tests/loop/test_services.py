@@ -171,7 +171,7 @@ def test_a_claimed_step_cannot_be_claimed_again_until_its_heartbeat_is_stale(pro
     assert token is not None
     assert services.round_claim(round_id=round.pk, state="pending") is None
     assert services.round_claim(round_id=round.pk, state="refining") is None  # not its state
-    stale = timezone.now() - timedelta(seconds=services.CLAIM_STALE_SECONDS + 1)
+    stale = timezone.now() - timedelta(seconds=services.claim_stale_seconds() + 1)
     Round.objects.filter(pk=round.pk).update(heartbeat_at=stale)
     second = services.round_claim(round_id=round.pk, state="pending")
     assert second not in (None, token)

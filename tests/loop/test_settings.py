@@ -41,16 +41,27 @@ def test_training_settings_become_the_trainers_config_with_checkpoints_on(projec
     assert config.save_every_steps > 0  # a worker that dies mid-training resumes
 
 
-def test_training_and_generation_run_on_the_gpu_queue_the_rest_on_default():
-    queues = {state: task.queue for state, task in tasks.STEP_TASKS.items()}
+def test_every_step_that_loads_a_model_runs_on_the_model_queue_taking_feedback_on_default(settings):
+    queues = {state: tasks.step_queue(state) for state in tasks.STEP_TASKS}
     assert queues == {
         "pending": "default",
-        "refining": "default",
-        "selecting": "default",
+        "refining": "gpu",
+        "selecting": "gpu",
         "training": "gpu",
-        "evaluating": "default",
+        "evaluating": "gpu",
         "generating": "gpu",
     }
+    settings.REFINERY_MODEL_QUEUE = "models"
+    assert tasks.step_queue("refining") == tasks.step_queue("evaluating") == "models"
+
+
+def test_a_step_is_sent_to_its_queue(project, alice, settings, monkeypatch):
+    sent = []
+    monkeypatch.setattr(
+        tasks.round_evaluate_task, "apply_async", lambda args, **kwargs: sent.append((args, kwargs))
+    )
+    tasks.enqueue_step(7, "evaluating")
+    assert sent == [((7,), {"countdown": None, "queue": "gpu"})]
 
 
 def test_the_default_tiny_model_is_built_on_first_use_and_then_reused(project, artifacts, monkeypatch):

@@ -269,21 +269,54 @@ class HFBackend:
         ).logits
         return F.log_softmax(logits.float(), dim=-1)
 
+    def _joint_ids(self, prompt: str, continuation: str) -> tuple[list[int], int]:
+        """Token ids of prompt + continuation tokenized as one text, and how many of the last ones
+        belong to the continuation: those that end past the prompt (the rule the OpenAI backend
+        applies to a server's echoed offsets, so both backends count the same tokens).
+
+        Tokenizing the two apart would give other tokens at the seam (" Yes" after "Answer:" is one
+        byte-level token, but "Answer: " + "Yes" is two), and SentencePiece would put a dummy-prefix
+        token in front of the continuation; the joint text has neither problem.
+        """
+        full = prompt + continuation
+        encoded = self.tokenizer(full, add_special_tokens=True, return_offsets_mapping=self.tokenizer.is_fast)
+        ids = list(encoded["input_ids"])
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and ids and ids[-1] == eos and not full.endswith(self.tokenizer.eos_token or "\0"):
+            ids.pop()  # a tokenizer that appends EOS to every text (as in feedback_loop.engine.tokens)
+        if self.tokenizer.is_fast:
+            ends = [end for _, end in encoded["offset_mapping"][: len(ids)]]
+            special = set(self.tokenizer.all_special_ids)
+            n_cont = len(ids)
+            for k in range(len(ids) - 1, -1, -1):
+                if ids[k] in special or ends[k] <= len(prompt):
+                    n_cont = len(ids) - 1 - k
+                    break
+        else:  # no offsets: the tokens past the prompt's own tokens, where the two agree on a prefix
+            (alone,) = prompt_ids(self.tokenizer, [prompt])
+            shared = 0
+            while shared < min(len(alone), len(ids)) and alone[shared] == ids[shared]:
+                shared += 1
+            n_cont = len(ids) - shared
+        if not continuation:
+            n_cont = 0
+        if n_cont == len(ids):  # an empty prompt and no BOS: the first token needs something before it
+            start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else eos
+            ids = [start, *ids]
+        n_cont = min(n_cont, self.max_length - 1)
+        return keep_last(ids, self.max_length, bos_token_id=self.tokenizer.bos_token_id), n_cont
+
     @torch.inference_mode()
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ContinuationScore]:
-        """Sum of log p(continuation tokens | prompt); prompt and continuation are tokenized apart."""
+        """Sum of log p(continuation tokens | prompt), prompt and continuation tokenized jointly."""
         if len(prompts) != len(continuations):
             raise ValueError("score needs one continuation per prompt")
-        pairs = []
-        for prompt, continuation in zip(prompts, continuations, strict=True):
-            cont = self._encode(continuation)[: self.max_length - 1]
-            context = self._context_ids(prompt, self.max_length - len(cont))
-            pairs.append((context, cont))
-        scores: list[ContinuationScore | None] = [None] * len(pairs)
+        joint = [self._joint_ids(p, c) for p, c in zip(prompts, continuations, strict=True)]
+        scores: list[ContinuationScore | None] = [None] * len(joint)
         with self._adapter_context():
-            for batch in self._batches([len(c) + len(t) for c, t in pairs]):
-                rows = [pairs[i][0] + pairs[i][1] for i in batch]
-                n_cont = [len(pairs[i][1]) for i in batch]
+            for batch in self._batches([len(ids) for ids, _ in joint]):
+                rows = [joint[i][0] for i in batch]
+                n_cont = [joint[i][1] for i in batch]
                 longest = max(n_cont)
                 if longest == 0:
                     for i in batch:
@@ -297,7 +330,7 @@ class HFBackend:
                     if n == 0:
                         scores[i] = ContinuationScore(logprob=0.0, n_tokens=0)
                         continue
-                    target = torch.tensor(pairs[i][1], device=logprobs.device)
+                    target = torch.tensor(rows[j][-n:], device=logprobs.device)
                     picked = logprobs[j, longest - n :].gather(-1, target[:, None]).squeeze(-1)
                     scores[i] = ContinuationScore(logprob=picked.sum().item(), n_tokens=n)
         return scores  # type: ignore[return-value]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -51,7 +51,8 @@ class OpenAIBackend:
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        token_ids: Mapping[str, int] | None = None,
+        token_ids: Mapping[str, int] | Literal["server"] | None = None,
+        answer_bias: float = 100.0,
         tokenizer: str | None = None,
     ):
         base_url = base_url.rstrip("/")
@@ -63,10 +64,16 @@ class OpenAIBackend:
         self.batch_size = batch_size  # prompts per request
         self.top_logprobs = top_logprobs  # OpenAI allows 5, vLLM 20 by default
         self.backoff_s = backoff_s
+        # The served model's id of each answer token (" Yes": 7010, ...): with them, next-token
+        # questions put `answer_bias` on every candidate, so all of them are among the top log-probs.
+        # "server": ask the server's /tokenize (vLLM's) for them, once per token.
+        self._lookup = token_ids == "server"
+        self.token_ids: dict[str, int] = {} if token_ids in (None, "server") else dict(token_ids)  # type: ignore[arg-type]
+        self.answer_bias = answer_bias
         self._sleep = sleep
-        # Banned words go out as token ids in `logit_bias`: known ids, else the served model's tokenizer
-        # (a local folder or HF id; for a conditionally trained adapter, the adapter's folder).
-        self.token_ids = dict(token_ids or {})
+        # Banned words go out as token ids in `logit_bias` too: known ids (`token_ids`), else the
+        # served model's tokenizer (a local folder or HF id; for a conditionally trained adapter,
+        # the adapter's folder).
         self.tokenizer_path = tokenizer
         self._tokenizer = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -164,7 +171,11 @@ class OpenAIBackend:
         return ids[0]
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ContinuationScore]:
-        """Prompt log-probs echoed back by the server; tokens are assigned by their character offset."""
+        """Prompt log-probs echoed back by the server, for prompt + continuation sent as one text.
+
+        A token belongs to the continuation when it ends past the prompt (by its character offset):
+        the same rule as the local backend's joint tokenization, so both count the same tokens.
+        """
         if len(prompts) != len(continuations):
             raise ValueError("score needs one continuation per prompt")
         full = [p + c for p, c in zip(prompts, continuations, strict=True)]
@@ -190,16 +201,56 @@ class OpenAIBackend:
                 end = offsets[k + 1] if k + 1 < len(offsets) else len(text)
                 # A token belongs to the continuation if it ends past the prompt; tokens starting at the
                 # end of the echoed text are the generated one we asked for, not part of the input.
-                if start >= len(text) or end <= len(prompt) or lp is None:
+                if start >= len(text) or end <= len(prompt):
                     continue
+                if lp is None:  # the text's first token, with nothing before it to condition on
+                    raise ValueError(
+                        f"{self.model}: the server gives the first token of {text[:40]!r} no log-prob; "
+                        "a continuation needs a non-empty prompt to be scored whole"
+                    )
                 total += lp
                 count += 1
             scores.append(ContinuationScore(logprob=total, n_tokens=count))
         return scores
 
+    def _look_up_token_ids(self, tokens: Sequence[str]) -> None:
+        """Learn each token's id from the server's /tokenize (vLLM): the ids of "a" + token past
+        those of "a", so that " Yes" is the token a model writes after text. A token that is not one
+        token, or a server without the endpoint, leaves the ids unknown (and the bias off)."""
+        root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
+
+        def ids(text: str) -> list[int]:
+            body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+            response = self._client.post(f"{root}/tokenize", json=body)
+            response.raise_for_status()
+            return list(response.json()["tokens"])
+
+        for token in tokens:
+            if token in self.token_ids:
+                continue
+            try:
+                prefix, joined = ids("a"), ids("a" + token)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                self._lookup = False  # no such endpoint: do not ask again
+                return
+            if joined[: len(prefix)] == prefix and len(joined) == len(prefix) + 1:
+                self.token_ids[token] = joined[-1]
+
     def next_token_logprobs(self, prompts: Sequence[str], tokens: Sequence[str]) -> list[dict[str, float]]:
-        """Read from the top log-probs of the first generated token; a token not among them gets -inf."""
-        choices = self._complete(prompts, max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
+        """Read from the top log-probs of the first generated token; a token not among them gets -inf.
+
+        When every candidate's id is known (`token_ids`), each gets the same `logit_bias`, so all of
+        them are among the top log-probs whatever the model prefers: a " No" that would have fallen
+        out of the top k can no longer make P(Yes) / (P(Yes) + P(No)) read 1.0. The same bias on
+        every candidate leaves their differences (all that ratio reads) as the model has them.
+        """
+        options: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
+        if self._lookup:
+            self._look_up_token_ids(tokens)
+        if tokens and all(t in self.token_ids for t in tokens):
+            options["logit_bias"] = {str(self.token_ids[t]): self.answer_bias for t in tokens}
+            options["logprobs"] = max(self.top_logprobs, len(set(tokens)))
+        choices = self._complete(prompts, **options)
         results = []
         for choice in choices:
             top = ((choice.get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}

@@ -1,0 +1,175 @@
+"""Real processes for the loop's reliability tests: Celery workers and beat, and a private Redis.
+
+Each runs in its own session (process group) so that a test can SIGKILL a worker with everything
+it started, as when its machine dies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def worker_env(*, broker: str, artifacts: Path, **extra: str) -> dict[str, str]:
+    """The environment of a worker sharing the test database (PostgreSQL) and `broker`."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the worker shares the test database: PostgreSQL only")
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": broker,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "REFINERY_ARTIFACTS_DIR": str(artifacts),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "SECRET_KEY": "worker-test-" + "k" * 50,  # the deployment settings refuse to start without one
+        **extra,
+    }
+
+
+class Process:
+    """A child process in its own process group, its output in a log file."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], log: Path, cwd: Path = REPO) -> None:
+        self.log = log
+        self._file = open(log, "ab")  # noqa: SIM115 - closed in stop()/kill()
+        self.popen = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children at once: no clean-up, no acknowledgement."""
+        self._signal(signal.SIGKILL)
+        self.popen.wait()
+        self._file.close()
+
+    def stop(self, timeout: float = 20) -> None:
+        self._signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            self.popen.wait()
+        self._file.close()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def celery_worker(env: dict[str, str], log: Path) -> Process:
+    """One worker on both queues, one task at a time, as the embedded default runs it."""
+    return Process(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default,gpu",
+            "--pool",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+        ],
+        env=env,
+        log=log,
+    )
+
+
+def celery_beat(env: dict[str, str], log: Path, schedule: Path) -> Process:
+    return Process(
+        [sys.executable, "-m", "celery", "-A", "config", "beat", "-s", str(schedule), "-l", "INFO"],
+        env=env,
+        log=log,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server(port: int, folder: Path, log: Path) -> Process:
+    """A private, empty Redis that keeps nothing on disk: a restart loses every queued message."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+    server = Process(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        env=dict(os.environ),
+        log=log,
+        cwd=folder,
+    )
+    wait_for(lambda: _answers(port), timeout=10, what="redis-server to answer")
+    return server
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check: Callable[[], object], *, timeout: float, what: str, every: float = 0.1):
+    """Poll `check` until it returns something true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"waited {timeout:.0f} s for {what}")
+
+
+def tail(*logs: Path, size: int = 4000) -> str:
+    """The end of each log, to print when a test fails."""
+    return "\n".join(
+        f"----- {log.name}\n{log.read_bytes()[-size:].decode(errors='replace')}"
+        for log in logs
+        if log.exists()
+    )
