@@ -91,6 +91,11 @@ class Command(BaseCommand):
 Ctrl+C stops the server and the worker.
 """
         )
+        # The filesystem broker's folders: the worker stops at once when they are missing.
+        for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+            folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(key)
+            if folder:
+                Path(folder).mkdir(parents=True, exist_ok=True)
         code = supervise(
             {
                 "web": [sys.executable, "manage.py", "runserver", "--noreload", f"{host}:{port}"],
