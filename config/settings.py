@@ -190,6 +190,8 @@ REFINERY_WEBHOOKS_ALLOW_PRIVATE = env_bool("REFINERY_WEBHOOKS_ALLOW_PRIVATE", DE
 
 # Where trained adapters, exports and the locally built demo model live.
 REFINERY_ARTIFACTS_DIR = Path(env_str("REFINERY_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
+# Shared storage for artifacts (fsspec URL: s3://…, gs://…, file://…); empty: the local folder only.
+REFINERY_ARTIFACTS_URL = env_str("REFINERY_ARTIFACTS_URL", "")
 
 LOGGING = {
     "version": 1,

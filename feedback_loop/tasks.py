@@ -26,7 +26,7 @@ from celery import shared_task
 from annotation.models import Output, Project, Prompt
 from annotation.questions import questions_for
 from annotation.services import NewOutput, NewTask, outputs_enqueue
-from feedback_loop import selectors, services
+from feedback_loop import selectors, services, storage
 from feedback_loop.engine.backends import load_backend
 from feedback_loop.engine.demo_task import sentence_task
 from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, mention_accuracy
@@ -143,7 +143,7 @@ def model_path(model: str) -> str:
 def _backend(model: str, *, adapters: dict[str, str] | None = None):
     backend = load_backend({"kind": "hf", "model": model_path(model)})
     for name, path in (adapters or {}).items():
-        backend.load_adapter(path, name)
+        backend.load_adapter(str(storage.artifact_fetch(path)), name)
     return backend
 
 
@@ -289,7 +289,7 @@ def _train(round: Round, token: str) -> None:
     sha = dataset_sha256(examples)
     parent = selectors.active_adapter(round.project)
     init = (
-        parent.path
+        str(storage.artifact_fetch(parent.path))
         if parent is not None and config.get("data_mode") == LoopConfig.DataMode.CONTINUE
         else None
     )
@@ -310,6 +310,8 @@ def _train(round: Round, token: str) -> None:
         on_step=on_step,
         init_adapter=init,
     )
+    # Workers on other machines (evaluation, generation, the next round) fetch it from there.
+    storage.artifact_publish(result.adapter_dir)
     services.adapter_register(
         round=round,
         path=str(result.adapter_dir),
