@@ -58,7 +58,7 @@ def test_simulated_raters_rate_through_the_queue_and_each_round_measures_held_ou
     out = io.StringIO()
 
     call_command(
-        "simulate_raters", str(project.pk), "--rounds", "2", "--seed", "3", stdout=out, stderr=io.StringIO()
+        "simulate_raters", "Demo: sentences", "--rounds", "2", "--seed", "3", stdout=out, stderr=io.StringIO()
     )
 
     rounds = list(Round.objects.filter(project=project).order_by("number"))
