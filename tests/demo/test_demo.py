@@ -14,6 +14,7 @@ from django.core.management import call_command
 
 from annotation.models import Judgment, Output, Project, Prompt, Task
 from feedback_loop.models import Round
+from feedback_loop.reports import metric_charts
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,10 @@ def test_simulated_raters_rate_through_the_queue_and_each_round_measures_held_ou
     for task in Task.objects.filter(project=project, judgments__isnull=False).distinct():
         assert task.judgments.count() == 2
     assert out.getvalue().count("held-out accuracy") == 2
+    # The project's Rounds tab plots it, one point per round.
+    charts = {c.title: c for c in metric_charts([r.adapter for r in rounds])}
+    series = {s.name: s.points for s in charts["Task metric"].series}
+    assert [n for n, _ in series["accuracy: new adapter"]] == [1, 2]
 
 
 SUPERVISOR = textwrap.dedent(
