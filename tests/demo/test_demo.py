@@ -135,3 +135,76 @@ def test_when_one_process_dies_the_other_is_stopped_and_its_exit_code_reported(t
 
     assert process.wait(timeout=30) == 3
     assert all(_gone(pid) for pid in pids)
+
+
+def _children(pid):
+    """The command lines of a process's children (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_manage_py_demo_serves_pages_runs_a_worker_on_both_queues_and_ctrl_c_stops_both(
+    tmp_path, tiny_model_dir
+):
+    import urllib.request
+
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "tiny-model").symlink_to(tiny_model_dir, target_is_directory=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "REFINERY_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        "DEBUG": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    for command in (["migrate", "-v", "0"], ["demo", "--no-serve"]):
+        subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True
+        )
+    port = _free_port()
+    log = open(tmp_path / "demo.log", "w+b")  # noqa: SIM115 - read back below
+    demo = subprocess.Popen(
+        [sys.executable, "manage.py", "demo", "--skip-setup", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline, page, ready = time.monotonic() + 120, None, False
+        while time.monotonic() < deadline and not (page == 200 and ready):
+            assert demo.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=5).status
+            except OSError:
+                pass
+            output = (tmp_path / "demo.log").read_text()
+            ready = "ready." in output
+            time.sleep(0.5)
+        assert page == 200 and ready, output[-3000:]
+        assert f"http://127.0.0.1:{port}/" in output and "simulate_raters" in output
+        children = _children(demo.pid)
+        assert any("runserver" in c and f"127.0.0.1:{port}" in c for c in children), children
+        assert any("celery" in c and "-Q default,gpu" in c for c in children), children
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+        assert "Warm shutdown" in (tmp_path / "demo.log").read_text()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=2)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        log.close()
