@@ -92,7 +92,7 @@ Ctrl+C stops the server and the worker.
 """
         )
         # The filesystem broker's folders: the worker stops at once when they are missing.
-        for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+        for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
             folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(key)
             if folder:
                 Path(folder).mkdir(parents=True, exist_ok=True)
