@@ -27,13 +27,14 @@ var/secret_key:
 	mkdir -p var
 	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
-# The demo runs as deployed (DEBUG off, static files hashed and served by WhiteNoise), on loopback.
+# The demo runs as deployed (DEBUG off, static files hashed and served by WhiteNoise), on loopback:
+# `manage.py demo` sets up the loop's demo project and runs the web server and one Celery worker
+# (filesystem broker, queues default and gpu) until Ctrl+C stops both.
 demo: install var/secret_key
 	export SECRET_KEY="$$(cat var/secret_key)" DEBUG=0 && \
 	$(BIN)/python manage.py migrate --no-input && \
 	$(BIN)/python manage.py collectstatic --no-input -v 0 && \
-	$(BIN)/python manage.py demo_setup && \
-	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT)
+	$(BIN)/python manage.py demo --host $(HOST) --port $(PORT)
 
 # PostgreSQL, Redis and chromium for the tests: started or installed where possible, else a clear stop.
 services:

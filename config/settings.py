@@ -167,6 +167,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_in": str(VAR_DIR / "broker"),
         "data_folder_out": str(VAR_DIR / "broker"),
         "processed_folder": str(VAR_DIR / "broker-processed"),
+        # Its exchange tables; by default a `control` folder in the current directory.
+        "control_folder": str(VAR_DIR / "broker-control"),
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
@@ -221,6 +223,8 @@ REFINERY_WEBHOOKS_ALLOW_PRIVATE = env_bool("REFINERY_WEBHOOKS_ALLOW_PRIVATE", DE
 
 # Where trained adapters, exports and the locally built demo model live.
 REFINERY_ARTIFACTS_DIR = Path(env_str("REFINERY_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
+# Shared storage for artifacts (fsspec URL: s3://…, gs://…, file://…); empty: the local folder only.
+REFINERY_ARTIFACTS_URL = env_str("REFINERY_ARTIFACTS_URL", "")
 
 LOGGING = {
     "version": 1,

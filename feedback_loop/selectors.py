@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 
 from annotation.exporting import training_prompt
-from annotation.models import Answer, Judgment, Project, Prompt, Task, TaskOutput
+from annotation.models import Answer, Judgment, Output, Project, Prompt, Task, TaskOutput
 from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
 
 
@@ -283,6 +283,36 @@ def code_eval_rows(project: Project) -> list[CodeTaskRow]:
                 )
             )
     return rows
+
+
+@dataclass(frozen=True)
+class MentionRow:
+    prompt_id: int
+    prompt: str
+    must_include: tuple[str, ...]  # what a good output mentions (case-insensitive)
+
+
+def mention_eval_rows(project: Project) -> list[MentionRow]:
+    """Eval-split prompts whose `data` lists what a good output must mention (`must_include`): the
+    loop's mechanical task metric, measured on prompts no adapter trains on."""
+    rows = []
+    for prompt in Prompt.objects.filter(project=project, split=Prompt.Split.EVAL).order_by("id"):
+        data = prompt.data if isinstance(prompt.data, dict) else {}
+        wanted = data.get("must_include")
+        if isinstance(wanted, list) and wanted and all(isinstance(w, str) and w.strip() for w in wanted):
+            rows.append(
+                MentionRow(prompt_id=prompt.pk, prompt=training_prompt_of(prompt), must_include=tuple(wanted))
+            )
+    return rows
+
+
+def prompts_without_outputs(project: Project, *, limit: int) -> QuerySet[Prompt]:
+    """Train-split prompts nothing was written for yet: where a project's first outputs go."""
+    return (
+        Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN)
+        .filter(~Exists(Output.objects.filter(prompt=OuterRef("pk"))))
+        .order_by("id")[:limit]
+    )
 
 
 def prompts_to_generate(round: Round, *, limit: int) -> QuerySet[Prompt]:

@@ -29,10 +29,10 @@ from pathlib import Path
 from celery import shared_task
 from django.conf import settings
 
-from annotation.models import Output, Prompt
+from annotation.models import Output, Project, Prompt
 from annotation.questions import questions_for
-from annotation.services import NewOutput, NewTask
-from feedback_loop import selectors, services
+from annotation.services import NewOutput, NewTask, outputs_enqueue
+from feedback_loop import selectors, services, storage
 from feedback_loop.engine.backends import load_backend
 from feedback_loop.engine.conditional import (
     conditional_generation_config,
@@ -40,7 +40,8 @@ from feedback_loop.engine.conditional import (
     is_conditional_adapter,
     prepare_training,
 )
-from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, win_rate_by_task
+from feedback_loop.engine.demo_task import sentence_task
+from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, mention_accuracy, win_rate_by_task
 from feedback_loop.engine.probes import FAMILIES as PROBE_FAMILIES
 from feedback_loop.engine.probes import run_probes
 from feedback_loop.engine.refine import RefineConfig, refine
@@ -203,7 +204,7 @@ def model_path(model: str) -> str:
 def _backend(model: str, *, adapters: dict[str, str] | None = None):
     backend = load_backend({"kind": "hf", "model": model_path(model)})
     for name, path in (adapters or {}).items():
-        backend.load_adapter(path, name)
+        backend.load_adapter(str(storage.artifact_fetch(path)), name)
     return backend
 
 
@@ -394,7 +395,7 @@ def _train(round: Round, token: str) -> None:
     sha = dataset_sha256(examples)
     parent = selectors.active_adapter(round.project)
     init = (
-        parent.path
+        str(storage.artifact_fetch(parent.path))
         if parent is not None and config.get("data_mode") == LoopConfig.DataMode.CONTINUE
         else None
     )
@@ -419,6 +420,8 @@ def _train(round: Round, token: str) -> None:
     metrics = dict(result.metrics)
     if _scores_objective(round):
         metrics["objective"] = {"name": config["objective"], **counts}
+    # Workers on other machines (evaluation, generation, the next round) fetch it from there.
+    storage.artifact_publish(result.adapter_dir)
     services.adapter_register(
         round=round,
         path=str(result.adapter_dir),
@@ -471,6 +474,21 @@ def _evaluate(round: Round, token: str) -> None:
         evaluation["pass@1"] = pass_at_1(backend, code_rows, generation)
         backend.set_adapter("previous" if adapter.parent is not None else None)
         evaluation["baseline_pass@1"] = pass_at_1(backend, code_rows, generation)
+    mention_rows = selectors.mention_eval_rows(round.project)
+    if mention_rows:
+        # The share of held-out prompts whose greedy output mentions what it must: the task metric
+        # of templated tasks (the demo's), checked mechanically. For the record, like pass@1.
+        backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        generation = dataclasses.replace(
+            generation_config_from(config.get("generation", {})), temperature=0.0
+        )
+        prompts = [row.prompt for row in mention_rows]
+        wanted = [row.must_include for row in mention_rows]
+        evaluation["n_mention_checks"] = len(mention_rows)
+        backend.set_adapter("new")
+        evaluation["accuracy"] = mention_accuracy(backend, prompts, wanted, generation)
+        backend.set_adapter("previous" if adapter.parent is not None else None)
+        evaluation["baseline_accuracy"] = mention_accuracy(backend, prompts, wanted, generation)
     probe_flags, probe_details = [], {}
     probes = probe_files_from(config.get("probes") or {})
     if probes:
@@ -612,7 +630,62 @@ def _generate(round: Round, token: str) -> None:
     services.round_outputs_enqueue(round_id=round.pk, token=token, single=single_tasks, pairwise=pair_tasks)
 
 
+def demo_prompts(*, n_train: int, n_eval: int, seed: int = 0) -> list[dict]:
+    """The demo's templated sentence task (engine.demo_task) as prompt rows to create."""
+    return [
+        {
+            "external_id": p.external_id,
+            "text": p.text,
+            "split": p.split,
+            "gold": p.reference,
+            "data": {"must_include": list(p.must_include)},
+        }
+        for p in sentence_task(n_train=n_train, n_eval=n_eval, seed=seed)
+    ]
+
+
+def first_outputs(project_id: int, *, limit: int) -> int:
+    """Outputs of the project's active model (its base model before any round) for up to `limit`
+    train prompts that have none yet, as single rating tasks; returns how many tasks it made. A
+    new project's raters get work before the first round; calling it again writes nothing twice."""
+    project = Project.objects.get(pk=project_id)
+    config = selectors.loop_config_of(project).snapshot()
+    prompts = list(selectors.prompts_without_outputs(project, limit=limit))
+    if not prompts:
+        return 0
+    active = selectors.active_adapter(project)
+    backend = _backend(config["base_model"], adapters={"active": active.path} if active else None)
+    backend.set_adapter("active" if active else None)
+    generation = generation_config_from(config.get("generation", {}))
+    samples = backend.generate([selectors.training_prompt_of(p) for p in prompts], generation)
+    settings = {**dataclasses.asdict(generation), "adapter_id": active.pk if active else None}
+    items = [
+        NewTask(
+            prompt_id=prompt.pk,
+            outputs=(
+                NewOutput(
+                    text=storable(texts[0]).strip(),
+                    key=f"first:prompt-{prompt.pk}",
+                    model_name=config["base_model"],
+                    adapter=active.path if active else "",
+                    generation={**settings, "role": "first"},
+                ),
+            ),
+        )
+        for prompt, texts in zip(prompts, samples, strict=True)
+        if texts and storable(texts[0]).strip()
+    ]
+    if not items:
+        return 0
+    return outputs_enqueue(project=project, items=items, task_kind="single").tasks_created
+
+
 # ---------------------------------------------------------------- the tasks
+
+
+@shared_task(name="feedback_loop.first_outputs", queue="gpu")
+def first_outputs_task(project_id: int, limit: int = 32) -> int:
+    return first_outputs(project_id, limit=limit)
 
 
 @shared_task(name="feedback_loop.take_feedback", queue="default")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from feedback_loop.engine.types import ModelBackend, SFTExample
+from feedback_loop.engine.types import GenerationConfig, ModelBackend, SFTExample
 
 
 def held_out_loss(backend: ModelBackend, examples: Sequence[SFTExample]) -> float:
@@ -25,6 +25,29 @@ def held_out_loss(backend: ModelBackend, examples: Sequence[SFTExample]) -> floa
     if n_tokens == 0:
         raise ValueError("the completions have no tokens to score")
     return -sum(s.logprob for s in scores) / n_tokens
+
+
+def missing_mentions(text: str, must_include: Sequence[str]) -> list[str]:
+    """The required mentions `text` lacks (case-insensitive); empty when it passes the check."""
+    lowered = text.lower()
+    return [item for item in must_include if item.lower() not in lowered]
+
+
+def mention_accuracy(
+    backend: ModelBackend,
+    prompts: Sequence[str],
+    must_include: Sequence[Sequence[str]],
+    config: GenerationConfig,
+) -> float:
+    """Share of prompts whose generated output (one sample each) mentions everything it must."""
+    if not prompts:
+        return float("nan")
+    samples = backend.generate(list(prompts), replace(config, n=1))
+    passed = [
+        bool(texts) and not missing_mentions(texts[0], wanted)
+        for texts, wanted in zip(samples, must_include, strict=True)
+    ]
+    return sum(passed) / len(passed)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -23,6 +23,13 @@ What it does, in order (see `train_lora`):
    goes to `output_dir/checkpoints/`; `train_lora` called again on the same folder resumes from it.
 5. At the end, `output_dir` holds the adapter (`save_pretrained`), `training_config.json`,
    `metrics.json` and `adapter.sha256` (written last: its presence marks a finished run).
+
+Several GPUs on one machine: `torchrun --nproc_per_node N -m feedback_loop.engine.train ...` (see
+`distributed_rank_and_size`). Every process plans the same batches; each takes every N-th row of
+each micro-batch, and the gradients are summed across processes before the optimizer step, so with
+the same `batch_size` (the global batch) the run follows the one-process loss curve (up to float
+summation order, and dropout, LoRA's or the model's own, which draws its masks per process).
+Process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -279,6 +286,31 @@ def training_device(requested: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {requested!r} was asked for, but torch sees no CUDA device")
     return device
+
+
+def distributed_rank_and_size(device: torch.device) -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) alone; under torchrun (WORLD_SIZE > 1) it joins the
+    process group (NCCL on GPUs, gloo on CPUs) if nobody did yet."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not dist.is_initialized():
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum tensors across the process group in place, in one flat buffer (one collective per step)."""
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def uses_bf16(device: torch.device) -> bool:
@@ -619,6 +651,10 @@ def train_lora(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     device = training_device(config.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
+        torch.cuda.set_device(device)
+    rank, world = distributed_rank_and_size(device)
     tokenizer = AutoTokenizer.from_pretrained(model)
     if config.added_tokens:
         add_tokens(tokenizer, config.added_tokens)  # before tokenizing: the tokens must stay whole
@@ -662,6 +698,8 @@ def train_lora(
 
     # The whole schedule is known up front: every epoch has the same number of optimizer steps.
     lengths = [len(t.input_ids) for t in train_set]
+    # Every process knows the completion tokens of the whole step without asking the others.
+    completion_counts = [sum(label != IGNORE_INDEX for label in t.labels) for t in train_set]
     steps_per_epoch = math.ceil(len(plan_batches(lengths, config, epoch=0)) / config.gradient_accumulation)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -689,7 +727,9 @@ def train_lora(
     peft_model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="LoRA training", unit="step")
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not progress or rank != 0, desc="LoRA training", unit="step"
+    )
     train_start = time.perf_counter()
     tokens_this_run = 0
     planned_epoch, batches = None, []
@@ -698,9 +738,10 @@ def train_lora(
         if epoch != planned_epoch:
             planned_epoch, batches = epoch, plan_batches(lengths, config, epoch=epoch)
         first = step_in_epoch * config.gradient_accumulation
+        step_rows = batches[first : first + config.gradient_accumulation]
+        # This process's share of each micro-batch: every `world`-th row (all of it when alone).
         micro_batches = [
-            collate(train_set, rows, pad_id=pad_id)
-            for rows in batches[first : first + config.gradient_accumulation]
+            collate(train_set, rows[rank::world], pad_id=pad_id) for rows in step_rows if rows[rank::world]
         ]
 
         lr = learning_rate_at(step, config, total_steps)
@@ -713,7 +754,7 @@ def train_lora(
             )
         # Sum of token losses over the whole step divided by its completion tokens: a true per-token mean,
         # whatever the split into micro-batches.
-        step_targets = sum(b.n_completion_tokens for b in micro_batches)
+        step_targets = sum(completion_counts[i] for rows in step_rows for row in rows for i in row)
         loss_sum = torch.zeros((), device=device)
         for batch in micro_batches:
             with autocast_for(device):
@@ -725,6 +766,12 @@ def train_lora(
             loss.backward()
             loss_sum += loss.detach()
             tokens_this_run += batch.n_tokens
+        if world > 1:
+            # The sum of every process's share is the whole step's gradient: the same update everywhere.
+            for p in trainable:
+                if p.grad is None:  # this process had no row in the step
+                    p.grad = torch.zeros_like(p)
+            _all_reduce_sum([p.grad for p in trainable] + [loss_sum])
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -735,7 +782,12 @@ def train_lora(
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        if config.save_every_steps and step % config.save_every_steps == 0 and step < total_steps:
+        if (
+            rank == 0
+            and config.save_every_steps
+            and step % config.save_every_steps == 0
+            and step < total_steps
+        ):
             _save_checkpoint(
                 output_dir,
                 {
@@ -748,20 +800,20 @@ def train_lora(
                     "rng": _rng_state(device),
                 },
             )
-        if on_step is not None:
+        if on_step is not None and rank == 0:
             on_step(step, total_steps, step_loss)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_seconds = time.perf_counter() - train_start
+    if world > 1:
+        counted = torch.tensor([float(tokens_this_run)], device=device)
+        _all_reduce_sum([counted])
+        tokens_this_run = int(counted.item())
 
     eval_loss = (
         completion_loss(peft_model, eval_set, config, pad_id=pad_id, device=device) if eval_set else None
     )
-    # Trainable tokens save their own rows; the whole grown embedding need not be saved with them.
-    peft_model.save_pretrained(output_dir, save_embedding_layers=False if config.added_tokens else "auto")
-    if config.added_tokens:
-        tokenizer.save_pretrained(output_dir)
     metrics = {
         "train_loss": losses,  # mean completion-token NLL of each optimizer step
         "eval_loss_initial": eval_loss_initial,  # on eval_examples before training (None when resumed)
@@ -778,7 +830,15 @@ def train_lora(
         "device": device.type,
         "dtype": "bfloat16" if uses_bf16(device) else "float32",
         "peak_memory_bytes": _peak_memory_bytes(device),  # CUDA allocations, or the process's peak RSS on CPU
+        "processes": world,  # data-parallel processes (torchrun), each with its share of every batch
     }
+    if rank != 0:
+        _wait_for_rank_zero()
+        return TrainingResult(adapter_dir=output_dir, metrics=metrics, checksum=adapter_checksum(output_dir))
+    # Trainable tokens save their own rows; the whole grown embedding need not be saved with them.
+    peft_model.save_pretrained(output_dir, save_embedding_layers=False if config.added_tokens else "auto")
+    if config.added_tokens:
+        tokenizer.save_pretrained(output_dir)
     described = {
         "run": run,
         "target_modules": sorted(
@@ -794,7 +854,16 @@ def train_lora(
         output_dir / (CHECKSUM_FILE + ".tmp"), output_dir / CHECKSUM_FILE
     )  # last: marks the run finished
     shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    if world > 1:
+        _wait_for_rank_zero()
     return TrainingResult(adapter_dir=output_dir, metrics=metrics, checksum=checksum)
+
+
+def _wait_for_rank_zero() -> None:
+    """Every process waits here until process 0 has written the adapter's files."""
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def _library_versions() -> dict[str, str]:
@@ -843,6 +912,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress=not args["no_progress"],
     )
     summary = {k: v for k, v in result.metrics.items() if k != "train_loss"}
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # process 0 speaks for a torchrun job
     print(
         json.dumps({"adapter_dir": str(result.adapter_dir), "checksum": result.checksum, **summary}, indent=2)
     )

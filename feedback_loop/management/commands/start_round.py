@@ -34,7 +34,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Started round {round.number} of {project.name!r} (id {round.pk}).")
         if not wait:
             return
-        round = self._follow(round, timeout)
+        round = follow_round(round, timeout=timeout, stream=self.stderr)
         self.stdout.write(f"Round {round.number}: {round.state}.")
         if round.promotion_reason:
             self.stdout.write(f"Promoted: {round.promoted} ({round.promotion_reason})")
@@ -43,34 +43,34 @@ class Command(BaseCommand):
                 f"round {round.number} ended {round.state}: {round.error or 'no error recorded'}"
             )
 
-    def _follow(self, round: Round, timeout: float | None) -> Round:
-        """A bar over the round's steps, and one over the training steps while it trains."""
-        steps = [state for state in Round.STEPS if state != Round.State.PENDING]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        overall = tqdm(total=len(steps), desc=f"round {round.number}", unit="step", file=self.stderr)
-        training = None
-        while True:
-            round.refresh_from_db()
-            if round.state in steps:
-                overall.n = steps.index(round.state) + (1 if round.state == Round.State.DONE else 0)
-            overall.set_postfix(state=round.state)
-            overall.refresh()
-            progress = round.progress or {}
-            if round.state == Round.State.TRAINING and progress.get("total_steps"):
-                if training is None:
-                    training = tqdm(
-                        total=progress["total_steps"], desc="training", unit="step", file=self.stderr
-                    )
-                training.n = progress.get("step") or 0
-                if progress.get("loss") is not None:
-                    training.set_postfix(loss=f"{progress['loss']:.4f}")
-                training.refresh()
-            if round.is_terminal:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise CommandError(f"round {round.number} still {round.state} after {timeout} s")
-            time.sleep(POLL_SECONDS)
-        if training is not None:
-            training.close()
-        overall.close()
-        return round
+
+def follow_round(round: Round, *, timeout: float | None, stream) -> Round:
+    """Follow a round to its end with progress bars on `stream`; CommandError after `timeout` s."""
+    # A bar over the round's steps, and one over the training steps while it trains.
+    steps = [state for state in Round.STEPS if state != Round.State.PENDING]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    overall = tqdm(total=len(steps), desc=f"round {round.number}", unit="step", file=stream)
+    training = None
+    while True:
+        round.refresh_from_db()
+        if round.state in steps:
+            overall.n = steps.index(round.state) + (1 if round.state == Round.State.DONE else 0)
+        overall.set_postfix(state=round.state)
+        overall.refresh()
+        progress = round.progress or {}
+        if round.state == Round.State.TRAINING and progress.get("total_steps"):
+            if training is None:
+                training = tqdm(total=progress["total_steps"], desc="training", unit="step", file=stream)
+            training.n = progress.get("step") or 0
+            if progress.get("loss") is not None:
+                training.set_postfix(loss=f"{progress['loss']:.4f}")
+            training.refresh()
+        if round.is_terminal:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            raise CommandError(f"round {round.number} still {round.state} after {timeout} s")
+        time.sleep(POLL_SECONDS)
+    if training is not None:
+        training.close()
+    overall.close()
+    return round
