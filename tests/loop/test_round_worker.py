@@ -6,17 +6,16 @@ sends the first step to Redis and follows the round, and a worker consuming the 
 `gpu` queues runs every step.
 """
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from annotation.models import Prompt, Task
 from feedback_loop.models import Adapter, Refinement, Round
+from tests.loop import processes
 from tests.loop.conftest import POSTS, make_feedback
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -46,24 +45,7 @@ def broker():
 
 @pytest.fixture
 def worker_env(transactional_db, broker, artifacts):
-    if connection.vendor != "postgresql":
-        pytest.skip("the worker shares the test database: PostgreSQL only")
-    settings = connection.settings_dict
-    url = f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}"
-    return {
-        **os.environ,
-        "DATABASE_URL": url,
-        "CELERY_BROKER_URL": broker,
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "REFINERY_ARTIFACTS_DIR": str(artifacts),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        # The worker runs the deployment settings, which refuse to start without a key.
-        "SECRET_KEY": "worker-test-" + "k" * 50,
-    }
+    return processes.worker_env(broker=broker, artifacts=artifacts)
 
 
 @pytest.fixture
