@@ -6,7 +6,6 @@ sends the first step to Redis and follows the round, and a worker consuming the 
 `gpu` queues runs every step.
 """
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,39 +49,10 @@ def worker_env(transactional_db, broker, artifacts):
 
 @pytest.fixture
 def worker(worker_env, tmp_path):
-    log = open(tmp_path / "worker.log", "w+b")  # noqa: SIM115 - read back when the test fails
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-        ],
-        cwd=REPO,
-        env=worker_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = processes.celery_worker(worker_env, tmp_path / "worker.log")
     yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.seek(0)
-    print(log.read().decode(errors="replace")[-5000:])  # shown by pytest when the test failed
-    log.close()
+    process.stop(timeout=30)
+    print(process.log.read_text(errors="replace")[-5000:])  # shown by pytest when the test failed
 
 
 def test_a_real_worker_runs_a_whole_round_started_from_the_command_line(
@@ -119,7 +89,7 @@ def test_a_real_worker_runs_a_whole_round_started_from_the_command_line(
         text=True,
         timeout=300,
     )
-    assert worker.poll() is None, "the worker died"
+    assert worker.alive(), "the worker died"
     assert command.returncode == 0, command.stdout + command.stderr
     assert "Round 1: done." in command.stdout
 
