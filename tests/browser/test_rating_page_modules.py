@@ -54,6 +54,14 @@ def test_two_comparisons_on_one_task_are_both_collected_and_submitted(live_serve
     page.keyboard.press("1")
     assert page.is_checked(f"input[name='preference.preferred'][value='{shown[0]}']")
     assert page.is_checked("input[name='preference.strength'][value='better']")
+    # With several comparisons, the arrows choose which one the keys answer.
+    page.keyboard.press("ArrowUp")
+    assert "active" in page.get_attribute("[data-question=preference]", "class")
+    assert "active" not in page.get_attribute("[data-question=honesty]", "class")
+    page.keyboard.press("3")  # slightly better; answered, so the keys move on to the second again
+    assert "active" in page.get_attribute("[data-question=honesty]", "class")
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("2")  # back to "better"
     page.keyboard.press("Control+Enter")
     page.wait_for_selector("text=Nothing left for you right now")
     assert answers_of(rater) == {
