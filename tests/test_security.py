@@ -248,7 +248,7 @@ def test_before_collectstatic_pages_link_plain_static_names_instead_of_failing(t
     from config.storage import StaticStorage
 
     storage = StaticStorage(location=str(tmp_path), base_url="/static/")
-    assert storage.url("annotate.js") == "/static/annotate.js"
+    assert storage.url("annotate/main.js") == "/static/annotate/main.js"
 
 
 def test_after_collectstatic_pages_link_the_hashed_names(tmp_path, settings):
@@ -261,7 +261,11 @@ def test_after_collectstatic_pages_link_the_hashed_names(tmp_path, settings):
     with override_settings(STATIC_ROOT=tmp_path, STORAGES={**settings.STORAGES, "staticfiles": static}):
         call_command("collectstatic", interactive=False, verbosity=0)
     storage = StaticStorage(location=str(tmp_path), base_url="/static/")
-    url = storage.url("annotate.js")
-    assert url.startswith("/static/annotate.") and url != "/static/annotate.js"
+    url = storage.url("annotate/main.js")
+    assert url.startswith("/static/annotate/main.") and url != "/static/annotate/main.js"
     assert (tmp_path / url.removeprefix("/static/")).exists()
     assert (tmp_path / (url.removeprefix("/static/") + ".gz")).exists()
+    # ES module imports point at the hashed names too (support_js_module_import_aggregation).
+    main = (tmp_path / url.removeprefix("/static/")).read_text()
+    queue = storage.url("annotate/queue.js").removeprefix("/static/annotate/")
+    assert f'from "./{queue}";' in main and 'from "./queue.js"' not in main

@@ -1,4 +1,4 @@
-"""Edge cases of the rating page (static/annotate.js): zero scores, optional questions, restored drafts, failed loads."""
+"""Edge cases of the rating page (static/annotate/): zero scores, optional questions, restored drafts, failed loads."""
 
 import pytest
 
