@@ -2,7 +2,7 @@
 
 A right-to-left override turns "\u202egpj.exe" into what reads as "exe.jpg". Code review tools
 show such characters as marks instead of obeying them; so do the admin and the rating page
-(static/annotate.js has the same list).
+(static/annotate/dom.js has the same list).
 """
 
 from __future__ import annotations
