@@ -497,3 +497,20 @@ def test_the_probes_command_takes_files_by_family(tiny_model_dir, tmp_path, caps
     assert list(saved["metrics"]) == ["self_consistency/compositional"]
     assert saved["details"]["compositional_consistency"]["examples"][0]["value"] == 9
     assert json.loads(capsys.readouterr().out) == saved
+
+
+def test_the_probes_command_takes_a_judge_for_cue_mentions(tiny_model_dir, tmp_path):
+    from feedback_loop.engine.cli import main as cli_main
+
+    model = str(tiny_model_dir)
+    cli_main(
+        [
+            *("probes", "--model", model, "--families", "biased_context", "--cue-judge", model),
+            *("--max-reasoning-tokens", "8", "--output", str(tmp_path / "out.json")),
+        ]
+    )
+
+    saved = json.loads((tmp_path / "out.json").read_text())
+    for result in saved["details"]["biased_context"].values():
+        assert result["cue_detector"] == "judge"
+        assert all(0.0 <= e["mentions_cue_p_yes"] <= 1.0 for e in result["examples"])
