@@ -791,13 +791,14 @@ def sequence_consistency(
             elif k != j and values[length] not in valid_next[k]:
                 others[k].append((rule, values[length]))
     invalid: list[list[tuple[str, int]]] = []
+    choose = random.Random(seed)  # the same invalid answers whatever the number of permutations
     for k in range(n):
         candidates, seen = [], set()
         for rule, value in others[k]:
             if value not in seen:  # one rule per invalid number
                 seen.add(value)
                 candidates.append((rule, value))
-        rng.shuffle(candidates)
+        choose.shuffle(candidates)
         invalid.append(candidates[:invalid_alternatives])
     asked: list[tuple[str, str]] = []
     for k, s in enumerate(sequences):
