@@ -5,7 +5,7 @@
 - `preference`: `{"prompt", "chosen", "rejected"}` from pairwise answers (ties skipped) and from
   rankings (every pair of outputs in different rank groups, the better one chosen).
 - `qa2`: projects made from the (QA)² template only: one row per judgment of a question and its
-  answer, with the rater's assumption flag and text, acceptability and explanation (see QA2_COLUMNS).
+  answer, in the released (QA)² data set's column names where they mean the same (see QA2_COLUMNS).
 - `refiner`: what a refiner (π_Refine) learns from, one row per fix that comes with written feedback
   on the same judgment: the task, the `output` the feedback is about, the `feedback` and the
   `refinement` (the fix). A code prompt (`data` with `tests`) gives the engine's code-task shape:
@@ -266,15 +266,20 @@ def iter_refiner_rows(
 
 # ---------------------------------------------------------------- (QA)²
 
-# The (QA)² data set's own names where they are known: `question`, `answer`, the
-# `questionable_assumption` flag and the `assumption` text; the rest say what they hold.
+# The released (QA)² data set's own column names (Kim et al., github.com/najoungkim/QAQA,
+# QAQA_evaluation_set_Dec2022.csv) where a column means the same: `question`; `all_assumptions_valid`,
+# "has_invalid" when the question holds a false or unverifiable assumption (the value its readers test
+# for) and "all_valid" otherwise; `questionable_assumption`, that assumption's text ("" when none). The
+# rest are Refinery's: the answer that was judged (the data set's `abstractive_answer` is its own
+# reference answer, not a model's), and the rater's verdict on it.
+QA2_HAS_INVALID, QA2_ALL_VALID = "has_invalid", "all_valid"
 QA2_COLUMNS = (
     "judgment_id",
     "prompt_external_id",
     "question",
-    "answer",
-    "questionable_assumption",  # the rater found a false or unverifiable assumption
-    "assumption",  # the assumption, in the rater's words ("" when none)
+    "answer",  # the answer the rater judged
+    "all_assumptions_valid",  # "has_invalid": the rater found a questionable assumption; else "all_valid"
+    "questionable_assumption",  # the assumption, in the rater's words ("" when none)
     "acceptable",  # the rater found the answer acceptable
     "explanation",  # why not, and what it should say ("" when none written)
     "rater",
@@ -320,8 +325,8 @@ def iter_qa2_rows(
             "prompt_external_id": judgment.task.prompt.external_id,
             "question": judgment.task.prompt.text,
             "answer": shown[0].output.text if shown else "",
-            "questionable_assumption": flagged,
-            "assumption": (rubric.get("notes") or {}).get(templates_qa2.ASSUMPTION_FLAG, "")
+            "all_assumptions_valid": QA2_HAS_INVALID if flagged else QA2_ALL_VALID,
+            "questionable_assumption": (rubric.get("notes") or {}).get(templates_qa2.ASSUMPTION_FLAG, "")
             if flagged
             else "",
             "acceptable": None if score is None else score == 1,
@@ -446,7 +451,7 @@ def export_schema(kind: str):
         return pa.schema([(name, pa.string()) for name in CSV_COLUMNS["refiner"]])
     if kind == "qa2":
         number, flag = pa.int64(), pa.bool_()
-        types = {"judgment_id": number, "round": number, "questionable_assumption": flag, "acceptable": flag}
+        types = {"judgment_id": number, "round": number, "acceptable": flag}
         return pa.schema([(name, types.get(name, pa.string())) for name in QA2_COLUMNS])
     if kind == "judgments":
         output = pa.struct(

@@ -42,6 +42,7 @@ from feedback_loop.engine.conditional import (
 )
 from feedback_loop.engine.demo_task import sentence_task
 from feedback_loop.engine.evaluate import held_out_loss, mean_pass_at_k, mention_accuracy, win_rate_by_task
+from feedback_loop.engine.probes import CUE_DETECTORS as PROBE_CUE_DETECTORS
 from feedback_loop.engine.probes import FAMILIES as PROBE_FAMILIES
 from feedback_loop.engine.probes import run_probes
 from feedback_loop.engine.refine import RefineConfig, refine
@@ -136,15 +137,36 @@ def refine_config_from(settings: dict) -> RefineConfig:
 PROBE_SUFFIXES = (".csv", ".jsonl")
 
 
+# Options a family takes beside its files ({"files": [...], option: value}), with their choices.
+PROBE_OPTIONS = {"biased_context": {"cue_detector": PROBE_CUE_DETECTORS}}
+
+
+def _probe_setting(family: str, setting) -> tuple[list, dict]:
+    """A family's files and options: a list of files, or an object with `files` and its options."""
+    if not isinstance(setting, dict):
+        return setting, {}
+    allowed = PROBE_OPTIONS.get(family, {})
+    unknown = [key for key in setting if key != "files" and key not in allowed]
+    if unknown:
+        raise ValueError(f"{family}: unknown option {unknown[0]!r} (options: files, {', '.join(allowed)})")
+    options = {key: value for key, value in setting.items() if key != "files"}
+    for key, value in options.items():
+        if value not in allowed[key]:
+            raise ValueError(f"{family}: {key} must be one of {', '.join(allowed[key])} (got {value!r})")
+    return setting.get("files", []), options
+
+
 def probe_files_from(settings: dict) -> dict[str, list[str]]:
     """The probe families a project enables, each with its files ({family: [path, ...]}; an empty
-    list runs the family's small example files). Unknown families and ill-formed paths raise."""
+    list runs the family's small example files; a family with options is an object, {"files": [...],
+    option: value}). Unknown families and options and ill-formed paths raise."""
     if not isinstance(settings, dict):
         raise ValueError("probes must be an object of family: [files]")
     files = {}
-    for family, paths in settings.items():
+    for family, setting in settings.items():
         if family not in PROBE_FAMILIES:
             raise ValueError(f"unknown probe family {family!r} (families: {', '.join(PROBE_FAMILIES)})")
+        paths, _ = _probe_setting(family, setting)
         if not isinstance(paths, list) or not all(isinstance(p, str) and p.strip() for p in paths):
             raise ValueError(f"{family}: files must be a list of paths")
         wrong = [p for p in paths if not p.lower().endswith(PROBE_SUFFIXES)]
@@ -152,6 +174,12 @@ def probe_files_from(settings: dict) -> dict[str, list[str]]:
             raise ValueError(f"{family}: {wrong[0]!r} is not a .csv or .jsonl file")
         files[family] = list(paths)
     return files
+
+
+def probe_options_from(settings: dict) -> dict[str, dict]:
+    """The options each enabled family was given ({family: {option: value}}; checked as above)."""
+    probe_files_from(settings)
+    return {family: _probe_setting(family, setting)[1] for family, setting in settings.items()}
 
 
 def probe_direction(name: str) -> int:
@@ -495,10 +523,17 @@ def _evaluate(round: Round, token: str) -> None:
         # Each adapter against the model it would replace, on the same items with the same seed.
         _heartbeat(round, token, {"stage": Round.State.EVALUATING, "probes": list(probes)})
         backend = _backend(config["base_model"], adapters=adapters_of(adapter))
+        options = probe_options_from(config.get("probes") or {})
+        # Whether a biased chain of thought mentions its cue: asked of the project's instruction-
+        # following model (the refiner's, as InstructRM selection asks it), or a keyword match.
+        judged = options.get("biased_context", {}).get("cue_detector") == "judge"
+        cue_judge = _backend(config["refiner_model"]) if judged else None
         backend.set_adapter("new")
-        new = run_probes(backend, files=probes, families=list(probes), seed=round.number)
+        new = run_probes(backend, files=probes, families=list(probes), seed=round.number, cue_judge=cue_judge)
         backend.set_adapter("previous" if adapter.parent is not None else None)
-        baseline = run_probes(backend, files=probes, families=list(probes), seed=round.number)
+        baseline = run_probes(
+            backend, files=probes, families=list(probes), seed=round.number, cue_judge=cue_judge
+        )
         evaluation["probes"] = new.metrics
         evaluation["baseline_probes"] = baseline.metrics
         probe_flags = probe_regressions(

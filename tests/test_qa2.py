@@ -311,22 +311,40 @@ def test_qa2_export_has_the_qa2_columns_and_values(rated):
     flagged = by_key[("q1", "bob")]
     assert flagged["question"] == tasks[1].prompt.text
     assert flagged["answer"] == "In 1896. (1)"
-    assert flagged["questionable_assumption"] is True
-    assert flagged["assumption"] == FLAGGED_NOTE
+    assert flagged["all_assumptions_valid"] == "has_invalid"
+    assert flagged["questionable_assumption"] == FLAGGED_NOTE
     assert flagged["acceptable"] is False
     assert flagged["explanation"] == EXPLANATION
     assert flagged["status"] == "pending"
     plain = by_key[("q2", "charlie")]
     assert (
+        plain["all_assumptions_valid"],
         plain["questionable_assumption"],
-        plain["assumption"],
         plain["acceptable"],
         plain["explanation"],
     ) == (
-        False,
+        "all_valid",
         "",
         True,
         "",
+    )
+
+
+def test_qa2_export_header_is_the_released_data_sets_where_they_mean_the_same():
+    # QAQA_evaluation_set_Dec2022.csv (Kim et al.) names `question`, `all_assumptions_valid` (read as
+    # == "has_invalid") and `questionable_assumption` (the assumption's text, empty when none).
+    assert exporting.QA2_COLUMNS == (
+        "judgment_id",
+        "prompt_external_id",
+        "question",
+        "answer",
+        "all_assumptions_valid",
+        "questionable_assumption",
+        "acceptable",
+        "explanation",
+        "rater",
+        "status",
+        "round",
     )
 
 
@@ -336,7 +354,8 @@ def test_qa2_export_in_csv_and_parquet(rated, tmp_path):
     assert exporting.write_csv(exporting.export_rows(project, kind="qa2"), stream, kind="qa2") == 12
     table = list(csv.DictReader(io.StringIO(stream.getvalue())))
     assert tuple(table[0]) == exporting.QA2_COLUMNS
-    assert {row["questionable_assumption"] for row in table} == {"True", "False"}
+    assert {row["all_assumptions_valid"] for row in table} == {"has_invalid", "all_valid"}
+    assert {row["questionable_assumption"] for row in table} == {FLAGGED_NOTE, ""}
 
     import pyarrow.parquet as pq
 
@@ -344,7 +363,8 @@ def test_qa2_export_in_csv_and_parquet(rated, tmp_path):
     assert exporting.write_parquet(exporting.export_rows(project, kind="qa2"), path, kind="qa2") == 12
     read = pq.read_table(path)
     assert tuple(read.column_names) == exporting.QA2_COLUMNS
-    assert str(read.schema.field("questionable_assumption").type) == "bool"
+    assert str(read.schema.field("questionable_assumption").type) == "string"
+    assert str(read.schema.field("acceptable").type) == "bool"
     assert sum(read.column("acceptable").to_pylist()) == 7  # 3 of 4 + 3 of 6 + 1 of 2
 
 

@@ -542,6 +542,9 @@ def cmd_probes(args: argparse.Namespace) -> None:
         families=args.families,
         chain_of_thought=not args.no_chain_of_thought,
         max_reasoning_tokens=args.max_reasoning_tokens,
+        cue_judge=_backend(argparse.Namespace(**{**vars(args), "model": args.cue_judge, "adapter": None}))
+        if args.cue_judge
+        else None,
     )
     text = json.dumps(results.to_dict(), indent=2, ensure_ascii=False)
     if args.output:
@@ -571,6 +574,11 @@ def _add_research_commands(commands) -> None:
     probes.add_argument("--no-chain-of-thought", action="store_true", help="biased_context: score letters")
     probes.add_argument("--max-reasoning-tokens", type=int, default=512)
     probes.add_argument("--families", nargs="+", help="probe families to run (default: all)")
+    probes.add_argument(
+        "--cue-judge",
+        help="biased_context: an instruction-following model that decides whether an explanation "
+        "mentions its cue (same server or device; default: a keyword match)",
+    )
     probes.add_argument("--output", help="also write the results to this JSON file")
     _add_backend_arguments(probes)
     probes.set_defaults(run=cmd_probes)

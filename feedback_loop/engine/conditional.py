@@ -16,6 +16,19 @@ into training examples for `train.train_lora`:
 
 The threshold is absolute (`threshold=5`: a Likert 5 or more is good) or a percentile of the scores
 (`percentile=75`: the top quarter is good).
+
+Where the control token goes. Korbak et al. put a control token before each segment of a document
+(a sentence; a line of code), chosen by that segment's score, so that the segment is generated
+conditioned on it; their released code (`apo/dataset_wrappers.py`) writes token + segment for each
+sentence, and when it samples after a prompt it puts, by default, the prompt first and the token
+between the prompt and the continuation (`prompt_before_control: false`, `apo/callbacks.py`).
+Refinery's examples are (prompt, completion) pairs whose completion is the scored text: the
+completion is the segment, so the token goes between prompt and completion, in the same place at
+training time (`tag_examples`) and at generation time (`conditional_prompt`). Two departures, both
+deliberate: the token ends the prompt, so it carries no loss (the released code trains on it like any
+token, which buys nothing once generation bans both tokens); and exactly round(fraction * n)
+examples, drawn with a seed, stay untagged, instead of a coin flip per segment, so that a round is
+reproducible.
 """
 
 from __future__ import annotations

@@ -10,7 +10,14 @@ Reads the Inverse Scaling Prize task files as published (CSV, or JSON lines with
   class 1 (normalised over the two) under each prompt; the item's value is
   logodds(prompt) − logodds(other_prompt), its sign flipped when the answer is class 1, so that a
   positive value means `prompt` pushes towards the answer more than `other_prompt` does. As in the
-  prize's evaluation code, accuracy is read from `other_prompt`.
+  prize's evaluation code, accuracy is read from `other_prompt`. (That code, `eval_pipeline/models.py`
+  of the prize's pipeline, reads each class's last token from the next-token distribution, so it
+  assumes one-token classes, as the published logodds tasks have; here a class's tokens are summed,
+  which is the same for one-token classes and still defined for longer ones.)
+
+Field names and losses are those of the prize's pipeline (`eval_pipeline/dataset.py`: `prompt`,
+`classes` read with `ast.literal_eval`, `answer_index`, `completion`, `other_prompt`; classification
+loss = −log_softmax over the classes' summed token log-probabilities at the answer).
 
 A sweep runs one task over several models (sizes of one family, or a base and its adapters) and
 plots loss against parameter count on a log axis, the paper's figure; a loss that rises with size

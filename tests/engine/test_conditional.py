@@ -22,7 +22,15 @@ from feedback_loop.engine.conditional import (
     score_threshold,
     tag_examples,
 )
-from feedback_loop.engine.train import LoRATrainingConfig, load_lora_model, train_lora
+from feedback_loop.engine.tokens import prompt_ids
+from feedback_loop.engine.train import (
+    IGNORE_INDEX,
+    LoRATrainingConfig,
+    add_tokens,
+    load_lora_model,
+    tokenize_examples,
+    train_lora,
+)
 from feedback_loop.engine.types import GenerationConfig, SFTExample
 
 SUBJECTS = ["the cat", "the dog", "a bird", "my friend", "the teacher", "a child"]
@@ -90,6 +98,29 @@ def test_generation_from_a_conditional_adapter_asks_for_good_and_bans_both_token
     config = conditional_generation_config(GenerationConfig(bad_words=("x",)))
     assert config.bad_words == ("x", GOOD, BAD)
     assert conditional_prompt("Q:") == "Q:" + GOOD
+
+
+def test_the_control_token_sits_between_prompt_and_completion_in_training_and_generation(tiny_model_dir):
+    # The completion is the scored segment: its token precedes it and carries no loss, and the model is
+    # asked for good outputs with exactly the context the good examples were trained with.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    good_id, bad_id = add_tokens(tokenizer, CONTROL_TOKENS)
+    examples = [
+        SFTExample("Question: Is it?\nAnswer:", " Yes"),
+        SFTExample("Question: Is it?\nAnswer:", " No"),
+    ]
+    tagged = tag_examples(examples, [5.0, 1.0], threshold=5, untagged_fraction=0)
+    tokenized = tokenize_examples(tokenizer, tagged, max_length=64)
+    completion_ids = tokenizer([" Yes", " No"], add_special_tokens=False)["input_ids"]
+
+    for example, token_id, completion in zip(tokenized, (good_id, bad_id), completion_ids, strict=True):
+        at = example.input_ids.index(token_id)
+        assert example.input_ids[at + 1 : at + 1 + len(completion)] == completion  # right before the segment
+        assert example.labels[at] == IGNORE_INDEX  # no loss on the token
+        assert example.labels[at + 1 : at + 1 + len(completion)] == completion  # the loss is on the segment
+        assert example.input_ids.count(good_id) + example.input_ids.count(bad_id) == 1
+    [asked] = prompt_ids(tokenizer, [conditional_prompt(examples[0].prompt)])
+    assert asked == tokenized[0].input_ids[: tokenized[0].input_ids.index(good_id) + 1]
 
 
 # -- training -----------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 and on the model it would replace, stores the numbers and the examples, flags results that fell
 beyond the tolerance, and — when the project says so — a flag keeps the adapter from promotion."""
 
+from types import SimpleNamespace
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
@@ -129,3 +131,65 @@ def test_a_round_runs_the_enabled_probes_on_the_adapter_and_the_model_it_replace
     assert probes != baseline  # the adapter changed the model
     assert set(adapter.probe_details) == {"inverse_scaling"}
     assert round.probe_flags == tasks.probe_regressions(probes, baseline, tolerance=config.probe_tolerance)
+
+
+@pytest.mark.parametrize(
+    "probes",
+    [
+        {"biased_context": {"files": [], "cue_detector": "oracle"}},  # no such detector
+        {"biased_context": {"files": [], "judge": "yes"}},  # no such option
+        {"inverse_scaling": {"files": [], "cue_detector": "judge"}},  # not an option of this family
+        {"biased_context": {"files": "cot.jsonl"}},
+    ],
+)
+def test_loop_settings_refuse_unknown_probe_options(project, probes):
+    config = selectors.loop_config_of(project)
+    config.probes = probes
+    with pytest.raises(ValidationError) as error:
+        config.full_clean()
+    assert "probes" in error.value.message_dict
+
+
+def test_probe_families_take_options_beside_their_files():
+    probes = {"biased_context": {"files": ["cot.jsonl"], "cue_detector": "judge"}, "inverse_scaling": []}
+    assert tasks.probe_files_from(probes) == {"biased_context": ["cot.jsonl"], "inverse_scaling": []}
+    assert tasks.probe_options_from(probes) == {
+        "biased_context": {"cue_detector": "judge"},
+        "inverse_scaling": {},
+    }
+
+
+@pytest.mark.parametrize("detector", ["judge", "keyword", None])
+def test_biased_chain_of_thought_is_judged_by_the_projects_instruction_model_when_asked(
+    project, alice, monkeypatch, detector
+):
+    probes = {"biased_context": {"files": [], "cue_detector": detector} if detector else []}
+    loaded, judges = [], []
+
+    class Model:
+        def __init__(self, name):
+            self.name = name
+
+        def set_adapter(self, name):
+            pass
+
+    def backend(model, *, adapters=None):
+        loaded.append((model, adapters))
+        return Model(model)
+
+    def run_probes(backend, *, files, families, seed, cue_judge):
+        judges.append(cue_judge)
+        return SimpleNamespace(metrics={}, details={})
+
+    monkeypatch.setattr(tasks, "_backend", backend)
+    monkeypatch.setattr(tasks, "run_probes", run_probes)
+    round, token = _evaluating_round(project, alice, probes=probes)
+    selectors.loop_config_of(project).full_clean()
+    tasks._evaluate(round, token)
+
+    if detector == "judge":
+        refiner = round.config["refiner_model"]
+        assert (refiner, None) in loaded  # the instruction-following model, without adapters
+        assert [judge.name for judge in judges] == [refiner, refiner]  # for the adapter and its baseline
+    else:
+        assert judges == [None, None] and len(loaded) == 1  # the keyword match decides
