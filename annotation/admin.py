@@ -322,7 +322,7 @@ class TaskAdmin(CuratedMixin, admin.ModelAdmin):
     search_fields = ["=id", "prompt__external_id", "prompt__text"]
     list_select_related = ["project", "prompt"]
     autocomplete_fields = ["prompt"]
-    # Written only under the task's row lock by the queue (see annotation.services).
+    # Written only under the task's row lock by the queue (see annotation.services.leases).
     readonly_fields = ["judgment_count"]
     date_hierarchy = "created_at"
     inlines = [TaskOutputInline]

@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from annotation import selectors
+from annotation.errors import ApplicationError
 from annotation.models import AuditEvent, Judgment, Lease, Membership, Project
 
 REVIEW_ACTIONS = {
@@ -32,8 +33,10 @@ REASON_REQUIRED = (Judgment.Status.REJECTED, Judgment.Status.EXCLUDED)
 CHUNK = 500
 
 
-class CurationError(ValueError):
+class CurationError(ApplicationError, ValueError):
     """A curation request that cannot go ahead, with a message for the curator."""
+
+    code = "invalid"
 
 
 def judgments_review(
@@ -165,6 +168,28 @@ def user_create(*, username: str) -> tuple[AbstractBaseUser, str]:
         raise CurationError(f"the username {username!r} is taken")
     password = secrets.token_urlsafe(12)
     user = user_model.objects.create_user(username=username, password=password)
+    return user, password
+
+
+def membership_add_by_username(
+    *, actor: AbstractBaseUser, project: Project, username: str, role: str, create_account: bool = False
+) -> tuple[AbstractBaseUser, str | None]:
+    """membership_add for an account named by its username, made first with `create_account`.
+
+    All or nothing: a refused membership leaves no new account behind. Returns the user and,
+    for a new account, its one-time password.
+    """
+    password = None
+    with transaction.atomic():
+        if create_account:
+            user, password = user_create(username=username)
+        else:
+            user = get_user_model().objects.filter(username=username).first()
+            if user is None:
+                raise CurationError(
+                    f"there is no account {username!r}; tick “Create a new account” to make one"
+                )
+        membership_add(actor=actor, project=project, user=user, role=role)
     return user, password
 
 

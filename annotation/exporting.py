@@ -33,6 +33,7 @@ from typing import IO, Any
 from django.db.models import Prefetch, QuerySet
 
 from annotation import templates_qa2
+from annotation.errors import ApplicationError
 from annotation.models import Answer, Judgment, Project, Task, TaskOutput
 
 KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
@@ -44,8 +45,10 @@ CHUNK_SIZE = 500
 JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (), "refiner": ()}
 
 
-class ExportError(ValueError):
+class ExportError(ApplicationError, ValueError):
     """The export cannot be made as asked."""
+
+    code = "invalid"
 
 
 def training_prompt(text: str, context: str = "") -> str:
@@ -499,32 +502,8 @@ def write_parquet(
     return count
 
 
-PARQUET_SPOOL_BYTES = 32 * 1024 * 1024  # parquet exports larger than this spill to a temporary file
 MEDIA_TYPES = {
     "jsonl": "application/x-ndjson",
     "csv": "text/csv",
     "parquet": "application/vnd.apache.parquet",
 }
-
-
-def export_response(project, rows, *, kind: str, fmt: str, round_number: int | None = None):
-    """An HTTP download of export rows: JSONL and CSV stream as they are read; parquet is finished first."""
-    import tempfile
-
-    from django.http import FileResponse, StreamingHttpResponse
-    from django.utils.text import slugify
-
-    suffix = "" if round_number is None else f"-round{round_number}"
-    filename = f"{slugify(project.name) or f'project-{project.pk}'}-{kind}{suffix}.{fmt}"
-    if fmt in ("jsonl", "csv"):
-        lines = jsonl_lines(rows) if fmt == "jsonl" else csv_lines(rows, kind=kind)
-        response = StreamingHttpResponse(
-            (line.encode("utf-8") for line in lines), content_type=f"{MEDIA_TYPES[fmt]}; charset=utf-8"
-        )
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
-    # Parquet writes its footer last, so the file is finished before it is sent.
-    spool = tempfile.SpooledTemporaryFile(max_size=PARQUET_SPOOL_BYTES)  # noqa: SIM115 -- FileResponse closes it
-    write_parquet(rows, spool, kind=kind)
-    spool.seek(0)
-    return FileResponse(spool, as_attachment=True, filename=filename, content_type=MEDIA_TYPES["parquet"])

@@ -32,8 +32,11 @@ from typing import IO, Any
 
 from django.db import IntegrityError, transaction
 
-from annotation.models import Output, Project, Prompt, Task, TaskOutput
+from annotation import selectors
+from annotation.errors import ApplicationError
+from annotation.models import Output, Project, Prompt, Task
 from annotation.questions import questions_for
+from annotation.services.tasks import TASK_SIZES, TaskDraft, task_create
 
 FORMATS = ("jsonl", "csv")
 TASK_MODES = ("none", "single", "pairwise", "ranking")
@@ -53,28 +56,31 @@ FIELDS = (
 OUTPUT_KEYS = ("text", "model_name", "adapter", "source", "generation")
 SPLITS = tuple(Prompt.Split.values)
 SOURCES = tuple(Output.Source.values)
-RANKING_SIZE = (2, 10)
 BATCH_SIZE = 1000
-# How many external ids one "already in the project?" query checks (SQLite caps query parameters).
-LOOKUP_CHUNK = 900
 READ_CHUNK = 1 << 16
 
 _external_id_length = Prompt._meta.get_field("external_id").max_length
 _provenance_length = Output._meta.get_field("model_name").max_length
 
 
-class ImportFileError(ValueError):
+class ImportFileError(ApplicationError, ValueError):
     """The file cannot be imported. `line` is 1-based, or None when no one line is at fault."""
+
+    code = "invalid"
 
     def __init__(self, line: int | None, message: str, *, field: str | None = None, unit: str = "line"):
         super().__init__(message)
         self.line = line
-        self.message = message
         self.field = field  # which input the error is about, when it is not the file itself ("mapping")
         self.unit = unit  # "line" for files, "row" for a list of rows sent as JSON
 
     def __str__(self) -> str:
         return f"{self.unit} {self.line}: {self.message}" if self.line is not None else self.message
+
+    @property
+    def extra(self) -> dict:
+        # Not one field's fault: the file's (or, sent as JSON, the rows').
+        return {"field": self.field or ("file" if self.unit == "line" else "rows"), "line": self.line}
 
 
 @dataclass
@@ -420,7 +426,7 @@ def clean_records(
         count += 1
         yield row
     if not count:
-        raise ImportFileError(None, "there are no prompts to import")
+        raise ImportFileError(None, "there are no prompts to import", unit=unit)
     # A CSV header was checked up front; JSON lines have no header, so a mapped name that no line
     # has is caught here (a typo in the mapping would otherwise drop a field silently).
     never = [theirs for theirs in mapping.values() if theirs not in mapped_seen]
@@ -482,35 +488,22 @@ def parse_prompt_rows(rows: Any, *, mapping: dict[str, str] | None = None) -> li
 
 
 def _check_task_shape(rows: list[PromptRow], tasks: str, unit: str) -> None:
-    if tasks == "pairwise":
-        for row in rows:
-            if len(row.outputs) != 2:
-                raise ImportFileError(
-                    row.line,
-                    f"pairwise tasks need exactly 2 outputs per prompt (this has {len(row.outputs)})",
-                    unit=unit,
-                )
-    elif tasks == "ranking":
-        low, high = RANKING_SIZE
-        for row in rows:
-            if not low <= len(row.outputs) <= high:
-                raise ImportFileError(
-                    row.line,
-                    f"ranking tasks need {low} to {high} outputs per prompt (this has {len(row.outputs)})",
-                    unit=unit,
-                )
+    if tasks in ("none", "single"):
+        return
+    low, high = TASK_SIZES[tasks]
+    need = f"exactly {low}" if low == high else f"{low} to {high}"
+    for row in rows:
+        if not low <= len(row.outputs) <= high:
+            raise ImportFileError(
+                row.line,
+                f"{tasks} tasks need {need} outputs per prompt (this has {len(row.outputs)})",
+                unit=unit,
+            )
 
 
 def _check_not_in_project(project: Project, rows: list[PromptRow], unit: str) -> None:
     line_of = {row.external_id: row.line for row in rows}
-    ids = list(line_of)
-    taken: list[str] = []
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        taken.extend(
-            Prompt.objects.filter(
-                project=project, external_id__in=ids[start : start + LOOKUP_CHUNK]
-            ).values_list("external_id", flat=True)
-        )
+    taken = selectors.prompt_external_ids_taken(project, list(line_of))
     if taken:
         first = min(taken, key=line_of.__getitem__)
         raise ImportFileError(
@@ -562,7 +555,9 @@ def prompts_import(
     except IntegrityError as error:
         # Only a concurrent import of the same external ids gets here: the check above passed.
         raise ImportFileError(
-            None, "some of these external ids were added to the project meanwhile; nothing was written"
+            None,
+            "some of these external ids were added to the project meanwhile; nothing was written",
+            unit=unit,
         ) from error
     return counts
 
@@ -604,24 +599,17 @@ def _write_batch(project: Project, batch: list[PromptRow], make_tasks: str, coun
         return
 
     # Each task with the outputs it shows, in position order.
-    planned: list[tuple[Task, list[Output]]] = []
+    drafts: list[TaskDraft] = []
     taken = iter(outputs)
     for prompt, row in zip(prompts, batch, strict=True):
-        own = [next(taken) for _ in row.outputs]
+        own = [next(taken).pk for _ in row.outputs]
         if make_tasks == "single":
-            planned.extend((Task(project=project, prompt=prompt, kind=Task.Kind.SINGLE), [o]) for o in own)
+            drafts.extend(
+                TaskDraft(prompt_id=prompt.pk, output_ids=[pk], kind=Task.Kind.SINGLE) for pk in own
+            )
         elif own:
-            planned.append((Task(project=project, prompt=prompt, kind=make_tasks), own))
-    tasks = Task.objects.bulk_create([task for task, _ in planned], batch_size=BATCH_SIZE)
-    TaskOutput.objects.bulk_create(
-        [
-            TaskOutput(task=task, output=output, position=position)
-            for task, (_, shown) in zip(tasks, planned, strict=True)
-            for position, output in enumerate(shown)
-        ],
-        batch_size=BATCH_SIZE,
-    )
-    counts.tasks += len(tasks)
+            drafts.append(TaskDraft(prompt_id=prompt.pk, output_ids=own, kind=make_tasks))
+    counts.tasks += len(task_create(project=project, drafts=drafts))
 
 
 def project_by_reference(reference: str | int) -> Project:

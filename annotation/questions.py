@@ -22,8 +22,9 @@ pairwise ones; ranking tasks the ranking ones. A question may say otherwise with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
+
+from annotation.errors import ApplicationError
 
 KINDS = ("likert", "pairwise", "ranking", "feedback", "fix", "rubric")
 TASK_KINDS = ("single", "pairwise", "ranking")
@@ -63,15 +64,21 @@ class QuestionsConfigError(ValueError):
     """The project's questions config is not valid."""
 
 
-@dataclass
-class AnswerError(ValueError):
+class AnswerError(ApplicationError, ValueError):
     """A rater's answer is not valid: `field` names the question (and part) that is wrong."""
 
-    field: str
-    message: str
+    code = "invalid"
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+    @property
+    def extra(self) -> dict:
+        return {"field": self.field}
 
 
 def validate_questions_config(questions: Any) -> list[dict]:

@@ -110,7 +110,8 @@ def seed(args: argparse.Namespace):
 
     from annotation.importing import OutputRow, PromptRow, prompts_import
     from annotation.models import Membership, Project
-    from annotation.services import judgment_submit, lease_acquire
+    from annotation.services.judgments import judgment_submit
+    from annotation.services.leases import lease_acquire
 
     users = get_user_model().objects
     rater = users.create_user("rater", password=secrets.token_urlsafe(12))
@@ -179,7 +180,7 @@ class Clock:
 
 
 def run_round(project, curator, reader, clock: Clock):
-    from annotation.services import lease_acquire
+    from annotation.services.leases import lease_acquire
     from feedback_loop import services, tasks
     from feedback_loop.models import Round
 

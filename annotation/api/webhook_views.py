@@ -14,7 +14,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, webhooks
-from annotation.api.views import project_for_curator
 from annotation.models import Webhook
 
 
@@ -47,7 +46,7 @@ class ProjectWebhooksView(APIView):
         summary="The project's webhooks (curators)",
     )
     def get(self, request, project_id: int):
-        project = project_for_curator(request, project_id)
+        project = selectors.project_get_curated(request.user, project_id)
         return Response(WebhookSerializer(selectors.webhooks_of(project), many=True).data)
 
     @extend_schema(
@@ -59,7 +58,7 @@ class ProjectWebhooksView(APIView):
         summary="Register a webhook (curators); the response holds its secret, shown this once",
     )
     def post(self, request, project_id: int):
-        project = project_for_curator(request, project_id)
+        project = selectors.project_get_curated(request.user, project_id)
         payload = WebhookSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         webhook = webhooks.webhook_create(
