@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from annotation import selectors
 from annotation.errors import ApplicationError
-from annotation.models import AuditEvent, Judgment, Lease, Membership, Project
+from annotation.models import TRAINING_STATUSES, AuditEvent, Judgment, Lease, Membership, Project
 
 REVIEW_ACTIONS = {
     Judgment.Status.ACCEPTED: AuditEvent.Action.ACCEPT,
@@ -243,7 +243,7 @@ def rater_deactivate(
         judgments = Judgment.objects.filter(
             project=project,
             rater=user,
-            status__in=[Judgment.Status.PENDING, Judgment.Status.ACCEPTED],
+            status__in=TRAINING_STATUSES,
         )
         return judgments_review(
             actor=actor, judgments=judgments, status=Judgment.Status.EXCLUDED, reason=reason

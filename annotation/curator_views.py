@@ -14,7 +14,17 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotation import curation, downloads, exporting, importing, quality, selectors, templates_qa2
+from annotation import (
+    agreement,
+    curation,
+    downloads,
+    exporting,
+    importing,
+    plots,
+    quality,
+    selectors,
+    templates_qa2,
+)
 from annotation.curator_forms import DeactivateForm, ImportForm, MemberAddForm
 from annotation.errors import NotAllowed, NotFound
 from annotation.models import AuditEvent, Membership, Project
@@ -47,7 +57,7 @@ def dashboard(request, project_id: int):
         "progress": selectors.project_progress(project),
         "review_counts": quality.review_counts(project),
         "agreement": quality.project_agreement(project),
-        "plots": quality.distribution_plots(quality.score_distributions(project)),
+        "plots": plots.distribution_plots(quality.score_distributions(project)),
         # Only projects asking the (QA)² template's questions have this panel.
         "qa2": quality.qa2_summary(project) if templates_qa2.is_qa2_project(project.questions) else None,
         "active_raters": Membership.objects.filter(
@@ -66,7 +76,7 @@ def _raters_page(request, project, *, add_form=None, new_account=None, status=20
         "rows": quality.rater_stats(project),
         "add_form": add_form or MemberAddForm(),
         "new_account": new_account,
-        "tolerance": quality.GOLD_LIKERT_TOLERANCE,
+        "tolerance": agreement.GOLD_LIKERT_TOLERANCE,
     }
     response = render(request, "curation/raters.html", context, status=status)
     if new_account:

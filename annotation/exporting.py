@@ -34,12 +34,12 @@ from django.db.models import Prefetch, QuerySet
 
 from annotation import templates_qa2
 from annotation.errors import ApplicationError
-from annotation.models import Answer, Judgment, Project, Task, TaskOutput
+from annotation.models import TRAINING_STATUSES, Answer, Judgment, Project, Task, TaskOutput
+from annotation.questions import ranking_groups
 
 KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
 FORMATS = ("jsonl", "csv", "parquet")
 STATUSES = tuple(Judgment.Status.values)
-TRAINING_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
 CHUNK_SIZE = 500
 # Columns holding nested answers, written as JSON text in parquet (their shape varies by question).
 JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (), "refiner": ()}
@@ -167,8 +167,7 @@ def _preferred_pairs(kind: str, value: Any, output_ids: list[int]) -> Iterator[t
             if other != preferred:
                 yield preferred, other
     else:
-        groups = value.get("ranking") if isinstance(value, dict) else value
-        groups = [group if isinstance(group, list) else [group] for group in groups or []]
+        groups = ranking_groups(value)
         for index, better_group in enumerate(groups):
             for worse_group in groups[index + 1 :]:
                 for better in better_group:

@@ -275,6 +275,10 @@ class Judgment(models.Model):
         return f"judgment {self.pk} on task {self.task_id} by {self.rater.get_username()}"
 
 
+# The judgments that train models and count in the dashboard's figures: rejected and excluded ones do not.
+TRAINING_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
+
+
 class Answer(models.Model):
     """One question's answer inside a judgment, typed by kind so exports and the loop can query it."""
 

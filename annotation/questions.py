@@ -228,11 +228,20 @@ def _clean_pairwise(question: dict, value: Any, field: str, output_ids: list[int
     return {"preferred": preferred, "strength": strength}
 
 
+def ranking_groups(value: Any) -> list[list]:
+    """A ranking answer (`{"ranking": [...]}` or the bare list) as its rank groups, best first.
+
+    An item of the list is an output id, or a list of ids ranked together (a tie).
+    """
+    ranking = value.get("ranking") if isinstance(value, dict) else value
+    return [item if isinstance(item, list) else [item] for item in ranking or []]
+
+
 def _clean_ranking(question: dict, value: Any, field: str, output_ids: list[int]) -> dict:
     ranking = value.get("ranking") if isinstance(value, dict) else value
     if not isinstance(ranking, list) or not ranking:
         raise AnswerError(field, "must list the output ids best first (a list inside the list is a tie)")
-    groups = [item if isinstance(item, list) else [item] for item in ranking]
+    groups = ranking_groups(ranking)
     if any(len(group) > 1 for group in groups) and not question["allow_ties"]:
         raise AnswerError(field, "this project does not allow ties in rankings")
     flat = [item for group in groups for item in group]
