@@ -62,7 +62,7 @@ def judgments_review(
         if isinstance(judgments, QuerySet)
         else [int(pk) for pk in judgments]
     )
-    curated = set(selectors.curated_projects(actor).values_list("pk", flat=True))
+    curated = set(selectors.project_list_curated(actor).values_list("pk", flat=True))
     now = timezone.now()
     changed = 0
     with transaction.atomic():
@@ -127,7 +127,7 @@ def membership_add(
     """
     if role not in Membership.Role.values:
         raise CurationError(f"role must be one of {', '.join(Membership.Role.values)} (got {role!r})")
-    if not selectors.can_curate(actor, project):
+    if not selectors.project_can_curate(actor, project):
         raise PermissionDenied("only the project's curators can add members")
     if role == Membership.Role.ADMIN and not _is_project_admin(actor, project):
         raise PermissionDenied("only the project's admins can make someone a project admin")
@@ -206,7 +206,7 @@ def rater_deactivate(
     With `exclude_judgments`, their pending and accepted judgments become excluded from training
     (rejected ones stay rejected), each audited like a curator's exclusion.
     """
-    if not selectors.can_curate(actor, project):
+    if not selectors.project_can_curate(actor, project):
         raise PermissionDenied("only the project's curators can deactivate members")
     reason = (reason or "").strip()
     if not reason:

@@ -28,6 +28,7 @@ from annotation import (
 from annotation.curator_forms import DeactivateForm, ImportForm, MemberAddForm
 from annotation.errors import NotAllowed, NotFound
 from annotation.models import AuditEvent, Membership, Project
+from annotation.services import prompts
 
 
 def _curated_project(request, project_id: int) -> Project:
@@ -162,9 +163,7 @@ def import_prompts(request, project_id: int):
                 rows = importing.parse_prompt_file(
                     data["file"], fmt=data["format"] or None, mapping=data["mapping"]
                 )
-                result = importing.prompts_import(
-                    project=project, rows=rows, make_tasks=data["tasks"] or None
-                )
+                result = prompts.prompts_import(project=project, rows=rows, make_tasks=data["tasks"] or None)
             except importing.ImportFileError as error:
                 field = error.field if error.field in form.fields else "file"
                 form.add_error(field, f"{error} — nothing was imported.")

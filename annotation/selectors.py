@@ -16,7 +16,7 @@ from annotation.questions import fix_limit, questions_for
 CURATOR_ROLES = (Membership.Role.CURATOR, Membership.Role.ADMIN)
 
 
-def projects_for(user: AbstractBaseUser) -> QuerySet[Project]:
+def project_list_visible(user: AbstractBaseUser) -> QuerySet[Project]:
     """Projects the user may see: superusers see all; everyone else those they are an active member of.
 
     Curators are staff (the admin's door) but not superusers: staff status alone opens no project.
@@ -26,12 +26,12 @@ def projects_for(user: AbstractBaseUser) -> QuerySet[Project]:
     return Project.objects.filter(memberships__user=user, memberships__is_active=True).distinct()
 
 
-def membership_of(user: AbstractBaseUser, project: Project | int) -> Membership | None:
+def membership_get(user: AbstractBaseUser, project: Project | int) -> Membership | None:
     project_id = project if isinstance(project, int) else project.pk
     return Membership.objects.filter(user=user, project_id=project_id, is_active=True).first()
 
 
-def can_curate(user: AbstractBaseUser, project: Project | int) -> bool:
+def project_can_curate(user: AbstractBaseUser, project: Project | int) -> bool:
     if user.is_superuser:
         return True
     project_id = project if isinstance(project, int) else project.pk
@@ -46,15 +46,15 @@ def project_get_curated(user: AbstractBaseUser, project_id: int, *, to: str = "d
     Raises NotFound for a project the user cannot see (as if it did not exist) and NotAllowed,
     "only the project's curators can {to}", for one they see but do not curate.
     """
-    project = projects_for(user).filter(pk=project_id).first()
+    project = project_list_visible(user).filter(pk=project_id).first()
     if project is None:
         raise NotFound("No Project matches the given query.")
-    if not can_curate(user, project):
+    if not project_can_curate(user, project):
         raise NotAllowed(f"only the project's curators can {to}")
     return project
 
 
-def curated_projects(user: AbstractBaseUser) -> QuerySet[Project]:
+def project_list_curated(user: AbstractBaseUser) -> QuerySet[Project]:
     if user.is_superuser:
         return Project.objects.all()
     return Project.objects.filter(
@@ -62,9 +62,9 @@ def curated_projects(user: AbstractBaseUser) -> QuerySet[Project]:
     ).distinct()
 
 
-def prompts_visible_to(user: AbstractBaseUser) -> QuerySet[Prompt]:
-    """Prompts of the projects the user may see (projects_for)."""
-    return Prompt.objects.filter(project__in=projects_for(user))
+def prompt_list_visible(user: AbstractBaseUser) -> QuerySet[Prompt]:
+    """Prompts of the projects the user may see (project_list_visible)."""
+    return Prompt.objects.filter(project__in=project_list_visible(user))
 
 
 # How many external ids one query checks (SQLite caps a statement's parameters).
@@ -84,7 +84,7 @@ def prompt_external_ids_taken(project: Project | int, external_ids: Sequence[str
     return taken
 
 
-def outputs_missing(prompt: Prompt, output_ids: Sequence[int]) -> list[int]:
+def output_ids_missing(prompt: Prompt, output_ids: Sequence[int]) -> list[int]:
     """Those of these output ids that are not outputs of the prompt, in the order given."""
     found = set(Output.objects.filter(pk__in=output_ids, prompt=prompt).values_list("pk", flat=True))
     return [pk for pk in output_ids if pk not in found]
@@ -130,12 +130,12 @@ def lease_task_content(lease: Lease) -> dict:
     }
 
 
-def judgments_visible_to(user: AbstractBaseUser) -> QuerySet[Judgment]:
+def judgment_list_visible(user: AbstractBaseUser) -> QuerySet[Judgment]:
     """Curators see their projects' judgments; raters see only their own."""
     if user.is_superuser:
         return Judgment.objects.all()
     return Judgment.objects.filter(
-        Q(project__in=curated_projects(user)) | Q(rater=user, project__in=projects_for(user))
+        Q(project__in=project_list_curated(user)) | Q(rater=user, project__in=project_list_visible(user))
     )
 
 
@@ -148,11 +148,11 @@ def judgment_list(
     rater: str = "",
     kind: str = "",
 ) -> QuerySet[Judgment]:
-    """The judgments the user may see (judgments_visible_to), filtered, with their answers, by id.
+    """The judgments the user may see (judgment_list_visible), filtered, with their answers, by id.
 
     An empty `status`, `rater` or `kind` filters nothing; `kind` keeps judgments with an answer of it.
     """
-    judgments = judgments_visible_to(user).select_related("rater")
+    judgments = judgment_list_visible(user).select_related("rater")
     if project is not None:
         judgments = judgments.filter(project_id=project)
     if round_number is not None:
@@ -190,5 +190,5 @@ def project_progress(project: Project, *, rater: AbstractBaseUser | None = None)
     return progress
 
 
-def webhooks_of(project: Project) -> QuerySet[Webhook]:
+def webhook_list(project: Project) -> QuerySet[Webhook]:
     return Webhook.objects.filter(project=project).select_related("created_by").order_by("id")

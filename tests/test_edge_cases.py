@@ -14,6 +14,7 @@ from annotation.errors import TaskClosed
 from annotation.models import Judgment, Lease, Membership, Project, Prompt, Task
 from annotation.services.judgments import judgment_submit
 from annotation.services.leases import lease_acquire
+from annotation.services.prompts import prompts_import
 from tests.factories import QUESTIONS, make_tasks, single_answers
 
 pytestmark = pytest.mark.django_db
@@ -128,7 +129,7 @@ def test_import_refuses_tasks_of_a_kind_the_project_asks_nothing_on(db, alice):
         [{"external_id": "a", "text": "Summarise.", "outputs": ["One.", "Two."]}]
     )
     with pytest.raises(importing.ImportFileError):
-        importing.prompts_import(project=project, rows=rows, make_tasks="pairwise")
+        prompts_import(project=project, rows=rows, make_tasks="pairwise")
     assert not Task.objects.filter(project=project).exists()
 
 

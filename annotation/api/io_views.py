@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from annotation import downloads, exporting, importing, selectors
 from annotation.api.parsers import JSONParser
 from annotation.models import Project
+from annotation.services import prompts
 
 MEDIA_TYPES = exporting.MEDIA_TYPES
 
@@ -114,7 +115,7 @@ class ProjectImportView(APIView):
             )
         else:
             rows = importing.parse_prompt_rows(data["rows"], mapping=data.get("mapping"))
-        result = importing.prompts_import(
+        result = prompts.prompts_import(
             project=project, rows=rows, make_tasks=data.get("tasks"), unit="line" if from_file else "row"
         )
         return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)

@@ -9,7 +9,8 @@ from annotation.api.parsers import json_problem, loads
 from annotation.errors import EnqueueError
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task
 from annotation.questions import QuestionsConfigError, validate_questions_config
-from annotation.services.tasks import TASK_SIZES, TaskDraft, task_create, task_kind_check
+from annotation.services.prompts import prompt_create
+from annotation.services.tasks import TASK_SIZES, TaskDraft, output_create, task_create, task_kind_check
 
 
 class StorableJSONField(serializers.JSONField):
@@ -64,7 +65,7 @@ class CuratedRelatedField(serializers.PrimaryKeyRelatedField):
     def to_internal_value(self, data):
         row = super().to_internal_value(data)
         project = row if isinstance(row, Project) else row.project
-        if not selectors.can_curate(self.context["request"].user, project):
+        if not selectors.project_can_curate(self.context["request"].user, project):
             raise PermissionDenied("only the project's curators can add to it")
         return row
 
@@ -138,7 +139,7 @@ class PromptListSerializer(BulkListSerializer):
 
 
 class PromptSerializer(StorableModelSerializer):
-    project = CuratedRelatedField(selector=selectors.projects_for, model=Project)
+    project = CuratedRelatedField(selector=selectors.project_list_visible, model=Project)
 
     class Meta:
         model = Prompt
@@ -153,9 +154,12 @@ class PromptSerializer(StorableModelSerializer):
             raise serializers.ValidationError("must not be empty")
         return value
 
+    def create(self, validated_data):
+        return prompt_create(**validated_data)
+
 
 class OutputSerializer(StorableModelSerializer):
-    prompt = CuratedRelatedField(selector=selectors.prompts_visible_to, model=Prompt)
+    prompt = CuratedRelatedField(selector=selectors.prompt_list_visible, model=Prompt)
 
     class Meta:
         model = Output
@@ -173,6 +177,9 @@ class OutputSerializer(StorableModelSerializer):
         read_only_fields = ["id", "created_at"]
         list_serializer_class = BulkListSerializer
 
+    def create(self, validated_data):
+        return output_create(**validated_data)
+
 
 class TaskOutputIdsField(serializers.ListField):
     """A task's output ids in position order."""
@@ -182,8 +189,8 @@ class TaskOutputIdsField(serializers.ListField):
 
 
 class TaskSerializer(StorableModelSerializer):
-    project = CuratedRelatedField(selector=selectors.projects_for, model=Project)
-    prompt = CuratedRelatedField(selector=selectors.prompts_visible_to, model=Prompt)
+    project = CuratedRelatedField(selector=selectors.project_list_visible, model=Project)
+    prompt = CuratedRelatedField(selector=selectors.prompt_list_visible, model=Prompt)
     outputs = TaskOutputIdsField(
         child=serializers.IntegerField(), min_length=1, max_length=10, help_text="Output ids, in order"
     )
@@ -216,7 +223,7 @@ class TaskSerializer(StorableModelSerializer):
             raise serializers.ValidationError(
                 {"outputs": f"a {kind} task takes {low}–{high} distinct outputs"}
             )
-        missing = selectors.outputs_missing(prompt, output_ids)
+        missing = selectors.output_ids_missing(prompt, output_ids)
         if missing:
             raise serializers.ValidationError(
                 {"outputs": f"output {missing[0]} is not an output of this prompt"}

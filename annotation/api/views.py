@@ -54,7 +54,9 @@ class ProjectAccess(permissions.IsAuthenticated):
     def has_object_permission(self, request, view, obj):
         if view.action == "destroy" and not request.user.is_superuser:
             raise PermissionDenied("only administrators can delete projects")
-        if view.action in ("update", "partial_update") and not selectors.can_curate(request.user, obj):
+        if view.action in ("update", "partial_update") and not selectors.project_can_curate(
+            request.user, obj
+        ):
             raise PermissionDenied("only the project's curators can change it")
         return True
 
@@ -86,7 +88,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
-        return selectors.projects_for(self.request.user).order_by("id")
+        return selectors.project_list_visible(self.request.user).order_by("id")
 
     @extend_schema(
         request=None,
@@ -120,7 +122,7 @@ class CuratedListMixin:
 
     def filter_by_project(self, queryset):
         queryset = queryset.filter(
-            **{f"{self.project_path}__in": selectors.curated_projects(self.request.user)}
+            **{f"{self.project_path}__in": selectors.project_list_curated(self.request.user)}
         )
         self.query = _query(self.request, self.filter_serializer) if self.action == "list" else {}
         project_id = self.query.get("project")

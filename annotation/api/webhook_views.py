@@ -47,7 +47,7 @@ class ProjectWebhooksView(APIView):
     )
     def get(self, request, project_id: int):
         project = selectors.project_get_curated(request.user, project_id)
-        return Response(WebhookSerializer(selectors.webhooks_of(project), many=True).data)
+        return Response(WebhookSerializer(selectors.webhook_list(project), many=True).data)
 
     @extend_schema(
         request=WebhookSerializer,
@@ -77,9 +77,9 @@ class WebhookView(APIView):
     @extend_schema(responses={204: None}, summary="Remove a webhook and its delivery log (curators)")
     def delete(self, request, webhook_id: int):
         webhook = get_object_or_404(
-            Webhook.objects.filter(project__in=selectors.projects_for(request.user)), pk=webhook_id
+            Webhook.objects.filter(project__in=selectors.project_list_visible(request.user)), pk=webhook_id
         )
-        if not selectors.can_curate(request.user, webhook.project_id):
+        if not selectors.project_can_curate(request.user, webhook.project_id):
             raise PermissionDenied("only the project's curators can remove its webhooks")
         webhooks.webhook_delete(webhook=webhook)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -37,6 +37,16 @@ def task_size_check(kind: str, count: int) -> None:
         raise EnqueueError(f"a {kind} task shows {low} to {high} outputs (got {count})")
 
 
+def output_create(*, prompt: Prompt, **fields: Any) -> Output:
+    """A new output of the prompt; `fields` are the Output's others, validated by the caller."""
+    return Output.objects.create(prompt=prompt, **fields)
+
+
+def output_create_many(outputs: Sequence[Output]) -> list[Output]:
+    """Write unsaved outputs in batches; returns them with their ids."""
+    return Output.objects.bulk_create(outputs, batch_size=BATCH_SIZE)
+
+
 @dataclass(frozen=True)
 class TaskDraft:
     """A task to write over outputs of its prompt, in position order."""
