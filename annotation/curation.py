@@ -36,8 +36,6 @@ CHUNK = 500
 class CurationError(ApplicationError, ValueError):
     """A curation request that cannot go ahead, with a message for the curator."""
 
-    code = "invalid"
-
 
 def judgments_review(
     *,

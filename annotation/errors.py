@@ -2,7 +2,8 @@
 
 Codes say why, not how to answer: annotation.api.errors alone maps them to HTTP statuses, and
 the curator pages turn them into form errors. `extra` holds whatever else a client is told
-(the field at fault, the line of an import).
+(the field at fault, the line of an import). A subclass names its code in its bases:
+`class TaskClosed(QueueError, code="task_closed")`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ class ApplicationError(Exception):
 
     code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init_subclass__(cls, code: str = "", **kwargs):
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.code = code
+
+    def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
 
     @property
     def extra(self) -> dict:
@@ -25,56 +29,44 @@ class ApplicationError(Exception):
         return {}
 
 
-class NotFound(ApplicationError):
+class NotFound(ApplicationError, code="not_found"):
     """Nothing of that name the user may see (it may exist, hidden from them)."""
 
-    code = "not_found"
 
-
-class NotAllowed(ApplicationError):
+class NotAllowed(ApplicationError, code="permission_denied"):
     """The user sees the object but may not do this to it."""
-
-    code = "permission_denied"
 
 
 # ---------------------------------------------------------------- the rating queue
 
 
-class QueueError(ApplicationError):
+class QueueError(ApplicationError, code="conflict"):
     """A queue operation that cannot go ahead; `code` tells the caller why."""
 
-    code = "conflict"
+
+class NotAMember(QueueError, code="not_a_member"):
+    """The user is not an active rater of the project."""
 
 
-class NotAMember(QueueError):
-    code = "not_a_member"
+class LeaseNotFound(QueueError, code="lease_not_found"):
+    """No such lease of the user's."""
 
 
-class LeaseNotFound(QueueError):
-    code = "lease_not_found"
+class LeaseSkipped(QueueError, code="lease_skipped"):
+    """The rater gave the task back; its lease is released."""
 
 
-class LeaseSkipped(QueueError):
-    code = "lease_skipped"
-
-
-class LeaseExpired(QueueError):
+class LeaseExpired(QueueError, code="lease_expired"):
     """The lease ran out and other raters have since filled the task."""
 
-    code = "lease_expired"
+
+class TaskClosed(QueueError, code="task_closed"):
+    """A curator closed the task."""
 
 
-class TaskClosed(QueueError):
-    code = "task_closed"
-
-
-class EnqueueError(QueueError):
+class EnqueueError(QueueError, code="invalid"):
     """New outputs or tasks that cannot be written as asked; nothing was written."""
-
-    code = "invalid"
 
 
 class ProjectTemplateError(ApplicationError):
     """A project cannot be created from a template as asked; nothing was written."""
-
-    code = "invalid"

@@ -48,8 +48,6 @@ JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (
 class ExportError(ApplicationError, ValueError):
     """The export cannot be made as asked."""
 
-    code = "invalid"
-
 
 def training_prompt(text: str, context: str = "") -> str:
     """The model's input for a prompt: its context (a post, a conversation), then its text."""

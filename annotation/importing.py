@@ -60,8 +60,6 @@ _provenance_length = Output._meta.get_field("model_name").max_length
 class ImportFileError(ApplicationError, ValueError):
     """The file cannot be imported. `line` is 1-based, or None when no one line is at fault."""
 
-    code = "invalid"
-
     def __init__(self, line: int | None, message: str, *, field: str | None = None, unit: str = "line"):
         super().__init__(message)
         self.line = line

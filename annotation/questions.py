@@ -67,8 +67,6 @@ class QuestionsConfigError(ValueError):
 class AnswerError(ApplicationError, ValueError):
     """A rater's answer is not valid: `field` names the question (and part) that is wrong."""
 
-    code = "invalid"
-
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.db import transaction
@@ -59,6 +59,12 @@ class TaskDraft:
     priority: int = 0
     round_number: int | None = None
 
+    def task(self, project: Project) -> Task:
+        """The unsaved Task: every field of the draft but its outputs is one of the Task's."""
+        fields = asdict(self)
+        del fields["output_ids"]
+        return Task(project=project, **fields)
+
 
 def task_create(*, project: Project, drafts: Sequence[TaskDraft]) -> list[Task]:
     """Write tasks over existing outputs, with their outputs' positions, in one transaction.
@@ -74,21 +80,7 @@ def task_create(*, project: Project, drafts: Sequence[TaskDraft]) -> list[Task]:
         if len(set(draft.output_ids)) != len(draft.output_ids):
             raise EnqueueError("the outputs of a task must be distinct")
     with transaction.atomic():
-        tasks = Task.objects.bulk_create(
-            [
-                Task(
-                    project=project,
-                    prompt_id=draft.prompt_id,
-                    kind=draft.kind,
-                    is_gold=draft.is_gold,
-                    gold_answers=draft.gold_answers,
-                    priority=draft.priority,
-                    round_number=draft.round_number,
-                )
-                for draft in drafts
-            ],
-            batch_size=BATCH_SIZE,
-        )
+        tasks = Task.objects.bulk_create([draft.task(project) for draft in drafts], batch_size=BATCH_SIZE)
         TaskOutput.objects.bulk_create(
             [
                 TaskOutput(task=task, output_id=output_id, position=position)
