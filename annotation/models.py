@@ -17,6 +17,7 @@ from annotation.questions import (
     DEFAULT_MAX_FIX_CHARS,
     MAX_TEXT,
     QuestionsConfigError,
+    normalised_questions,
     validate_questions_config,
 )
 from annotation.webhook_urls import validate_webhook_url
@@ -69,6 +70,12 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        # Validated on save, trusted on read: questions_for reads the stored config with its
+        # defaults filled in. A config no form would accept is stored as given (and asks nothing).
+        self.questions = normalised_questions(self.questions)
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         # Forms (the admin's included) validate the questions as the API does: a bad config

@@ -151,8 +151,22 @@ def validate_questions_config(questions: Any) -> list[dict]:
     return normalised
 
 
+def normalised_questions(questions: Any) -> Any:
+    """The config with its defaults filled in (Project.save stores it so); an invalid one as it is."""
+    try:
+        return validate_questions_config(questions)
+    except QuestionsConfigError:
+        return questions
+
+
 def questions_for(questions: list[dict], task_kind: str) -> list[dict]:
-    return [q for q in validate_questions_config(questions) if task_kind in q["on"]]
+    """The questions asked on tasks of this kind: copies, from a config as Project.save stores it.
+
+    The config is not validated again here (that is done on save); one that is not valid asks nothing.
+    """
+    if not isinstance(questions, list):
+        return []
+    return [dict(q) for q in questions if isinstance(q, dict) and task_kind in q.get("on", ())]
 
 
 def fix_limit(output_chars: int, *, cap: int = DEFAULT_MAX_FIX_CHARS) -> int:
@@ -278,6 +292,8 @@ def clean_answers(
     max_fix_chars: int = MAX_TEXT,
 ) -> list[tuple[dict, Any]]:
     """Validate a submission's answers. Returns (question, cleaned value) pairs or raises AnswerError.
+
+    `questions` is a project's config as saved (validated, its defaults filled in: see questions_for).
 
     `max_fix_chars` is this task's fix_limit (it depends on the output's length).
     """
