@@ -16,6 +16,9 @@ is locked, so a fresh count read under that lock is exact.
 SQLite has no row locks: its connections open transactions with BEGIN IMMEDIATE (see
 config.env), which takes the database's write lock up front and serialises these functions.
 The unique constraints on (task, rater) for leases and judgments hold on both.
+
+The queue's SQL and its row-lock helpers (row_lock, room_left, task_output_ids) are shared with
+services.judgments.
 """
 
 from __future__ import annotations
