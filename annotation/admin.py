@@ -1,7 +1,7 @@
 """The admin, where curators browse everything and review judgments.
 
 Curators are staff users with the annotation app's permissions, not superusers: every list,
-form choice and filter here is cut down to the projects they curate (selectors.curated_projects),
+form choice and filter here is cut down to the projects they curate (selectors.project_list_curated),
 so a curator of one project never sees another's rows. Membership and review changes go through
 annotation.curation, which writes the audit trail; the admin never edits them behind its back.
 """
@@ -64,7 +64,7 @@ ONLY_PROJECTS = ("project", admin.RelatedOnlyFieldListFilter)
 def _curated(queryset, user):
     if user.is_superuser:
         return queryset
-    return queryset.filter(**{f"{PROJECT_PATHS[queryset.model]}__in": selectors.curated_projects(user)})
+    return queryset.filter(**{f"{PROJECT_PATHS[queryset.model]}__in": selectors.project_list_curated(user)})
 
 
 # Longer texts get a read-only preview on their change page, not a textarea: a browser takes many
@@ -322,7 +322,7 @@ class TaskAdmin(CuratedMixin, admin.ModelAdmin):
     search_fields = ["=id", "prompt__external_id", "prompt__text"]
     list_select_related = ["project", "prompt"]
     autocomplete_fields = ["prompt"]
-    # Written only under the task's row lock by the queue (see annotation.services).
+    # Written only under the task's row lock by the queue (see annotation.services.leases).
     readonly_fields = ["judgment_count"]
     date_hierarchy = "created_at"
     inlines = [TaskOutputInline]

@@ -18,7 +18,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from annotation import selectors
-from annotation.models import AuditEvent, Judgment, Lease, Membership, Project
+from annotation.errors import ApplicationError
+from annotation.models import TRAINING_STATUSES, AuditEvent, Judgment, Lease, Membership, Project
 
 REVIEW_ACTIONS = {
     Judgment.Status.ACCEPTED: AuditEvent.Action.ACCEPT,
@@ -32,7 +33,7 @@ REASON_REQUIRED = (Judgment.Status.REJECTED, Judgment.Status.EXCLUDED)
 CHUNK = 500
 
 
-class CurationError(ValueError):
+class CurationError(ApplicationError, ValueError):
     """A curation request that cannot go ahead, with a message for the curator."""
 
 
@@ -59,7 +60,7 @@ def judgments_review(
         if isinstance(judgments, QuerySet)
         else [int(pk) for pk in judgments]
     )
-    curated = set(selectors.curated_projects(actor).values_list("pk", flat=True))
+    curated = set(selectors.project_list_curated(actor).values_list("pk", flat=True))
     now = timezone.now()
     changed = 0
     with transaction.atomic():
@@ -124,7 +125,7 @@ def membership_add(
     """
     if role not in Membership.Role.values:
         raise CurationError(f"role must be one of {', '.join(Membership.Role.values)} (got {role!r})")
-    if not selectors.can_curate(actor, project):
+    if not selectors.project_can_curate(actor, project):
         raise PermissionDenied("only the project's curators can add members")
     if role == Membership.Role.ADMIN and not _is_project_admin(actor, project):
         raise PermissionDenied("only the project's admins can make someone a project admin")
@@ -168,6 +169,28 @@ def user_create(*, username: str) -> tuple[AbstractBaseUser, str]:
     return user, password
 
 
+def membership_add_by_username(
+    *, actor: AbstractBaseUser, project: Project, username: str, role: str, create_account: bool = False
+) -> tuple[AbstractBaseUser, str | None]:
+    """membership_add for an account named by its username, made first with `create_account`.
+
+    All or nothing: a refused membership leaves no new account behind. Returns the user and,
+    for a new account, its one-time password.
+    """
+    password = None
+    with transaction.atomic():
+        if create_account:
+            user, password = user_create(username=username)
+        else:
+            user = get_user_model().objects.filter(username=username).first()
+            if user is None:
+                raise CurationError(
+                    f"there is no account {username!r}; tick “Create a new account” to make one"
+                )
+        membership_add(actor=actor, project=project, user=user, role=role)
+    return user, password
+
+
 def rater_deactivate(
     *,
     actor: AbstractBaseUser,
@@ -181,7 +204,7 @@ def rater_deactivate(
     With `exclude_judgments`, their pending and accepted judgments become excluded from training
     (rejected ones stay rejected), each audited like a curator's exclusion.
     """
-    if not selectors.can_curate(actor, project):
+    if not selectors.project_can_curate(actor, project):
         raise PermissionDenied("only the project's curators can deactivate members")
     reason = (reason or "").strip()
     if not reason:
@@ -218,7 +241,7 @@ def rater_deactivate(
         judgments = Judgment.objects.filter(
             project=project,
             rater=user,
-            status__in=[Judgment.Status.PENDING, Judgment.Status.ACCEPTED],
+            status__in=TRAINING_STATUSES,
         )
         return judgments_review(
             actor=actor, judgments=judgments, status=Judgment.Status.EXCLUDED, reason=reason

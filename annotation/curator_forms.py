@@ -6,9 +6,10 @@ import json
 
 from django import forms
 
-from annotation import importing, services
+from annotation import importing
 from annotation.curation import REASON_REQUIRED
 from annotation.models import Membership, Project
+from annotation.services.projects import PROJECT_TEMPLATES
 
 REASON_MAX = 2000
 
@@ -82,7 +83,7 @@ class ProjectAddForm(forms.ModelForm):
 
     template = forms.ChoiceField(
         choices=[("", "None: write the questions below")]
-        + [(name, label) for name, (label, _) in services.PROJECT_TEMPLATES.items()],
+        + [(name, label) for name, (label, _) in PROJECT_TEMPLATES.items()],
         required=False,
         help_text="Sets the questions, and the guidelines unless you write your own.",
     )
@@ -107,7 +108,7 @@ class ProjectAddForm(forms.ModelForm):
         if cleaned.get("questions"):
             self.add_error("template", "Choose a template or write the questions, not both.")
             return cleaned
-        fields = services.PROJECT_TEMPLATES[template][1]()
+        fields = PROJECT_TEMPLATES[template][1]()
         cleaned["questions"] = fields["questions"]
         if not (cleaned.get("guidelines") or "").strip():
             cleaned["guidelines"] = fields["guidelines"]

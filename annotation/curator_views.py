@@ -8,26 +8,36 @@ who does not curate it gets a 403.
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotation import curation, exporting, importing, quality, selectors, templates_qa2
+from annotation import (
+    agreement,
+    curation,
+    downloads,
+    exporting,
+    importing,
+    plots,
+    quality,
+    selectors,
+    templates_qa2,
+)
 from annotation.curator_forms import DeactivateForm, ImportForm, MemberAddForm
+from annotation.errors import NotAllowed, NotFound
 from annotation.models import AuditEvent, Membership, Project
-
-# A parquet export is built in memory up to this size, then on disk, before it is sent.
+from annotation.services import prompts
 
 
 def _curated_project(request, project_id: int) -> Project:
-    project = get_object_or_404(selectors.projects_for(request.user), pk=project_id)
-    if not selectors.can_curate(request.user, project):
-        raise PermissionDenied("only the project's curators can see this page")
-    return project
+    try:
+        return selectors.project_get_curated(request.user, project_id, to="see this page")
+    except NotFound as error:
+        raise Http404(str(error)) from error
+    except NotAllowed as error:
+        raise PermissionDenied(str(error)) from error
 
 
 def _export_links(project: Project) -> list[dict]:
@@ -48,7 +58,7 @@ def dashboard(request, project_id: int):
         "progress": selectors.project_progress(project),
         "review_counts": quality.review_counts(project),
         "agreement": quality.project_agreement(project),
-        "plots": quality.distribution_plots(quality.score_distributions(project)),
+        "plots": plots.distribution_plots(quality.score_distributions(project)),
         # Only projects asking the (QA)² template's questions have this panel.
         "qa2": quality.qa2_summary(project) if templates_qa2.is_qa2_project(project.questions) else None,
         "active_raters": Membership.objects.filter(
@@ -67,7 +77,7 @@ def _raters_page(request, project, *, add_form=None, new_account=None, status=20
         "rows": quality.rater_stats(project),
         "add_form": add_form or MemberAddForm(),
         "new_account": new_account,
-        "tolerance": quality.GOLD_LIKERT_TOLERANCE,
+        "tolerance": agreement.GOLD_LIKERT_TOLERANCE,
     }
     response = render(request, "curation/raters.html", context, status=status)
     if new_account:
@@ -89,18 +99,14 @@ def member_add(request, project_id: int):
     if not form.is_valid():
         return _raters_page(request, project, add_form=form, status=400)
     username, role = form.cleaned_data["username"].strip(), form.cleaned_data["role"]
-    password = None
     try:
-        with transaction.atomic():
-            if form.cleaned_data["create_account"]:
-                user, password = curation.user_create(username=username)
-            else:
-                user = get_user_model().objects.filter(username=username).first()
-                if user is None:
-                    raise curation.CurationError(
-                        f"there is no account {username!r}; tick “Create a new account” to make one"
-                    )
-            curation.membership_add(actor=request.user, project=project, user=user, role=role)
+        user, password = curation.membership_add_by_username(
+            actor=request.user,
+            project=project,
+            username=username,
+            role=role,
+            create_account=form.cleaned_data["create_account"],
+        )
     except curation.CurationError as error:
         form.add_error("username", str(error))
         return _raters_page(request, project, add_form=form, status=400)
@@ -157,9 +163,7 @@ def import_prompts(request, project_id: int):
                 rows = importing.parse_prompt_file(
                     data["file"], fmt=data["format"] or None, mapping=data["mapping"]
                 )
-                result = importing.prompts_import(
-                    project=project, rows=rows, make_tasks=data["tasks"] or None
-                )
+                result = prompts.prompts_import(project=project, rows=rows, make_tasks=data["tasks"] or None)
             except importing.ImportFileError as error:
                 field = error.field if error.field in form.fields else "file"
                 form.add_error(field, f"{error} — nothing was imported.")
@@ -189,4 +193,4 @@ def export(request, project_id: int, kind: str, fmt: str):
         rows = exporting.export_rows(project, kind=kind)
     except exporting.ExportError as error:  # a qa2 export of another kind of project
         raise Http404(str(error)) from error
-    return exporting.export_response(project, rows, kind=kind, fmt=fmt)
+    return downloads.export_response(project, rows, kind=kind, fmt=fmt)

@@ -33,18 +33,19 @@ from typing import IO, Any
 from django.db.models import Prefetch, QuerySet
 
 from annotation import templates_qa2
-from annotation.models import Answer, Judgment, Project, Task, TaskOutput
+from annotation.errors import ApplicationError
+from annotation.models import TRAINING_STATUSES, Answer, Judgment, Project, Task, TaskOutput
+from annotation.questions import ranking_groups
 
 KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
 FORMATS = ("jsonl", "csv", "parquet")
 STATUSES = tuple(Judgment.Status.values)
-TRAINING_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
 CHUNK_SIZE = 500
 # Columns holding nested answers, written as JSON text in parquet (their shape varies by question).
 JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (), "refiner": ()}
 
 
-class ExportError(ValueError):
+class ExportError(ApplicationError, ValueError):
     """The export cannot be made as asked."""
 
 
@@ -164,8 +165,7 @@ def _preferred_pairs(kind: str, value: Any, output_ids: list[int]) -> Iterator[t
             if other != preferred:
                 yield preferred, other
     else:
-        groups = value.get("ranking") if isinstance(value, dict) else value
-        groups = [group if isinstance(group, list) else [group] for group in groups or []]
+        groups = ranking_groups(value)
         for index, better_group in enumerate(groups):
             for worse_group in groups[index + 1 :]:
                 for better in better_group:
@@ -504,32 +504,8 @@ def write_parquet(
     return count
 
 
-PARQUET_SPOOL_BYTES = 32 * 1024 * 1024  # parquet exports larger than this spill to a temporary file
 MEDIA_TYPES = {
     "jsonl": "application/x-ndjson",
     "csv": "text/csv",
     "parquet": "application/vnd.apache.parquet",
 }
-
-
-def export_response(project, rows, *, kind: str, fmt: str, round_number: int | None = None):
-    """An HTTP download of export rows: JSONL and CSV stream as they are read; parquet is finished first."""
-    import tempfile
-
-    from django.http import FileResponse, StreamingHttpResponse
-    from django.utils.text import slugify
-
-    suffix = "" if round_number is None else f"-round{round_number}"
-    filename = f"{slugify(project.name) or f'project-{project.pk}'}-{kind}{suffix}.{fmt}"
-    if fmt in ("jsonl", "csv"):
-        lines = jsonl_lines(rows) if fmt == "jsonl" else csv_lines(rows, kind=kind)
-        response = StreamingHttpResponse(
-            (line.encode("utf-8") for line in lines), content_type=f"{MEDIA_TYPES[fmt]}; charset=utf-8"
-        )
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
-    # Parquet writes its footer last, so the file is finished before it is sent.
-    spool = tempfile.SpooledTemporaryFile(max_size=PARQUET_SPOOL_BYTES)  # noqa: SIM115 -- FileResponse closes it
-    write_parquet(rows, spool, kind=kind)
-    spool.seek(0)
-    return FileResponse(spool, as_attachment=True, filename=filename, content_type=MEDIA_TYPES["parquet"])

@@ -2,7 +2,7 @@
 
 A file is read line by line and every line is validated before anything is written; the first
 bad line stops the import with its line number and the reason, and the database is untouched.
-Then everything is written in one transaction with `bulk_create`.
+Then annotation.services.prompts.prompts_import writes everything in one transaction.
 
 Fields of a line (after the mapping `{our_field: their_field}` renames the file's own names):
 
@@ -24,16 +24,14 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import IntegrityError, transaction
-
-from annotation.models import Output, Project, Prompt, Task, TaskOutput
-from annotation.questions import questions_for
+from annotation.errors import ApplicationError
+from annotation.models import Output, Project, Prompt
 
 FORMATS = ("jsonl", "csv")
 TASK_MODES = ("none", "single", "pairwise", "ranking")
@@ -53,28 +51,28 @@ FIELDS = (
 OUTPUT_KEYS = ("text", "model_name", "adapter", "source", "generation")
 SPLITS = tuple(Prompt.Split.values)
 SOURCES = tuple(Output.Source.values)
-RANKING_SIZE = (2, 10)
-BATCH_SIZE = 1000
-# How many external ids one "already in the project?" query checks (SQLite caps query parameters).
-LOOKUP_CHUNK = 900
 READ_CHUNK = 1 << 16
 
 _external_id_length = Prompt._meta.get_field("external_id").max_length
 _provenance_length = Output._meta.get_field("model_name").max_length
 
 
-class ImportFileError(ValueError):
+class ImportFileError(ApplicationError, ValueError):
     """The file cannot be imported. `line` is 1-based, or None when no one line is at fault."""
 
     def __init__(self, line: int | None, message: str, *, field: str | None = None, unit: str = "line"):
         super().__init__(message)
         self.line = line
-        self.message = message
         self.field = field  # which input the error is about, when it is not the file itself ("mapping")
         self.unit = unit  # "line" for files, "row" for a list of rows sent as JSON
 
     def __str__(self) -> str:
         return f"{self.unit} {self.line}: {self.message}" if self.line is not None else self.message
+
+    @property
+    def extra(self) -> dict:
+        # Not one field's fault: the file's (or, sent as JSON, the rows').
+        return {"field": self.field or ("file" if self.unit == "line" else "rows"), "line": self.line}
 
 
 @dataclass
@@ -96,13 +94,6 @@ class PromptRow:
     data: dict = field(default_factory=dict)
     gold: Any = None
     outputs: list[OutputRow] = field(default_factory=list)
-
-
-@dataclass
-class ImportResult:
-    prompts: int
-    outputs: int
-    tasks: int
 
 
 # ---------------------------------------------------------------- reading
@@ -420,7 +411,7 @@ def clean_records(
         count += 1
         yield row
     if not count:
-        raise ImportFileError(None, "there are no prompts to import")
+        raise ImportFileError(None, "there are no prompts to import", unit=unit)
     # A CSV header was checked up front; JSON lines have no header, so a mapped name that no line
     # has is caught here (a typo in the mapping would otherwise drop a field silently).
     never = [theirs for theirs in mapping.values() if theirs not in mapped_seen]
@@ -476,152 +467,6 @@ def parse_prompt_rows(rows: Any, *, mapping: dict[str, str] | None = None) -> li
             yield number, record
 
     return list(clean_records(records(), mapping, unit="row"))
-
-
-# ---------------------------------------------------------------- writing
-
-
-def _check_task_shape(rows: list[PromptRow], tasks: str, unit: str) -> None:
-    if tasks == "pairwise":
-        for row in rows:
-            if len(row.outputs) != 2:
-                raise ImportFileError(
-                    row.line,
-                    f"pairwise tasks need exactly 2 outputs per prompt (this has {len(row.outputs)})",
-                    unit=unit,
-                )
-    elif tasks == "ranking":
-        low, high = RANKING_SIZE
-        for row in rows:
-            if not low <= len(row.outputs) <= high:
-                raise ImportFileError(
-                    row.line,
-                    f"ranking tasks need {low} to {high} outputs per prompt (this has {len(row.outputs)})",
-                    unit=unit,
-                )
-
-
-def _check_not_in_project(project: Project, rows: list[PromptRow], unit: str) -> None:
-    line_of = {row.external_id: row.line for row in rows}
-    ids = list(line_of)
-    taken: list[str] = []
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        taken.extend(
-            Prompt.objects.filter(
-                project=project, external_id__in=ids[start : start + LOOKUP_CHUNK]
-            ).values_list("external_id", flat=True)
-        )
-    if taken:
-        first = min(taken, key=line_of.__getitem__)
-        raise ImportFileError(
-            line_of[first], f"external_id {first!r} is already in project {project.name!r}", unit=unit
-        )
-
-
-def prompts_import(
-    *,
-    project: Project,
-    rows: list[PromptRow],
-    make_tasks: str | None = None,
-    unit: str = "line",
-    progress: Callable[[int], None] | None = None,
-) -> ImportResult:
-    """Write validated rows: prompts, their outputs, and tasks over them, in one transaction.
-
-    `make_tasks`: "none"; "single" (a task per output; the default when any row has outputs);
-    "pairwise" (a task per prompt over its two outputs; every prompt must have exactly 2);
-    "ranking" (a task per prompt over its 2 to 10 outputs). Raises ImportFileError (nothing
-    written) for an external id already in the project or outputs that do not fit the tasks.
-    `progress` is called with the number of prompts written after each batch.
-    """
-    if make_tasks is None:
-        make_tasks = "single" if any(row.outputs for row in rows) else "none"
-    if make_tasks not in TASK_MODES:
-        raise ImportFileError(
-            None, f"tasks must be one of {', '.join(TASK_MODES)} (got {make_tasks!r})", field="tasks"
-        )
-    if make_tasks != "none" and not questions_for(project.questions, make_tasks):
-        raise ImportFileError(
-            None,
-            f"the project asks no questions on {make_tasks} tasks: choose the tasks to make "
-            f"({', '.join(TASK_MODES)}) to match its questions",
-            field="tasks",
-        )
-    _check_task_shape(rows, make_tasks, unit)
-    _check_not_in_project(project, rows, unit)
-
-    counts = ImportResult(prompts=0, outputs=0, tasks=0)
-    try:
-        with transaction.atomic():
-            # Batches of prompts keep every list below at BATCH_SIZE-ish rows, however big the file.
-            for start in range(0, len(rows), BATCH_SIZE):
-                batch = rows[start : start + BATCH_SIZE]
-                _write_batch(project, batch, make_tasks, counts)
-                if progress is not None:
-                    progress(len(batch))
-    except IntegrityError as error:
-        # Only a concurrent import of the same external ids gets here: the check above passed.
-        raise ImportFileError(
-            None, "some of these external ids were added to the project meanwhile; nothing was written"
-        ) from error
-    return counts
-
-
-def _write_batch(project: Project, batch: list[PromptRow], make_tasks: str, counts: ImportResult) -> None:
-    prompts = Prompt.objects.bulk_create(
-        [
-            Prompt(
-                project=project,
-                external_id=row.external_id,
-                text=row.text,
-                context=row.context,
-                split=row.split,
-                data=row.data,
-                gold=row.gold,
-            )
-            for row in batch
-        ],
-        batch_size=BATCH_SIZE,
-    )
-    outputs = Output.objects.bulk_create(
-        [
-            Output(
-                prompt=prompt,
-                text=item.text,
-                source=item.source,
-                model_name=item.model_name,
-                adapter=item.adapter,
-                generation=item.generation,
-            )
-            for prompt, row in zip(prompts, batch, strict=True)
-            for item in row.outputs
-        ],
-        batch_size=BATCH_SIZE,
-    )
-    counts.prompts += len(prompts)
-    counts.outputs += len(outputs)
-    if make_tasks == "none":
-        return
-
-    # Each task with the outputs it shows, in position order.
-    planned: list[tuple[Task, list[Output]]] = []
-    taken = iter(outputs)
-    for prompt, row in zip(prompts, batch, strict=True):
-        own = [next(taken) for _ in row.outputs]
-        if make_tasks == "single":
-            planned.extend((Task(project=project, prompt=prompt, kind=Task.Kind.SINGLE), [o]) for o in own)
-        elif own:
-            planned.append((Task(project=project, prompt=prompt, kind=make_tasks), own))
-    tasks = Task.objects.bulk_create([task for task, _ in planned], batch_size=BATCH_SIZE)
-    TaskOutput.objects.bulk_create(
-        [
-            TaskOutput(task=task, output=output, position=position)
-            for task, (_, shown) in zip(tasks, planned, strict=True)
-            for position, output in enumerate(shown)
-        ],
-        batch_size=BATCH_SIZE,
-    )
-    counts.tasks += len(tasks)
 
 
 def project_by_reference(reference: str | int) -> Project:

@@ -17,6 +17,7 @@ from annotation.questions import (
     DEFAULT_MAX_FIX_CHARS,
     MAX_TEXT,
     QuestionsConfigError,
+    normalised_questions,
     validate_questions_config,
 )
 from annotation.webhook_urls import validate_webhook_url
@@ -69,6 +70,12 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        # Validated on save, trusted on read: questions_for reads the stored config with its
+        # defaults filled in. A config no form would accept is stored as given (and asks nothing).
+        self.questions = normalised_questions(self.questions)
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         # Forms (the admin's included) validate the questions as the API does: a bad config
@@ -273,6 +280,10 @@ class Judgment(models.Model):
     def __str__(self) -> str:
         # Curators know raters by name: the admin titles its pages with this.
         return f"judgment {self.pk} on task {self.task_id} by {self.rater.get_username()}"
+
+
+# The judgments that train models and count in the dashboard's figures: rejected and excluded ones do not.
+TRAINING_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
 
 
 class Answer(models.Model):

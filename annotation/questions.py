@@ -22,8 +22,9 @@ pairwise ones; ranking tasks the ranking ones. A question may say otherwise with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
+
+from annotation.errors import ApplicationError
 
 KINDS = ("likert", "pairwise", "ranking", "feedback", "fix", "rubric")
 TASK_KINDS = ("single", "pairwise", "ranking")
@@ -63,15 +64,19 @@ class QuestionsConfigError(ValueError):
     """The project's questions config is not valid."""
 
 
-@dataclass
-class AnswerError(ValueError):
+class AnswerError(ApplicationError, ValueError):
     """A rater's answer is not valid: `field` names the question (and part) that is wrong."""
 
-    field: str
-    message: str
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+    @property
+    def extra(self) -> dict:
+        return {"field": self.field}
 
 
 def validate_questions_config(questions: Any) -> list[dict]:
@@ -146,8 +151,22 @@ def validate_questions_config(questions: Any) -> list[dict]:
     return normalised
 
 
+def normalised_questions(questions: Any) -> Any:
+    """The config with its defaults filled in (Project.save stores it so); an invalid one as it is."""
+    try:
+        return validate_questions_config(questions)
+    except QuestionsConfigError:
+        return questions
+
+
 def questions_for(questions: list[dict], task_kind: str) -> list[dict]:
-    return [q for q in validate_questions_config(questions) if task_kind in q["on"]]
+    """The questions asked on tasks of this kind: copies, from a config as Project.save stores it.
+
+    The config is not validated again here (that is done on save); one that is not valid asks nothing.
+    """
+    if not isinstance(questions, list):
+        return []
+    return [dict(q) for q in questions if isinstance(q, dict) and task_kind in q.get("on", ())]
 
 
 def fix_limit(output_chars: int, *, cap: int = DEFAULT_MAX_FIX_CHARS) -> int:
@@ -221,11 +240,20 @@ def _clean_pairwise(question: dict, value: Any, field: str, output_ids: list[int
     return {"preferred": preferred, "strength": strength}
 
 
+def ranking_groups(value: Any) -> list[list]:
+    """A ranking answer (`{"ranking": [...]}` or the bare list) as its rank groups, best first.
+
+    An item of the list is an output id, or a list of ids ranked together (a tie).
+    """
+    ranking = value.get("ranking") if isinstance(value, dict) else value
+    return [item if isinstance(item, list) else [item] for item in ranking or []]
+
+
 def _clean_ranking(question: dict, value: Any, field: str, output_ids: list[int]) -> dict:
     ranking = value.get("ranking") if isinstance(value, dict) else value
     if not isinstance(ranking, list) or not ranking:
         raise AnswerError(field, "must list the output ids best first (a list inside the list is a tie)")
-    groups = [item if isinstance(item, list) else [item] for item in ranking]
+    groups = ranking_groups(ranking)
     if any(len(group) > 1 for group in groups) and not question["allow_ties"]:
         raise AnswerError(field, "this project does not allow ties in rankings")
     flat = [item for group in groups for item in group]
@@ -264,6 +292,8 @@ def clean_answers(
     max_fix_chars: int = MAX_TEXT,
 ) -> list[tuple[dict, Any]]:
     """Validate a submission's answers. Returns (question, cleaned value) pairs or raises AnswerError.
+
+    `questions` is a project's config as saved (validated, its defaults filled in: see questions_for).
 
     `max_fix_chars` is this task's fix_limit (it depends on the output's length).
     """

@@ -27,8 +27,8 @@ def home(request):
 @login_required
 def annotate(request, project_id: int):
     """The rating page. Its script pulls tasks from the queue API, one after another."""
-    project = get_object_or_404(selectors.projects_for(request.user), pk=project_id)
-    if selectors.membership_of(request.user, project) is None:
+    project = get_object_or_404(selectors.project_list_visible(request.user), pk=project_id)
+    if selectors.membership_get(request.user, project) is None:
         raise Http404("not a rater of this project")
     config = {
         "project": project.pk,

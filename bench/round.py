@@ -108,9 +108,11 @@ def seed(args: argparse.Namespace):
     """A project with `--feedback` judgments written through the queue's services."""
     from django.contrib.auth import get_user_model
 
-    from annotation.importing import OutputRow, PromptRow, prompts_import
+    from annotation.importing import OutputRow, PromptRow
     from annotation.models import Membership, Project
-    from annotation.services import judgment_submit, lease_acquire
+    from annotation.services.judgments import judgment_submit
+    from annotation.services.leases import lease_acquire
+    from annotation.services.prompts import prompts_import
 
     users = get_user_model().objects
     rater = users.create_user("rater", password=secrets.token_urlsafe(12))
@@ -179,7 +181,7 @@ class Clock:
 
 
 def run_round(project, curator, reader, clock: Clock):
-    from annotation.services import lease_acquire
+    from annotation.services.leases import lease_acquire
     from feedback_loop import services, tasks
     from feedback_loop.models import Round
 

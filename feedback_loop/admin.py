@@ -29,7 +29,7 @@ ONLY_PROJECTS = ("project", admin.RelatedOnlyFieldListFilter)
 def _curated(queryset, user, path: str = "project"):
     if user.is_superuser:
         return queryset
-    return queryset.filter(**{f"{path}__in": annotation_selectors.curated_projects(user)})
+    return queryset.filter(**{f"{path}__in": annotation_selectors.project_list_curated(user)})
 
 
 def _excerpt(text: str, length: int = 80) -> str:
@@ -61,7 +61,9 @@ class RoundStartForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = annotation_selectors.curated_projects(user).filter(archived=False)
+        self.fields["project"].queryset = annotation_selectors.project_list_curated(user).filter(
+            archived=False
+        )
 
 
 @admin.register(Round)

@@ -28,8 +28,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from annotation.errors import QueueError
 from annotation.models import Project, Webhook
-from annotation.services import NewTask, QueueError, outputs_enqueue
+from annotation.services.tasks import NewTask, outputs_enqueue
 from annotation.webhooks import webhook_event_emit
 from feedback_loop.models import Adapter, Refinement, Round
 from feedback_loop.selectors import (

@@ -31,7 +31,7 @@ from django.conf import settings
 
 from annotation.models import Output, Project, Prompt
 from annotation.questions import questions_for
-from annotation.services import NewOutput, NewTask, outputs_enqueue
+from annotation.services.tasks import NewOutput, NewTask, outputs_enqueue
 from feedback_loop import selectors, services, storage
 from feedback_loop.engine.backends import load_backend
 from feedback_loop.engine.conditional import (

@@ -24,8 +24,8 @@ REASON_MAX = 2000
 
 
 def _curated_project(request, project_id: int) -> Project:
-    project = get_object_or_404(annotation_selectors.projects_for(request.user), pk=project_id)
-    if not annotation_selectors.can_curate(request.user, project):
+    project = get_object_or_404(annotation_selectors.project_list_visible(request.user), pk=project_id)
+    if not annotation_selectors.project_can_curate(request.user, project):
         raise PermissionDenied("only the project's curators can see this page")
     return project
 

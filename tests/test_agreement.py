@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from django.test import Client
 
-from annotation import quality
+from annotation import agreement, plots, quality
 from annotation.models import Membership, Project
 from tests.curation_data import judge, likert_project, output_ids
 from tests.factories import make_tasks
@@ -75,32 +75,32 @@ def coders(django_user_model):
 
 @pytest.mark.parametrize(("level", "expected"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)])
 def test_krippendorff_alpha_reproduces_krippendorff_2011(level, expected):
-    assert quality.krippendorff_alpha(KRIPPENDORFF_2011, level) == pytest.approx(expected, abs=5e-4)
+    assert agreement.krippendorff_alpha(KRIPPENDORFF_2011, level) == pytest.approx(expected, abs=5e-4)
     # The full scale as value domain changes nothing (unused values have no weight).
-    assert quality.krippendorff_alpha(
+    assert agreement.krippendorff_alpha(
         KRIPPENDORFF_2011, level, value_domain=[1, 2, 3, 4, 5]
     ) == pytest.approx(expected, abs=5e-4)
 
 
 def test_krippendorff_alpha_is_undefined_without_pairable_values_or_variation():
-    assert quality.krippendorff_alpha([[1, NAN], [NAN, 2]], "nominal") is None  # no unit judged twice
-    assert quality.krippendorff_alpha([[3, 3], [3, 3]], "interval", value_domain=[1, 2, 3]) is None
-    assert quality.krippendorff_alpha(np.zeros((0, 0)), "nominal") is None
+    assert agreement.krippendorff_alpha([[1, NAN], [NAN, 2]], "nominal") is None  # no unit judged twice
+    assert agreement.krippendorff_alpha([[3, 3], [3, 3]], "interval", value_domain=[1, 2, 3]) is None
+    assert agreement.krippendorff_alpha(np.zeros((0, 0)), "nominal") is None
 
 
 def test_fleiss_kappa_reproduces_fleiss_1971():
     matrix = fleiss_as_reliability_data()
-    table, units = quality.fleiss_table(matrix)
+    table, units = agreement.fleiss_table(matrix)
     assert units == 10
     np.testing.assert_array_equal(table, FLEISS_1971)
-    kappa, units = quality.fleiss_kappa(matrix)
+    kappa, units = agreement.fleiss_kappa(matrix)
     assert kappa == pytest.approx(0.210, abs=5e-4)
     assert units == 10
 
 
 def test_fleiss_kappa_takes_the_units_judged_by_the_usual_number_of_raters():
     # Krippendorff's data: units 2–9 have all 4 coders; units 1, 10 have 3; unit 11 has 2; unit 12 one.
-    _kappa, units = quality.fleiss_kappa(KRIPPENDORFF_2011)
+    _kappa, units = agreement.fleiss_kappa(KRIPPENDORFF_2011)
     assert units == 8
 
 
@@ -109,7 +109,7 @@ def test_cohen_kappa_of_a_two_by_two_table_worked_by_hand():
     # p_o = 35/50 = 0.7; p_e = 0.5·0.6 + 0.5·0.4 = 0.5; kappa = (0.7 − 0.5)/(1 − 0.5) = 0.4.
     first = [1] * 20 + [1] * 5 + [0] * 10 + [0] * 15
     second = [1] * 20 + [0] * 5 + [1] * 10 + [0] * 15
-    assert quality.cohen_kappa(first, second) == pytest.approx(0.4)
+    assert agreement.cohen_kappa(first, second) == pytest.approx(0.4)
 
 
 def test_linearly_weighted_cohen_kappa_worked_by_hand():
@@ -117,16 +117,16 @@ def test_linearly_weighted_cohen_kappa_worked_by_hand():
     # kappa = (1/2 − 1/3)/(2/3) = 0.25. Linear weights |i − j|: observed disagreement 3/6 = 0.5;
     # expected = Σ p_i q_j |i − j| = 1/3 · (1/6·3 + 1/2·2 + 1/3·3) = 5/6; kappa = 1 − 0.5/(5/6) = 0.4.
     first, second = [1, 2, 3, 1, 2, 3], [1, 2, 3, 2, 3, 2]
-    assert quality.cohen_kappa(first, second) == pytest.approx(0.25)
-    assert quality.cohen_kappa(first, second, labels=[1, 2, 3], weights="linear") == pytest.approx(0.4)
+    assert agreement.cohen_kappa(first, second) == pytest.approx(0.25)
+    assert agreement.cohen_kappa(first, second, labels=[1, 2, 3], weights="linear") == pytest.approx(0.4)
     # Unused scale points change nothing: the weights only scale.
-    assert quality.cohen_kappa(first, second, labels=list(range(1, 8)), weights="linear") == pytest.approx(
+    assert agreement.cohen_kappa(first, second, labels=list(range(1, 8)), weights="linear") == pytest.approx(
         0.4
     )
 
 
 def test_cohen_kappa_is_undefined_when_both_raters_never_vary():
-    assert quality.cohen_kappa([2, 2, 2], [2, 2, 2]) is None
+    assert agreement.cohen_kappa([2, 2, 2], [2, 2, 2]) is None
 
 
 # ---------------------------------------------------------------- judgments in the database → matrix
@@ -178,7 +178,7 @@ def test_rejected_and_excluded_judgments_are_left_out_of_project_agreement(kripp
     expected = np.array(KRIPPENDORFF_2011)
     expected[3, 5] = NAN
     [row] = quality.project_agreement(project)
-    assert row.alpha_interval == pytest.approx(quality.krippendorff_alpha(expected, "interval"))
+    assert row.alpha_interval == pytest.approx(agreement.krippendorff_alpha(expected, "interval"))
     assert row.alpha_interval != pytest.approx(0.849, abs=5e-4)
 
 
@@ -237,7 +237,7 @@ def test_pairwise_preferences_are_laid_out_by_position_in_the_task_not_by_side(d
         prefer(index, second, b, swapped=index % 2 == 1)
 
     [data] = quality.reliability_data(project)
-    tie = quality.TIE
+    tie = agreement.TIE
     np.testing.assert_array_equal(data.matrix, [[0, 1, 0, tie], [0, 1, 1, tie]])
     [row] = quality.project_agreement(project)
     assert row.alpha_nominal == pytest.approx(2 / 3)
@@ -249,14 +249,14 @@ def test_pairwise_preferences_are_laid_out_by_position_in_the_task_not_by_side(d
 def test_pair_agreements_use_only_the_tasks_both_raters_judged(krippendorff_project, coders):
     project, _ = krippendorff_project
     [data] = quality.reliability_data(project)
-    pairs = {(p.rater_a, p.rater_b): p for p in quality.pair_agreements(data)}
+    pairs = {(p.rater_a, p.rater_b): p for p in agreement.pair_agreements(data)}
     # Coders A and B share units 1–9 (A has nothing on 10–12) and agree on all but unit 6.
     a_b = pairs[(coders[0].pk, coders[1].pk)]
     assert (a_b.shared, a_b.matches) == (9, 8)
     first = [1, 2, 3, 3, 2, 1, 4, 1, 2]
     second = [1, 2, 3, 3, 2, 2, 4, 1, 2]
     assert a_b.kappa == pytest.approx(
-        quality.cohen_kappa(first, second, labels=[1, 2, 3, 4, 5], weights="linear")
+        agreement.cohen_kappa(first, second, labels=[1, 2, 3, 4, 5], weights="linear")
     )
     assert len(pairs) == 6
 
@@ -267,7 +267,7 @@ def test_score_distribution_plot_is_an_inline_png(krippendorff_project):
     # Every value of the matrix, counted; scale points nobody used are listed with 0.
     expected = {v: int(np.sum(np.array(KRIPPENDORFF_2011) == v)) for v in range(1, 6)}
     assert counts == expected
-    [(plotted, plot)] = quality.distribution_plots([(variable, counts)])
+    [(plotted, plot)] = plots.distribution_plots([(variable, counts)])
     assert plotted == variable
     assert plot.startswith("data:image/png;base64,")
-    assert quality.distribution_plots([(variable, dict.fromkeys(counts, 0))]) == []
+    assert plots.distribution_plots([(variable, dict.fromkeys(counts, 0))]) == []

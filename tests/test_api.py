@@ -254,7 +254,7 @@ def test_openapi_schema_is_served(bob):
 def test_a_busy_sqlite_write_lock_is_a_503_with_nothing_written(project, bob, monkeypatch):
     from django.db import OperationalError
 
-    from annotation import services
+    from annotation.services import judgments
 
     make_tasks(project, 1)
     client = client_for(bob)
@@ -263,7 +263,7 @@ def test_a_busy_sqlite_write_lock_is_a_503_with_nothing_written(project, bob, mo
     def locked(**kwargs):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(services, "judgment_submit", locked)
+    monkeypatch.setattr(judgments, "judgment_submit", locked)
     response = client.post(
         f"/api/v1/leases/{lease['id']}/submit/", {"answers": single_answers()}, format="json"
     )

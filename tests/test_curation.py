@@ -11,7 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import reverse
 
-from annotation import curation, quality
+from annotation import agreement, curation, quality
 from annotation.exporting import iter_preference_rows, iter_sft_rows
 from annotation.models import AuditEvent, Judgment, Lease, Membership, Output, Prompt, Task
 from tests.curation_data import judge, output_ids
@@ -568,15 +568,15 @@ def test_rater_statistics_of_a_hand_worked_example(project, rated_by_two, alice,
 
 
 def test_gold_checks_by_question_kind():
-    assert quality.gold_checks("likert", {"a": 4, "b": 1}, {"a": 5, "b": 3}) == [True, False]
-    assert quality.gold_checks("likert", {"a": 4}, 4, scale_criteria=["a"]) == [True]
-    assert quality.gold_checks(
+    assert agreement.gold_checks("likert", {"a": 4, "b": 1}, {"a": 5, "b": 3}) == [True, False]
+    assert agreement.gold_checks("likert", {"a": 4}, 4, scale_criteria=["a"]) == [True]
+    assert agreement.gold_checks(
         "pairwise", {"preferred": None, "strength": "about_the_same"}, {"preferred": None}
     ) == [True]
-    assert quality.gold_checks("pairwise", None, {"preferred": 3}) == [False]
-    assert quality.gold_checks("rubric", {"flags": ["x", "y"]}, ["y", "x"]) == [True]
-    assert quality.gold_checks("ranking", {"ranking": [[2], [1, 3]]}, {"ranking": [2, [3, 1]]}) == [True]
-    assert quality.gold_checks("feedback", "text", "other") == []
+    assert agreement.gold_checks("pairwise", None, {"preferred": 3}) == [False]
+    assert agreement.gold_checks("rubric", {"flags": ["x", "y"]}, ["y", "x"]) == [True]
+    assert agreement.gold_checks("ranking", {"ranking": [[2], [1, 3]]}, {"ranking": [2, [3, 1]]}) == [True]
+    assert agreement.gold_checks("feedback", "text", "other") == []
 
 
 # ---------------------------------------------------------------- import and dashboard

@@ -8,7 +8,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from annotation.models import Membership, Project, Task
-from annotation.services import judgment_submit, lease_acquire
+from annotation.services.judgments import judgment_submit
+from annotation.services.leases import lease_acquire
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,12 @@ from django.db import connection
 from django.test import RequestFactory
 from rest_framework.test import APIClient
 
-from annotation import importing, services
+from annotation import importing
+from annotation.errors import TaskClosed
 from annotation.models import Judgment, Lease, Membership, Project, Prompt, Task
+from annotation.services.judgments import judgment_submit
+from annotation.services.leases import lease_acquire
+from annotation.services.prompts import prompts_import
 from tests.factories import QUESTIONS, make_tasks, single_answers
 
 pytestmark = pytest.mark.django_db
@@ -30,13 +34,13 @@ def test_held_lease_on_a_task_a_curator_closed_is_not_handed_back(project, bob):
     from next-task (submit answers 409 task_closed, the page's "Next task" shows it again) while
     open tasks wait, until the lease runs out."""
     closed, open_task = make_tasks(project, 2)
-    lease = services.lease_acquire(project=project, rater=bob)
+    lease = lease_acquire(project=project, rater=bob)
     assert lease.task_id == closed.pk
     Task.objects.filter(pk=closed.pk).update(status=Task.Status.CLOSED)
 
-    with pytest.raises(services.TaskClosed):
-        services.judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
-    again = services.lease_acquire(project=project, rater=bob)
+    with pytest.raises(TaskClosed):
+        judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    again = lease_acquire(project=project, rater=bob)
     assert again is not None and again.task_id == open_task.pk
 
 
@@ -46,11 +50,11 @@ def test_closed_gold_task_refuses_submissions(project, bob):
     (gold,) = make_tasks(project, 1, gold=True, prefix="g")
     project.gold_rate = 1.0
     project.save()
-    lease = services.lease_acquire(project=project, rater=bob)
+    lease = lease_acquire(project=project, rater=bob)
     assert lease.task_id == gold.pk
     Task.objects.filter(pk=gold.pk).update(status=Task.Status.CLOSED)
-    with pytest.raises(services.TaskClosed):
-        services.judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    with pytest.raises(TaskClosed):
+        judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
     assert not Judgment.objects.exists()
 
 
@@ -125,7 +129,7 @@ def test_import_refuses_tasks_of_a_kind_the_project_asks_nothing_on(db, alice):
         [{"external_id": "a", "text": "Summarise.", "outputs": ["One.", "Two."]}]
     )
     with pytest.raises(importing.ImportFileError):
-        importing.prompts_import(project=project, rows=rows, make_tasks="pairwise")
+        prompts_import(project=project, rows=rows, make_tasks="pairwise")
     assert not Task.objects.filter(project=project).exists()
 
 

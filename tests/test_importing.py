@@ -8,8 +8,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
-from annotation.importing import ImportFileError, parse_prompt_file, prompts_import
+from annotation.importing import ImportFileError, parse_prompt_file
 from annotation.models import Output, Prompt, Task, TaskOutput
+from annotation.services.prompts import prompts_import
 from tests.factories import make_tasks
 
 pytestmark = pytest.mark.django_db

@@ -5,7 +5,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from annotation.models import Answer, Output, Project
-from annotation.questions import MAX_TEXT, AnswerError, clean_answers, fix_limit
+from annotation.questions import MAX_TEXT, AnswerError, clean_answers, fix_limit, validate_questions_config
 from tests.factories import QUESTIONS, make_tasks, single_answers
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +21,7 @@ def test_the_fix_limit_is_twice_the_output_at_least_the_text_limit_and_at_most_t
 def test_a_too_long_fix_is_refused_with_both_numbers_in_plain_words():
     with pytest.raises(AnswerError) as caught:
         clean_answers(
-            QUESTIONS,
+            validate_questions_config(QUESTIONS),
             task_kind="single",
             output_ids=[1],
             answers=single_answers(fix="x" * 250_000),

@@ -13,9 +13,11 @@ from django.test import Client
 from rest_framework.test import APIClient
 from sklearn.metrics import cohen_kappa_score
 
-from annotation import exporting, quality, services, templates_qa2
+from annotation import exporting, quality, templates_qa2
+from annotation.errors import ProjectTemplateError
 from annotation.models import Answer, Judgment, Membership, Output, Project, Prompt, Task, TaskOutput
 from annotation.questions import validate_questions_config
+from annotation.services.projects import project_create_from_template
 from feedback_loop import selectors as loop_selectors
 from tests.factories import QUESTIONS
 
@@ -50,7 +52,7 @@ def answers(*, flagged: bool, acceptable: bool) -> dict:
 
 @pytest.fixture
 def qa2_project(alice, bob, charlie):
-    project = services.project_create_from_template(name="Assumptions", template="qa2", overlap=2)
+    project = project_create_from_template(name="Assumptions", template="qa2", overlap=2)
     Membership.objects.create(user=alice, project=project, role=Membership.Role.CURATOR)
     for rater in (bob, charlie):
         Membership.objects.create(user=rater, project=project, role=Membership.Role.RATER)
@@ -140,8 +142,8 @@ def test_create_project_command_makes_a_qa2_project(db):
 
 
 def test_create_project_refuses_a_taken_name_and_writes_nothing(qa2_project):
-    with pytest.raises(services.ProjectTemplateError, match="name"):
-        services.project_create_from_template(name="Assumptions", template="qa2")
+    with pytest.raises(ProjectTemplateError, match="name"):
+        project_create_from_template(name="Assumptions", template="qa2")
     assert Project.objects.filter(name="Assumptions").count() == 1
 
 

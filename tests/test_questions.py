@@ -10,7 +10,10 @@ def clean(answers, *, task_kind="single", output_ids=(11,)):
     return {
         q["name"]: v
         for q, v in clean_answers(
-            QUESTIONS, task_kind=task_kind, output_ids=list(output_ids), answers=answers
+            validate_questions_config(QUESTIONS),
+            task_kind=task_kind,
+            output_ids=list(output_ids),
+            answers=answers,
         )
     }
 
@@ -95,7 +98,7 @@ def test_ties_only_where_the_project_allows_them():
     assert clean(tie, task_kind="pairwise", output_ids=(5, 6))["preference"]["preferred"] is None
     strict = [{"name": "preference", "kind": "pairwise", "allow_ties": False}]
     with pytest.raises(AnswerError, match="does not allow ties"):
-        clean_answers(strict, task_kind="pairwise", output_ids=[5, 6], answers=tie)
+        clean_answers(validate_questions_config(strict), task_kind="pairwise", output_ids=[5, 6], answers=tie)
 
 
 def test_ranking_must_cover_every_output_exactly_once():
@@ -107,7 +110,12 @@ def test_ranking_must_cover_every_output_exactly_once():
     with pytest.raises(AnswerError, match="does not allow ties"):
         clean({"order": [[3, 1], 2]}, task_kind="ranking", output_ids=(1, 2, 3))
     tied = [{"name": "order", "kind": "ranking", "allow_ties": True}]
-    cleaned = clean_answers(tied, task_kind="ranking", output_ids=[1, 2, 3], answers={"order": [[3, 1], 2]})
+    cleaned = clean_answers(
+        validate_questions_config(tied),
+        task_kind="ranking",
+        output_ids=[1, 2, 3],
+        answers={"order": [[3, 1], 2]},
+    )
     assert cleaned[0][1] == {"ranking": [[3, 1], [2]]}
 
 
@@ -120,3 +128,19 @@ def test_questions_are_asked_on_their_task_kinds_only():
                 "feedback": "Fine.",
             }
         )
+
+
+@pytest.mark.django_db
+def test_a_project_stores_its_questions_with_their_defaults_and_reads_them_as_stored():
+    from annotation.models import Project
+    from annotation.questions import questions_for
+
+    project = Project.objects.create(name="Stored", questions=[{"name": "overall", "kind": "likert"}])
+    project.refresh_from_db()
+    (stored,) = project.questions
+    assert stored["on"] == ["single"] and stored["required"] is True and stored["scale"] == [1, 7]
+    # Read as stored, not validated again: a question's copy can be changed without touching the project.
+    (asked,) = questions_for(project.questions, "single")
+    asked["max_length"] = 10
+    assert "max_length" not in project.questions[0]
+    assert questions_for(project.questions, "pairwise") == []

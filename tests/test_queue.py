@@ -5,19 +5,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation import services
+from annotation.errors import LeaseExpired, LeaseNotFound, LeaseSkipped, NotAMember, QueueError
 from annotation.models import Answer, Judgment, Lease, Membership, Task
 from annotation.questions import AnswerError
-from annotation.services import (
-    LeaseExpired,
-    LeaseNotFound,
-    LeaseSkipped,
-    NotAMember,
-    QueueError,
-    judgment_submit,
-    lease_acquire,
-    lease_skip,
-)
+from annotation.services import leases
+from annotation.services.judgments import judgment_submit
+from annotation.services.leases import lease_acquire, lease_skip
 from tests.factories import make_tasks, single_answers
 
 pytestmark = pytest.mark.django_db
@@ -63,16 +56,16 @@ def test_task_found_full_under_the_lock_is_passed_over_for_the_next(project, bob
     # Another rater's lease committed between the candidate query and our lock: only the fresh
     # recount under the lock sees it. Simulated here by a recount that finds the first task full.
     first, second = make_tasks(project, 2)
-    recount = services._room_left
+    recount = leases.room_left
     monkeypatch.setattr(
-        services, "_room_left", lambda task, **kw: 0 if task.pk == first.pk else recount(task, **kw)
+        leases, "room_left", lambda task, **kw: 0 if task.pk == first.pk else recount(task, **kw)
     )
     assert lease_acquire(project=project, rater=bob).task == second
 
 
 def test_rater_gets_nothing_when_every_task_is_found_full_under_the_lock(project, bob, monkeypatch):
     make_tasks(project, 3)
-    monkeypatch.setattr(services, "_room_left", lambda task, **kw: 0)
+    monkeypatch.setattr(leases, "room_left", lambda task, **kw: 0)
     assert lease_acquire(project=project, rater=bob) is None
     assert not Lease.objects.exists()
 

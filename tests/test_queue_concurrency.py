@@ -12,8 +12,10 @@ import pytest
 from django.db import connection, connections
 from django.utils import timezone
 
+from annotation.errors import LeaseExpired
 from annotation.models import Judgment, Lease, Membership, Task
-from annotation.services import LeaseExpired, judgment_submit, lease_acquire, lease_skip
+from annotation.services.judgments import judgment_submit
+from annotation.services.leases import lease_acquire, lease_skip
 from tests.factories import make_tasks, single_answers
 
 N_TASKS = 40

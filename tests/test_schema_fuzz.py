@@ -15,8 +15,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from annotation import services
 from annotation.models import Answer, Membership, Project, Task
+from annotation.services.leases import lease_acquire
 from config.wsgi import application
 from tests.factories import QUESTIONS, make_tasks, write_judgment
 
@@ -53,7 +53,7 @@ def existing(curator_token, project, alice, bob):
     the operations are exercised on real rows and not only answer 404."""
     tasks = list(Task.objects.filter(project=project).order_by("id"))
     judgment = write_judgment(tasks[0], bob, {"feedback": (Answer.Kind.FEEDBACK, "Shorter, please.")})
-    lease = services.lease_acquire(project=project, rater=alice)
+    lease = lease_acquire(project=project, rater=alice)
     return {
         "projects": project.pk,
         "prompts": tasks[0].prompt_id,

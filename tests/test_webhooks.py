@@ -18,8 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from annotation import services, webhooks
+from annotation import webhooks
 from annotation.models import Judgment, Project, Webhook, WebhookDelivery
+from annotation.services.judgments import judgment_submit
+from annotation.services.leases import lease_acquire
 from annotation.tasks import deliver_webhook
 from config.celery import app as celery_app
 from tests.factories import make_tasks, single_answers
@@ -94,10 +96,8 @@ def hook(project, url, events=("judgment.submitted",), **fields):
 
 
 def submit(project, rater):
-    lease = services.lease_acquire(project=project, rater=rater)
-    return services.judgment_submit(
-        lease_id=lease.pk, rater=rater, answers=single_answers(), time_spent_ms=1200
-    )
+    lease = lease_acquire(project=project, rater=rater)
+    return judgment_submit(lease_id=lease.pk, rater=rater, answers=single_answers(), time_spent_ms=1200)
 
 
 def api(user):
@@ -191,13 +191,13 @@ def test_nothing_is_sent_when_the_submit_transaction_rolls_back(
 ):
     hook(project, receiver.url)
     make_tasks(project, 1)
-    lease = services.lease_acquire(project=project, rater=bob)
+    lease = lease_acquire(project=project, rater=bob)
     with (
         django_capture_on_commit_callbacks(execute=True) as callbacks,
         pytest.raises(RuntimeError),
         transaction.atomic(),
     ):
-        services.judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+        judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
         assert WebhookDelivery.objects.count() == 1  # recorded in the transaction ...
         raise RuntimeError("a later step fails")
     assert callbacks == [] and receiver.requests == []  # ... and gone with it, never sent
@@ -208,13 +208,13 @@ def test_a_project_without_webhooks_costs_the_submission_one_query(
     project, bob, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
     make_tasks(project, 2)
-    lease = services.lease_acquire(project=project, rater=bob)
+    lease = lease_acquire(project=project, rater=bob)
     with django_capture_on_commit_callbacks() as callbacks:
         webhooks.webhook_event_emit(project=project, event="judgment.submitted", payload={})
     assert callbacks == []
     with django_assert_num_queries(1):
         webhooks.webhook_event_emit(project=project, event="judgment.submitted", payload={})
-    services.judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
     assert not WebhookDelivery.objects.exists()
 
 

@@ -1,4 +1,8 @@
-"""One error shape for the whole API: {"detail": message, "code": code, "field": name?}."""
+"""One error shape for the whole API: {"detail": message, "code": code, "field": name?}.
+
+Services and selectors raise annotation.errors.ApplicationError, whose `code` says why; this
+module alone decides which HTTP status each code answers with.
+"""
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import OperationalError
@@ -6,8 +10,23 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotation.questions import AnswerError
-from annotation.services import QueueError
+from annotation.errors import ApplicationError
+
+# The status each domain error code answers with; any other code is a 400.
+STATUS_OF_CODE = {
+    "invalid": status.HTTP_400_BAD_REQUEST,
+    "not_found": status.HTTP_404_NOT_FOUND,
+    "permission_denied": status.HTTP_403_FORBIDDEN,
+    "not_a_member": status.HTTP_403_FORBIDDEN,
+    "lease_not_found": status.HTTP_404_NOT_FOUND,
+    "conflict": status.HTTP_409_CONFLICT,
+    "lease_skipped": status.HTTP_409_CONFLICT,
+    "lease_expired": status.HTTP_409_CONFLICT,
+    "task_closed": status.HTTP_409_CONFLICT,
+    # The loop's (feedback_loop.services.LoopError).
+    "round_in_progress": status.HTTP_409_CONFLICT,
+    "round_state": status.HTTP_409_CONFLICT,
+}
 
 
 def _first_message(detail, prefix=""):
@@ -36,13 +55,11 @@ def _first_message(detail, prefix=""):
 
 
 def exception_handler(exc, context):
-    if isinstance(exc, AnswerError):
+    if isinstance(exc, ApplicationError):
         return Response(
-            {"detail": f"{exc.field}: {exc.message}", "code": "invalid", "field": exc.field},
-            status=status.HTTP_400_BAD_REQUEST,
+            {"detail": str(exc), "code": exc.code, **exc.extra},
+            status=STATUS_OF_CODE.get(exc.code, status.HTTP_400_BAD_REQUEST),
         )
-    if isinstance(exc, QueueError):
-        return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
     if isinstance(exc, OperationalError) and "database is locked" in str(exc):
         # SQLite's write lock stayed busy past its timeout. The transaction was rolled back and
         # nothing was written; the server does not retry on its own, the client may (submits

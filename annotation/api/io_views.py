@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import exporting, importing, selectors
+from annotation import downloads, exporting, importing, selectors
 from annotation.api.parsers import JSONParser
 from annotation.models import Project
+from annotation.services import prompts
 
-# A parquet export is built in memory up to this size, then on disk, before it is sent.
 MEDIA_TYPES = exporting.MEDIA_TYPES
+
+# What a curator is told when not one.
+CURATORS_ONLY = "import into it or export from it"
 
 
 def _curated_project(request, project_id: int) -> Project:
-    """The project, if the user may see it (404 otherwise) and curate it (403 otherwise)."""
-    project = get_object_or_404(selectors.projects_for(request.user), pk=project_id)
-    if not selectors.can_curate(request.user, project):
-        raise PermissionDenied("only the project's curators can import into it or export from it")
-    return project
+    return selectors.project_get_curated(request.user, project_id, to=CURATORS_ONLY)
 
 
 @extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
@@ -110,26 +108,16 @@ class ProjectImportView(APIView):
         serializer = (ImportFileSerializer if from_file else ImportRowsSerializer)(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
-            if from_file:
-                rows = importing.parse_prompt_file(
-                    data["file"], fmt=data.get("format"), mapping=data.get("mapping")
-                )
-            else:
-                rows = importing.parse_prompt_rows(data["rows"], mapping=data.get("mapping"))
-            result = importing.prompts_import(
-                project=project, rows=rows, make_tasks=data.get("tasks"), unit="line" if from_file else "row"
+        # An ImportFileError names the line and the field at fault (see annotation.api.errors).
+        if from_file:
+            rows = importing.parse_prompt_file(
+                data["file"], fmt=data.get("format"), mapping=data.get("mapping")
             )
-        except importing.ImportFileError as error:
-            return Response(
-                {
-                    "detail": str(error),
-                    "code": "invalid",
-                    "field": error.field or ("file" if from_file else "rows"),
-                    "line": error.line,
-                },
-                status=status.HTTP_400_BAD_REQUEST,
-            )
+        else:
+            rows = importing.parse_prompt_rows(data["rows"], mapping=data.get("mapping"))
+        result = prompts.prompts_import(
+            project=project, rows=rows, make_tasks=data.get("tasks"), unit="line" if from_file else "row"
+        )
         return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
 
 
@@ -185,4 +173,4 @@ class ProjectExportView(APIView):
         except exporting.ExportError as error:
             raise ValidationError({"status": str(error)}) from error
 
-        return exporting.export_response(project, rows, kind=kind, fmt=fmt, round_number=round_number)
+        return downloads.export_response(project, rows, kind=kind, fmt=fmt, round_number=round_number)

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
 
 from annotation import selectors
 from annotation.api.parsers import json_problem, loads
-from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task, TaskOutput
-from annotation.questions import QuestionsConfigError, fix_limit, questions_for, validate_questions_config
+from annotation.errors import EnqueueError
+from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task
+from annotation.questions import QuestionsConfigError, validate_questions_config
+from annotation.services.prompts import prompt_create
+from annotation.services.tasks import TASK_SIZES, TaskDraft, output_create, task_create, task_kind_check
 
 
 class StorableJSONField(serializers.JSONField):
@@ -62,7 +65,7 @@ class CuratedRelatedField(serializers.PrimaryKeyRelatedField):
     def to_internal_value(self, data):
         row = super().to_internal_value(data)
         project = row if isinstance(row, Project) else row.project
-        if not selectors.can_curate(self.context["request"].user, project):
+        if not selectors.project_can_curate(self.context["request"].user, project):
             raise PermissionDenied("only the project's curators can add to it")
         return row
 
@@ -122,17 +125,21 @@ class PromptListSerializer(BulkListSerializer):
         for project_id, external_id in seen:
             by_project.setdefault(project_id, []).append(external_id)
         for project_id, external_ids in by_project.items():
-            taken = Prompt.objects.filter(project_id=project_id, external_id__in=external_ids).first()
-            if taken is not None:
-                index = next(i for i, item in enumerate(attrs) if item["external_id"] == taken.external_id)
+            taken = selectors.prompt_external_ids_taken(project_id, external_ids)
+            if taken:
+                index, external_id = next(
+                    (i, item["external_id"])
+                    for i, item in enumerate(attrs)
+                    if item["project"].pk == project_id and item["external_id"] in taken
+                )
                 raise serializers.ValidationError(
-                    {f"[{index}].external_id": f"{taken.external_id!r} already exists in this project"}
+                    {f"[{index}].external_id": f"{external_id!r} already exists in this project"}
                 )
         return attrs
 
 
 class PromptSerializer(StorableModelSerializer):
-    project = CuratedRelatedField(selector=selectors.projects_for, model=Project)
+    project = CuratedRelatedField(selector=selectors.project_list_visible, model=Project)
 
     class Meta:
         model = Prompt
@@ -147,9 +154,12 @@ class PromptSerializer(StorableModelSerializer):
             raise serializers.ValidationError("must not be empty")
         return value
 
+    def create(self, validated_data):
+        return prompt_create(**validated_data)
+
 
 class OutputSerializer(StorableModelSerializer):
-    prompt = CuratedRelatedField(selector=selectors.prompts_visible_to, model=Prompt)
+    prompt = CuratedRelatedField(selector=selectors.prompt_list_visible, model=Prompt)
 
     class Meta:
         model = Output
@@ -167,6 +177,9 @@ class OutputSerializer(StorableModelSerializer):
         read_only_fields = ["id", "created_at"]
         list_serializer_class = BulkListSerializer
 
+    def create(self, validated_data):
+        return output_create(**validated_data)
+
 
 class TaskOutputIdsField(serializers.ListField):
     """A task's output ids in position order."""
@@ -176,8 +189,8 @@ class TaskOutputIdsField(serializers.ListField):
 
 
 class TaskSerializer(StorableModelSerializer):
-    project = CuratedRelatedField(selector=selectors.projects_for, model=Project)
-    prompt = CuratedRelatedField(selector=selectors.prompts_visible_to, model=Prompt)
+    project = CuratedRelatedField(selector=selectors.project_list_visible, model=Project)
+    prompt = CuratedRelatedField(selector=selectors.prompt_list_visible, model=Prompt)
     outputs = TaskOutputIdsField(
         child=serializers.IntegerField(), min_length=1, max_length=10, help_text="Output ids, in order"
     )
@@ -205,27 +218,33 @@ class TaskSerializer(StorableModelSerializer):
         prompt, kind, output_ids = attrs["prompt"], attrs.get("kind", Task.Kind.SINGLE), attrs["outputs"]
         if prompt.project_id != attrs["project"].pk:
             raise serializers.ValidationError({"prompt": "belongs to another project"})
-        expected = {Task.Kind.SINGLE: (1, 1), Task.Kind.PAIRWISE: (2, 2), Task.Kind.RANKING: (2, 10)}[kind]
-        if not expected[0] <= len(output_ids) <= expected[1] or len(set(output_ids)) != len(output_ids):
+        low, high = TASK_SIZES[kind]
+        if not low <= len(output_ids) <= high or len(set(output_ids)) != len(output_ids):
             raise serializers.ValidationError(
-                {"outputs": f"a {kind} task takes {expected[0]}–{expected[1]} distinct outputs"}
+                {"outputs": f"a {kind} task takes {low}–{high} distinct outputs"}
             )
-        found = set(Output.objects.filter(pk__in=output_ids, prompt=prompt).values_list("pk", flat=True))
-        missing = [pk for pk in output_ids if pk not in found]
+        missing = selectors.output_ids_missing(prompt, output_ids)
         if missing:
             raise serializers.ValidationError(
                 {"outputs": f"output {missing[0]} is not an output of this prompt"}
             )
-        if not questions_for(attrs["project"].questions, kind):
-            raise serializers.ValidationError({"kind": f"the project asks no questions on {kind} tasks"})
+        try:
+            task_kind_check(attrs["project"], kind)
+        except EnqueueError as error:
+            raise serializers.ValidationError({"kind": str(error)}) from error
         return attrs
 
     def create(self, validated_data):
-        output_ids = validated_data.pop("outputs")
-        task = Task.objects.create(**validated_data)
-        TaskOutput.objects.bulk_create(
-            TaskOutput(task=task, output_id=pk, position=i) for i, pk in enumerate(output_ids)
+        draft = TaskDraft(
+            prompt_id=validated_data["prompt"].pk,
+            output_ids=validated_data["outputs"],
+            kind=validated_data.get("kind", Task.Kind.SINGLE),
+            is_gold=validated_data.get("is_gold", False),
+            gold_answers=validated_data.get("gold_answers"),
+            priority=validated_data.get("priority", 0),
+            round_number=validated_data.get("round_number"),
         )
+        (task,) = task_create(project=validated_data["project"], drafts=[draft])
         return task
 
 
@@ -251,42 +270,7 @@ class LeaseSerializer(serializers.Serializer):
     task = serializers.SerializerMethodField()
 
     def get_task(self, lease) -> dict:
-        # Plain SQL, as in the queue's services: this runs on every request for a task.
-        task = lease.task
-        project = task.project
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT external_id, text, context FROM annotation_prompt WHERE id = %s", [task.prompt_id]
-            )
-            external_id, prompt_text, prompt_context = cursor.fetchone()
-            cursor.execute(
-                "SELECT o.id, o.text FROM annotation_output o"
-                " JOIN annotation_taskoutput x ON x.output_id = o.id WHERE x.task_id = %s ORDER BY x.position",
-                [task.pk],
-            )
-            texts = dict(cursor.fetchall())
-        order = lease.display_order or list(texts)
-        questions = questions_for(project.questions, task.kind)
-        for question in questions:
-            # The page warns before a fix goes over the limit the server will hold it to.
-            if question["kind"] == "fix":
-                longest = max(map(len, texts.values()), default=0)
-                question["max_length"] = fix_limit(longest, cap=project.max_fix_chars)
-        return {
-            "id": task.pk,
-            "kind": task.kind,
-            "project": project.pk,
-            "prompt": {
-                "id": task.prompt_id,
-                "external_id": external_id,
-                "text": prompt_text,
-                "context": prompt_context,
-            },
-            "outputs": [
-                {"id": pk, "text": texts[pk], "label": chr(ord("A") + i)} for i, pk in enumerate(order)
-            ],
-            "questions": questions,
-        }
+        return selectors.lease_task_content(lease)
 
 
 class SubmitSerializer(serializers.Serializer):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Exists, OuterRef
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -13,10 +11,12 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
-from annotation import selectors, services
+from annotation import selectors
 from annotation.api import serializers as s
 from annotation.api.parsers import JSONParser
-from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task
+from annotation.errors import NotAMember
+from annotation.models import Judgment, Lease, Output, Project, Prompt, Task
+from annotation.services import judgments, leases
 
 
 @csrf_exempt  # a 404 whatever the method; nothing is read or written
@@ -54,7 +54,9 @@ class ProjectAccess(permissions.IsAuthenticated):
     def has_object_permission(self, request, view, obj):
         if view.action == "destroy" and not request.user.is_superuser:
             raise PermissionDenied("only administrators can delete projects")
-        if view.action in ("update", "partial_update") and not selectors.can_curate(request.user, obj):
+        if view.action in ("update", "partial_update") and not selectors.project_can_curate(
+            request.user, obj
+        ):
             raise PermissionDenied("only the project's curators can change it")
         return True
 
@@ -86,7 +88,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
-        return selectors.projects_for(self.request.user).order_by("id")
+        return selectors.project_list_visible(self.request.user).order_by("id")
 
     @extend_schema(
         request=None,
@@ -97,8 +99,8 @@ class ProjectViewSet(viewsets.ModelViewSet):
     def next_task(self, request, pk=None):
         try:
             # lease_acquire reads (and locks) the membership with its project in one query.
-            lease = services.lease_acquire(project=int(pk), rater=request.user)
-        except (ValueError, services.NotAMember):
+            lease = leases.lease_acquire(project=int(pk), rater=request.user)
+        except (ValueError, NotAMember):
             self.get_object()  # 404, not 403, for a project the user cannot see
             raise
         if lease is None:
@@ -120,7 +122,7 @@ class CuratedListMixin:
 
     def filter_by_project(self, queryset):
         queryset = queryset.filter(
-            **{f"{self.project_path}__in": selectors.curated_projects(self.request.user)}
+            **{f"{self.project_path}__in": selectors.project_list_curated(self.request.user)}
         )
         self.query = _query(self.request, self.filter_serializer) if self.action == "list" else {}
         project_id = self.query.get("project")
@@ -208,7 +210,7 @@ class LeaseViewSet(viewsets.GenericViewSet):
     def submit(self, request, pk=None):
         payload = s.SubmitSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        submission = services.judgment_submit(
+        submission = judgments.judgment_submit(
             lease_id=_lease_id(pk),
             rater=request.user,
             answers=payload.validated_data["answers"],
@@ -228,7 +230,7 @@ class LeaseViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def skip(self, request, pk=None):
-        lease = services.lease_skip(lease_id=_lease_id(pk), rater=request.user)
+        lease = leases.lease_skip(lease_id=_lease_id(pk), rater=request.user)
         return Response({"id": lease.pk, "state": lease.state})
 
 
@@ -241,26 +243,12 @@ class JudgmentViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [permissions.IsAuthenticated]
 
     def get_queryset(self):
-        queryset = selectors.judgments_visible_to(self.request.user).select_related("rater")
         query = _query(self.request, s.JudgmentFilterSerializer) if self.action == "list" else {}
-        if "project" in query:
-            queryset = queryset.filter(project_id=query["project"])
-        if "round" in query:
-            queryset = queryset.filter(round_number=query["round"])
-        if query.get("status"):
-            queryset = queryset.filter(status=query["status"])
-        if query.get("rater"):
-            queryset = queryset.filter(rater__username=query["rater"])
-        if query.get("kind"):
-            queryset = queryset.filter(
-                Exists(Answer.objects.filter(judgment=OuterRef("pk"), kind=query["kind"]))
-            )
-        return queryset.prefetch_related("answer_rows").order_by("id")
-
-
-def project_for_curator(request, project_id: int) -> Project:
-    """404 for projects the user cannot see, 403 for projects they see but cannot curate."""
-    project = get_object_or_404(selectors.projects_for(request.user), pk=project_id)
-    if not selectors.can_curate(request.user, project):
-        raise PermissionDenied("only the project's curators can do this")
-    return project
+        return selectors.judgment_list(
+            self.request.user,
+            project=query.get("project"),
+            round_number=query.get("round"),
+            status=query.get("status", ""),
+            rater=query.get("rater", ""),
+            kind=query.get("kind", ""),
+        )

@@ -14,7 +14,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, webhooks
-from annotation.api.views import project_for_curator
 from annotation.models import Webhook
 
 
@@ -47,8 +46,8 @@ class ProjectWebhooksView(APIView):
         summary="The project's webhooks (curators)",
     )
     def get(self, request, project_id: int):
-        project = project_for_curator(request, project_id)
-        return Response(WebhookSerializer(selectors.webhooks_of(project), many=True).data)
+        project = selectors.project_get_curated(request.user, project_id)
+        return Response(WebhookSerializer(selectors.webhook_list(project), many=True).data)
 
     @extend_schema(
         request=WebhookSerializer,
@@ -59,7 +58,7 @@ class ProjectWebhooksView(APIView):
         summary="Register a webhook (curators); the response holds its secret, shown this once",
     )
     def post(self, request, project_id: int):
-        project = project_for_curator(request, project_id)
+        project = selectors.project_get_curated(request.user, project_id)
         payload = WebhookSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         webhook = webhooks.webhook_create(
@@ -78,9 +77,9 @@ class WebhookView(APIView):
     @extend_schema(responses={204: None}, summary="Remove a webhook and its delivery log (curators)")
     def delete(self, request, webhook_id: int):
         webhook = get_object_or_404(
-            Webhook.objects.filter(project__in=selectors.projects_for(request.user)), pk=webhook_id
+            Webhook.objects.filter(project__in=selectors.project_list_visible(request.user)), pk=webhook_id
         )
-        if not selectors.can_curate(request.user, webhook.project_id):
+        if not selectors.project_can_curate(request.user, webhook.project_id):
             raise PermissionDenied("only the project's curators can remove its webhooks")
         webhooks.webhook_delete(webhook=webhook)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -18,17 +18,17 @@ CONFLICT = OpenApiResponse(description='{"detail", "code"}: "round_in_progress" 
 
 def _visible_project(request, project_id: int) -> Project:
     """404 for a project the user cannot see."""
-    return get_object_or_404(annotation_selectors.projects_for(request.user), pk=project_id)
+    return get_object_or_404(annotation_selectors.project_list_visible(request.user), pk=project_id)
 
 
 def _curate(request, project: Project) -> None:
-    if not annotation_selectors.can_curate(request.user, project):
+    if not annotation_selectors.project_can_curate(request.user, project):
         raise PermissionDenied("only the project's curators can run its loop")
 
 
 def _visible_round(request, round_id: int) -> Round:
     return get_object_or_404(
-        Round.objects.filter(project__in=annotation_selectors.projects_for(request.user)), pk=round_id
+        Round.objects.filter(project__in=annotation_selectors.project_list_visible(request.user)), pk=round_id
     )
 
 

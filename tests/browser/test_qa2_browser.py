@@ -2,8 +2,8 @@
 
 import pytest
 
-from annotation import services
 from annotation.models import Answer, Judgment, Membership, Output, Prompt, Task, TaskOutput
+from annotation.services.projects import project_create_from_template
 from tests.browser.conftest import log_in, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -17,7 +17,7 @@ def add_question(project, key, question, answer):
 
 
 def test_rater_flags_an_assumption_rejects_the_answer_and_explains(live_server, page, django_user_model):
-    project = services.project_create_from_template(name="QA2 in the browser", template="qa2", overlap=1)
+    project = project_create_from_template(name="QA2 in the browser", template="qa2", overlap=1)
     rater = django_user_model.objects.create_user("rosa", password="rosa-pass-123")
     Membership.objects.create(user=rater, project=project)
     curie = add_question(

@@ -165,7 +165,8 @@ def test_expired_lease_is_explained(live_server, page, rating_project, django_us
     from django.utils import timezone
 
     from annotation.models import Lease
-    from annotation.services import judgment_submit, lease_acquire
+    from annotation.services.judgments import judgment_submit
+    from annotation.services.leases import lease_acquire
 
     project, _ = rating_project
     add_task(project, "e1", ["Soon taken."], "single")

@@ -1,9 +1,11 @@
-"""annotation.services.outputs_enqueue: the one writer of outputs and tasks the loop calls."""
+"""annotation.services.tasks.outputs_enqueue: the one writer of outputs and tasks the loop calls."""
 
 import pytest
 
+from annotation.errors import EnqueueError
 from annotation.models import Output, Prompt, Task, TaskOutput
-from annotation.services import EnqueueError, NewOutput, NewTask, lease_acquire, outputs_enqueue
+from annotation.services.leases import lease_acquire
+from annotation.services.tasks import NewOutput, NewTask, outputs_enqueue
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from celery import current_app
 
 from annotation.models import Output, Prompt, Task
-from annotation.services import lease_acquire
+from annotation.services.leases import lease_acquire
 from feedback_loop import services
 from feedback_loop.models import Adapter, Refinement, Round
 from tests.loop.conftest import POSTS, make_feedback

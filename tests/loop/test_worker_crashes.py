@@ -14,7 +14,7 @@ import pytest
 from django.db.models import Count
 
 from annotation.models import Output, Prompt, Task, Webhook, WebhookDelivery
-from annotation.services import lease_acquire
+from annotation.services.leases import lease_acquire
 from feedback_loop.models import Adapter, Refinement, Round
 from tests.loop.conftest import POSTS, make_feedback
 from tests.loop.processes import (

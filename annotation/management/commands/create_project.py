@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation import services
+from annotation.errors import ProjectTemplateError
+from annotation.services.projects import PROJECT_TEMPLATES, project_create_from_template
 
 
 class Command(BaseCommand):
@@ -15,15 +16,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="The new project's name (unique).")
-        parser.add_argument("--template", required=True, choices=sorted(services.PROJECT_TEMPLATES))
+        parser.add_argument("--template", required=True, choices=sorted(PROJECT_TEMPLATES))
         parser.add_argument("--overlap", type=int, default=2, help="Raters per task (default 2).")
         parser.add_argument("--description", default="")
 
     def handle(self, *args, name, template, overlap, description, **options):
         try:
-            project = services.project_create_from_template(
+            project = project_create_from_template(
                 name=name, template=template, overlap=overlap, description=description
             )
-        except services.ProjectTemplateError as error:
+        except ProjectTemplateError as error:
             raise CommandError(error.message) from error
         self.stdout.write(f"Created project {project.name!r} (id {project.pk}) from the {template} template.")

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from annotation import importing
 from annotation.models import Project
+from annotation.services import prompts
 
 
 class Command(BaseCommand):
@@ -57,7 +58,7 @@ class Command(BaseCommand):
                     rows.append(row)
                     bar.update()
             with tqdm(desc="writing", total=len(rows), unit=" prompts", file=sys.stderr, disable=None) as bar:
-                result = importing.prompts_import(
+                result = prompts.prompts_import(
                     project=project, rows=rows, make_tasks=tasks, progress=bar.update
                 )
         except FileNotFoundError as error:

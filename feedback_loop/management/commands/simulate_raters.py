@@ -20,7 +20,8 @@ from tqdm import tqdm
 from annotation.importing import project_by_reference
 from annotation.models import Lease, Membership, Project
 from annotation.questions import questions_for
-from annotation.services import judgment_submit, lease_acquire
+from annotation.services.judgments import judgment_submit
+from annotation.services.leases import lease_acquire
 from feedback_loop import services, tasks
 from feedback_loop.management.commands.start_round import follow_round
 from feedback_loop.models import Round

@@ -1,0 +1,259 @@
+"""The rating queue: handing tasks out to raters as leases, and giving them back.
+
+Locking rules (PostgreSQL). Locks are always taken in the order membership → task → lease, so
+the queue cannot deadlock with itself:
+- `lease_acquire` locks the rater's membership row (one rater's parallel requests queue up
+  behind each other), then a task row with SKIP LOCKED, then writes the lease.
+- `judgment_submit` locks the task row, then the lease row.
+- `lease_skip` locks only the lease row.
+- `judgment_submit` then records a `judgment.submitted` webhook event (annotation.webhooks):
+  one indexed read when the project has no webhooks; otherwise delivery rows, whose foreign key
+  takes a key-share lock on webhook rows. Nothing that locks webhook rows locks tasks or leases,
+  so the order above still holds. The deliveries are sent only after the commit.
+Every change to a task's judgment count, and every lease written for it, happens while its row
+is locked, so a fresh count read under that lock is exact.
+
+SQLite has no row locks: its connections open transactions with BEGIN IMMEDIATE (see
+config.env), which takes the database's write lock up front and serialises these functions.
+The unique constraints on (task, rater) for leases and judgments hold on both.
+
+The queue's SQL and its row-lock helpers (row_lock, room_left, task_output_ids) are shared with
+services.judgments.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from annotation.errors import LeaseNotFound, NotAMember, QueueError
+from annotation.models import Lease, Project, Task
+
+# How many locked-but-full candidates lease_acquire steps over before giving up on a request.
+MAX_CANDIDATES = 20
+
+# The queue's reads are written in SQL: they run on every request for a task or a submission,
+# and building them with the ORM cost more CPU than everything else in those requests (see
+# bench/queue.py). They run on PostgreSQL and SQLite alike; `{lock}` becomes a row-lock clause
+# on PostgreSQL and nothing on SQLite, whose transactions are serialised instead.
+
+# The rater's active membership, with its project, locking only the membership row.
+_PROJECT_OF_MEMBER = """
+    SELECT p.* FROM annotation_project p JOIN annotation_membership m ON m.project_id = p.id
+    WHERE m.user_id = %s AND m.project_id = %s AND m.is_active = %s
+    {lock}"""
+
+# A live lease the rater already holds in the project, on a task still open (a curator may have
+# closed it since: the rater is then handed another task).
+_HELD_LEASE = """
+    SELECT l.* FROM annotation_lease l JOIN annotation_task t ON t.id = l.task_id
+    WHERE l.rater_id = %s AND t.project_id = %s AND l.state = %s AND l.expires_at > %s
+    AND t.status = %s
+    ORDER BY l.id LIMIT 1"""
+
+# Open tasks, in queue order, that the rater has not submitted or skipped and that, gold tasks
+# aside, still have room: judgment_count plus live leases below the overlap. `own_lease_id` is
+# the rater's lease on the task, which can only be an expired active one (a live one is handed
+# back first). The rater's lease is read by a scalar subquery, a probe of the (task, rater)
+# index per task visited: written as NOT EXISTS, PostgreSQL plans an anti-join that may read
+# all of the rater's leases for every task it visits.
+_CANDIDATES = """
+    SELECT t.*,
+        (SELECT l.id FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s)
+        AS own_lease_id
+    FROM annotation_task t
+    WHERE t.project_id = %(project)s AND t.status = %(open)s AND t.is_gold = %(gold)s
+    AND COALESCE(
+        (SELECT l.state FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s),
+        %(active)s
+    ) = %(active)s
+    {room}
+    {exclude}
+    ORDER BY t.priority, t.id LIMIT %(limit)s
+    {lock}"""
+_ROOM = """AND t.judgment_count < %(overlap)s AND t.judgment_count + (
+        SELECT COUNT(*) FROM annotation_lease l
+        WHERE l.task_id = t.id AND l.state = %(active)s AND l.expires_at > %(now)s
+    ) < %(overlap)s"""
+
+# A locked task's live leases, read afresh (see _room_left).
+_LIVE_LEASES = """
+    SELECT COUNT(*) FROM annotation_lease
+    WHERE task_id = %s AND state = %s AND expires_at > %s AND id <> %s"""
+
+# The task of a rater's lease, locking only the task row.
+TASK_OF_LEASE = """
+    SELECT t.* FROM annotation_task t JOIN annotation_lease l ON l.task_id = t.id
+    WHERE l.id = %s AND l.rater_id = %s
+    {lock}"""
+
+
+def row_lock(clause: str) -> str:
+    return clause if connection.features.has_select_for_update else ""
+
+
+def db_now(now: datetime):
+    return connection.ops.adapt_datetimefield_value(now)
+
+
+def _candidate_tasks(
+    *,
+    project: Project,
+    rater: AbstractBaseUser,
+    now: datetime,
+    gold: bool,
+    lock: bool = False,
+    exclude: Sequence[int] = (),
+    limit: int = 1,
+) -> list[Task]:
+    """See _CANDIDATES. With `lock`, the first candidate nobody else holds is locked (SKIP LOCKED)."""
+    params = {
+        "rater": rater.pk,
+        "project": project.pk,
+        "open": Task.Status.OPEN,
+        "gold": gold,
+        "active": Lease.State.ACTIVE,
+        "overlap": project.overlap,
+        "now": db_now(now),
+        "limit": limit,
+    }
+    exclude_sql = ""
+    if exclude:
+        names = [f"exclude{i}" for i in range(len(exclude))]
+        params.update(zip(names, exclude, strict=True))
+        exclude_sql = "AND t.id NOT IN (" + ", ".join(f"%({name})s" for name in names) + ")"
+    skip_locked = lock and connection.features.has_select_for_update_skip_locked
+    sql = _CANDIDATES.format(
+        room="" if gold else _ROOM,
+        exclude=exclude_sql,
+        lock="FOR UPDATE OF t SKIP LOCKED" if skip_locked else "",
+    )
+    return list(Task.objects.raw(sql, params))
+
+
+def room_left(task: Task, *, overlap: int, now: datetime, exclude_lease: int | None = None) -> int:
+    """Free places on a locked task: the overlap less its judgments and its live leases.
+
+    The leases are counted by a statement of its own, run once the task is locked, so that it
+    sees leases committed while we waited for the lock. The task's judgment_count is current: it
+    only changes under that lock, and a row read FOR UPDATE is its latest version.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_LIVE_LEASES, [task.pk, Lease.State.ACTIVE, db_now(now), exclude_lease or 0])
+        (live,) = cursor.fetchone()
+    return overlap - task.judgment_count - live
+
+
+def task_output_ids(task: Task) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT output_id FROM annotation_taskoutput WHERE task_id = %s ORDER BY position", [task.pk]
+        )
+        return [output_id for (output_id,) in cursor.fetchall()]
+
+
+def _write_lease(task: Task, *, rater: AbstractBaseUser, project: Project, now: datetime) -> Lease | None:
+    """Lease a locked task with room to the rater; None if their old lease on it was just closed."""
+    task.project = project
+    output_ids = task_output_ids(task)
+    if task.kind != Task.Kind.SINGLE:
+        random.shuffle(output_ids)  # side order randomised per lease, and recorded
+    expires_at = now + project.lease_time
+    if task.own_lease_id is None:
+        return Lease.objects.create(
+            task=task, rater=rater, created_at=now, expires_at=expires_at, display_order=output_ids
+        )
+    # A rater whose earlier lease on this task ran out (never submitted) gets it renewed, unless
+    # they submitted or skipped it since the candidate query's snapshot was taken.
+    renewed = Lease.objects.filter(pk=task.own_lease_id, state=Lease.State.ACTIVE).update(
+        created_at=now, expires_at=expires_at, display_order=output_ids
+    )
+    if not renewed:
+        return None
+    lease = Lease.objects.get(pk=task.own_lease_id)
+    lease.task = task
+    return lease
+
+
+def lease_acquire(
+    *, project: Project | int, rater: AbstractBaseUser, now: datetime | None = None
+) -> Lease | None:
+    """Hand the rater a task of this project, or None when nothing is left for them.
+
+    A rater holding a live lease gets the same lease back. Gold tasks are mixed in at the
+    project's gold rate and do not count against the overlap. `project` is a Project or its id:
+    its settings are read afresh in the transaction, with the rater's membership.
+    """
+    now = now or timezone.now()
+    project_id = project if isinstance(project, int) else project.pk
+    with transaction.atomic():
+        found = list(
+            Project.objects.raw(
+                _PROJECT_OF_MEMBER.format(lock=row_lock("FOR UPDATE OF m")), [rater.pk, project_id, True]
+            )
+        )
+        if not found:
+            raise NotAMember("you are not a rater of this project")
+        project = found[0]
+        held = list(
+            Lease.objects.raw(
+                _HELD_LEASE, [rater.pk, project.pk, Lease.State.ACTIVE, db_now(now), Task.Status.OPEN]
+            )
+        )
+        if held:
+            held[0].task.project = project
+            return held[0]
+
+        if project.gold_rate > 0 and random.random() < project.gold_rate:
+            for gold in _candidate_tasks(project=project, rater=rater, now=now, gold=True):
+                lease = _write_lease(gold, rater=rater, project=project, now=now)
+                if lease is not None:
+                    return lease
+
+        passed_over: list[int] = []
+        for _ in range(MAX_CANDIDATES):
+            found = _candidate_tasks(
+                project=project, rater=rater, now=now, gold=False, lock=True, exclude=passed_over
+            )
+            if not found:
+                break
+            task = found[0]
+            # The candidate query ran on a snapshot taken before we held the lock; a lease
+            # committed in between is only visible to a fresh read made under the lock.
+            if room_left(task, overlap=project.overlap, now=now) > 0:
+                lease = _write_lease(task, rater=rater, project=project, now=now)
+                if lease is not None:
+                    return lease
+            passed_over.append(task.pk)
+        else:
+            return None
+        # Every candidate we saw was full or locked by someone else. A locked one may still have
+        # room once its holder commits: wait for it rather than tell the rater the queue is empty.
+        for candidate in _candidate_tasks(
+            project=project, rater=rater, now=now, gold=False, exclude=passed_over, limit=MAX_CANDIDATES
+        ):
+            task = Task.objects.select_for_update().get(pk=candidate.pk)
+            task.own_lease_id = candidate.own_lease_id
+            if task.status == Task.Status.OPEN and room_left(task, overlap=project.overlap, now=now) > 0:
+                lease = _write_lease(task, rater=rater, project=project, now=now)
+                if lease is not None:
+                    return lease
+        return None
+
+
+def lease_skip(*, lease_id: int, rater: AbstractBaseUser) -> Lease:
+    with transaction.atomic():
+        lease = Lease.objects.select_for_update().filter(pk=lease_id, rater=rater).first()
+        if lease is None:
+            raise LeaseNotFound("no such lease of yours")
+        if lease.state == Lease.State.SUBMITTED:
+            raise QueueError("this task was already submitted")
+        if lease.state == Lease.State.ACTIVE:
+            lease.state = Lease.State.SKIPPED
+            lease.save(update_fields=["state"])
+        return lease
