@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 
 from annotation.exporting import training_prompt
-from annotation.models import Answer, Judgment, Output, Project, Prompt, Task, TaskOutput
+from annotation.models import TRAINING_STATUSES, Answer, Judgment, Output, Project, Prompt, Task, TaskOutput
 from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
 
 
@@ -70,7 +70,7 @@ def active_adapter(project: Project) -> Adapter | None:
 def trainable_statuses(*, require_acceptance: bool) -> tuple[str, ...]:
     if require_acceptance:
         return (Judgment.Status.ACCEPTED,)
-    return (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
+    return TRAINING_STATUSES
 
 
 def _text_answers(judgment_ids, kind: str) -> dict[int, str]:
@@ -328,7 +328,7 @@ def prompts_to_generate(round: Round, *, limit: int) -> QuerySet[Prompt]:
 # ---------------------------------------------------------------- win rate between adapters
 
 # Who may count in a win rate: a curator's rejection or exclusion takes a judgment out, as in training.
-COMPARISON_STATUSES = (Judgment.Status.PENDING, Judgment.Status.ACCEPTED)
+COMPARISON_STATUSES = TRAINING_STATUSES
 
 
 def _comparison_judgments(project_id: int, round_number: int) -> QuerySet[Judgment]:

@@ -47,19 +47,17 @@ def claim_stale_seconds() -> float:
     return float(settings.LOOP_CLAIM_STALE_SECONDS)
 
 
-class LoopError(QueueError):
-    """A loop operation that cannot go ahead. Shares the API's domain-error shape: `code`, `status`."""
-
-    status = 409
-    code = "conflict"
+class LoopError(QueueError, code="conflict"):
+    """A loop operation that cannot go ahead: a domain error whose `code` annotation/api/errors.py
+    maps to its HTTP status."""
 
 
-class RoundInProgress(LoopError):
-    code = "round_in_progress"
+class RoundInProgress(LoopError, code="round_in_progress"):
+    """A second start while the project's round runs."""
 
 
-class RoundStateError(LoopError):
-    code = "round_state"
+class RoundStateError(LoopError, code="round_state"):
+    """A resume or cancel the round's state does not allow."""
 
 
 def _enqueue_step(round_id: int, state: str, *, countdown: float | None = None) -> None:
