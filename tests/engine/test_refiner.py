@@ -130,6 +130,10 @@ def test_the_ilf_code_reproduction_runs_every_step(tmp_path):
             "32",
             "--pretrain-steps",
             "20",
+            "--code-documents",
+            "60",
+            "--refiner-steps",
+            "2",
             "--work-dir",
             str(tmp_path),
             "--json",
@@ -149,8 +153,27 @@ def test_the_ilf_code_reproduction_runs_every_step(tmp_path):
     best = report.rows["last model + best-of-2 (RM)"]
     assert [t.n for t in best.per_task] == [1, 1, 1] and set(best.pass_at) == {1}
     assert report.steps["refine+select"]["feedback"] == 3
+    assert (
+        report.steps["refine+select"]["passing_refinements"] >= report.steps["refine+select"]["passing_tasks"]
+    )
+    assert report.steps["base model"]["code_documents"] == 60
+    per_task = report.table((1, 2)).split("passing samples per task")[1].splitlines()
+    assert per_task[0].split() == [str(i) for i in held_out]
+    assert per_task[1].split()[-3:] == [f"{t.c}/3" for t in report.rows["zero-shot"].per_task]
     assert report.steps["pi_refine"]["examples"] == 3
     assert json.loads((tmp_path / "report.json").read_text())["rows"]["zero-shot"]["pass_at"].keys() == {
         "1",
         "2",
     }
+
+
+def test_the_code_pretraining_corpus_holds_no_fixture_function():
+    from bench.ilf_code_corpus import check_disjoint, code_corpus
+
+    names = [t.entry_point_of() for t in read_mbpp_jsonl(FIXTURE)]
+    corpus = code_corpus(600, seed=3, exclude=names)
+    check_disjoint(corpus, names)
+    assert len(corpus) == 600
+    assert sum(doc.startswith("# before\n") for doc in corpus) == 400  # two edits to a program
+    with pytest.raises(ValueError, match="add_numbers"):
+        check_disjoint([*corpus, "def add_numbers(a, b):\n    return a + b\n"], names)
