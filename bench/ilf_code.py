@@ -29,8 +29,11 @@ is refined by π_Refine) and held-out tasks (pass@k only; nothing of them is tra
 
 The table gives each row's pass@k and, per held-out task, passing samples out of n; the steps say how
 many refinements were sampled and how many tasks got one that passed. On the tiny model the numbers
-are small; the point is that every step runs and every number is computed the paper's way. A step
-with nothing to work on (no refinement passed) says so in the table. On a machine shared with other
+are small; the point is that every step runs and every number is computed the paper's way. A
+refinement is an edited copy of the old program, and the tiny GPT-2 (2 layers, 64 wide) does not
+learn to copy within minutes of CPU pretraining (nor in 4000 steps), so its refinements rarely pass
+and the ILF row then says "not trained": that row needs a base model that copies (--model, or a
+larger --tiny-layers/--tiny-width with more --pretrain-steps). On a machine shared with other
 work, OMP_NUM_THREADS=1 keeps torch from fighting for the cores.
 """
 
@@ -295,9 +298,9 @@ def best_of_n_row(args, report, model, policy, refiner_tasks, held_out, lora, wo
 QUICK = {
     "n": 5,
     "refine_n": 5,
-    "pretrain_steps": 600,
-    "code_documents": 1500,
-    "refiner_steps": 100,
+    "pretrain_steps": 300,
+    "code_documents": 1000,
+    "refiner_steps": 50,
     "steps": 20,
 }
 
@@ -325,10 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
-    parser.add_argument("--refiner-steps", type=int, default=200, help="optimizer steps of π_Refine")
+    parser.add_argument("--refiner-steps", type=int, default=150, help="optimizer steps of π_Refine")
     parser.add_argument("--refiner-learning-rate", type=float, default=5e-3)
     tiny = parser.add_argument_group("the tiny base model (without --model)")
-    tiny.add_argument("--pretrain-steps", type=int, default=2000)
+    tiny.add_argument("--pretrain-steps", type=int, default=1000)
     tiny.add_argument("--code-documents", type=int, default=4000, help="generated programs and edits")
     tiny.add_argument("--pretrain-block", type=int, default=128, help="tokens per pretraining sequence")
     tiny.add_argument("--pretrain-batch", type=int, default=8, help="sequences per pretraining step")

@@ -177,3 +177,33 @@ def test_the_code_pretraining_corpus_holds_no_fixture_function():
     assert sum(doc.startswith("# before\n") for doc in corpus) == 400  # two edits to a program
     with pytest.raises(ValueError, match="add_numbers"):
         check_disjoint([*corpus, "def add_numbers(a, b):\n    return a + b\n"], names)
+
+
+def test_the_ilf_row_is_trained_on_the_refinements_that_pass_and_evaluated(tmp_path, monkeypatch):
+    # π_Refine stood in for by one that writes a broken program, then the human's fix: the fix is
+    # the only refinement that passes, so ILF trains on exactly one program per ILF task.
+    import feedback_loop.engine.refine as refine_module
+    from bench.ilf_code import main as bench_main
+    from feedback_loop.engine.types import Refinement
+
+    fixes = {row["completion"]: row["refinement"] for row in _fixture_rows(9)}
+
+    def fake_refine(backend, items, n=5, config=None):
+        return [[Refinement("def broken(:\n    pass"), Refinement(fixes[item.output])] for item in items]
+
+    monkeypatch.setattr(refine_module, "refine", fake_refine)
+    small = "--max-tasks 9 --refiner-tasks 3 --ilf-tasks 3 --n 2 --k 1 --steps 2 --refiner-steps 1"
+    small += " --max-new-tokens 16 --pretrain-steps 5 --code-documents 20"
+    report = bench_main([*small.split(), "--work-dir", str(tmp_path)])
+    assert report.steps["refine+select"] | {"s": 0} == {
+        "feedback": 3,
+        "refinements": 6,
+        "passing_refinements": 3,
+        "passing_tasks": 3,
+        "s": 0,
+    }
+    assert report.steps["train ilf"]["examples"] == 3
+    ilf = report.rows["ILF (π_Refine + unit tests)"]
+    held_out = [t.task_id for t in read_mbpp_jsonl(FIXTURE)[6:9]]
+    assert [t.task_id for t in ilf.per_task] == held_out and all(t.n == 2 for t in ilf.per_task)
+    assert "ILF (π_Refine + unit tests)" in report.table((1,)).split("passing samples per task")[1]
