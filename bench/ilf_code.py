@@ -296,7 +296,6 @@ def best_of_n_row(args, report, model, policy, refiner_tasks, held_out, lora, wo
 
 # --quick: every step still runs, on fewer samples and steps (options given explicitly win).
 QUICK = {
-    "n": 5,
     "refine_n": 5,
     "pretrain_steps": 300,
     "code_documents": 1000,
@@ -359,12 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> Report:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; with --quick, QUICK's values for those not given."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> Report:
+    args = parse_args(argv)
     report = run(args)
     print(report.table(tuple(args.k)))
     refined = report.steps["refine+select"]

@@ -207,3 +207,13 @@ def test_the_ilf_row_is_trained_on_the_refinements_that_pass_and_evaluated(tmp_p
     held_out = [t.task_id for t in read_mbpp_jsonl(FIXTURE)[6:9]]
     assert [t.task_id for t in ilf.per_task] == held_out and all(t.n == 2 for t in ilf.per_task)
     assert "ILF (π_Refine + unit tests)" in report.table((1,)).split("passing samples per task")[1]
+
+
+def test_quick_takes_fewer_steps_where_none_are_given_and_still_has_samples_for_every_k():
+    from bench.ilf_code import QUICK, parse_args
+
+    quick, full = parse_args(["--quick"]), parse_args([])
+    assert quick.pretrain_steps == QUICK["pretrain_steps"] < full.pretrain_steps
+    assert quick.refiner_steps < full.refiner_steps and quick.refine_n < full.refine_n
+    assert quick.n >= max(quick.k)  # pass@10 needs 10 samples
+    assert parse_args(["--quick", "--pretrain-steps", "7"]).pretrain_steps == 7
