@@ -1,17 +1,25 @@
 """ILF for code, end to end, on an MBPP-format file: the steps and the table of Chen et al. (2023).
 
-    .venv/bin/python -m bench.ilf_code                       # the tiny model, on the CPU, a few minutes
+    .venv/bin/python -m bench.ilf_code                       # the tiny model, on the CPU, minutes
+    .venv/bin/python -m bench.ilf_code --quick               # fewer samples and steps
     .venv/bin/python -m bench.ilf_code --model PATH --device cuda --n 30 --max-new-tokens 512
 
-The file (default bench/data/ilf_code_tasks.jsonl) holds MBPP rows (`text`, `code`, `test_list`,
-`test_setup_code`, `entry_point`) plus what raters gave: `completion` (a model's wrong program),
-`feedback` on it, and `refinement` (a human's fix). The tasks are split three ways: refiner tasks
-(their human refinements train π_Refine), ILF tasks (their feedback is refined by π_Refine) and
-held-out tasks (pass@k only). Then:
+The file (default bench/data/ilf_code_tasks.jsonl) holds MBPP rows (`text`, `code` = a reference
+program written on its own, `test_list`, `test_setup_code`, `entry_point`) plus what raters gave:
+`completion` (a model's wrong program), `feedback` on it, and `refinement` (a human's fix: the
+smallest edit of the completion that the feedback asks for). The tasks are split three ways, in file
+order and disjoint: refiner tasks (their human refinements train π_Refine), ILF tasks (their feedback
+is refined by π_Refine) and held-out tasks (pass@k only; nothing of them is trained on). Then:
 
+0. base model (without --model): the paper starts from a code model (CodeGen-Mono 6.1B); the tiny
+   GPT-2 starts from random weights, so it is first pretrained on English and on a generated corpus
+   of small Python functions and of edits of them (a wrong version, a review, the fix), from
+   bench/ilf_code_corpus.py. That corpus defines none of the file's functions (checked), so it
+   holds no solution of any task, held out or not;
 1. zero-shot: pass@k of the base model on the held-out tasks;
-2. π_Refine: a LoRA adapter trained on (task, OLD CODE, FEEDBACK) → human refinement;
-3. refine: N refinements per ILF task's (completion, feedback), by π_Refine;
+2. π_Refine: a LoRA adapter trained on (task, OLD CODE, FEEDBACK) → human refinement, for
+   --refiner-steps steps (the refine prompt is new to the base model: π_Refine learns it here);
+3. refine: N refinements per ILF task's (completion, feedback), sampled from π_Refine;
 4. select: the first refinement that passes the task's unit tests in the sandbox;
 5. ILF: π_θ fine-tuned (LoRA) on the selected refinements, as generation prompt → program;
 6. baselines: π_θ fine-tuned on the reference programs of the same ILF tasks (the paper's "MBPP
@@ -19,13 +27,20 @@ held-out tasks (pass@k only). Then:
 7. pass@1 and pass@k of each on the held-out tasks: n samples at temperature T, top-p 0.95,
    unbiased estimator, tasks whose tests do not load listed apart.
 
-On the tiny model the numbers are near zero; the point is that every step runs and every number is
-computed the paper's way. A step with nothing to work on (no refinement passed) says so in the table.
+The table gives each row's pass@k and, per held-out task, passing samples out of n; the steps say how
+many refinements were sampled and how many tasks got one that passed. On the tiny model the numbers
+are small; the point is that every step runs and every number is computed the paper's way. A
+refinement is an edited copy of the old program, and the tiny GPT-2 (2 layers, 64 wide) does not
+learn to copy within minutes of CPU pretraining (nor in 4000 steps), so its refinements rarely pass
+and the ILF row then says "not trained": that row needs a base model that copies (--model, or a
+larger --tiny-layers/--tiny-width with more --pretrain-steps). On a machine shared with other
+work, OMP_NUM_THREADS=1 keeps torch from fighting for the cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -64,7 +79,20 @@ class Report:
                 f"{100 * result.pass_at[k]:>9.1f}%" if k in result.pass_at else f"{'-':>10}" for k in ks
             )
             lines.append(f"{name:<28}{cells}   {len(result.per_task):>5}  {len(result.tests_error):>11}")
-        return "\n".join(lines)
+        return "\n".join([*lines, "", *self.per_task()])
+
+    def per_task(self) -> list[str]:
+        """Passing samples out of n for every held-out task, one line per row of the table."""
+        scored = [r for r in self.rows.values() if isinstance(r, PassAtKResult)]
+        ids = list(dict.fromkeys(t.task_id for r in scored for t in r.per_task))
+        if not ids:
+            return []
+        lines = [f"{'passing samples per task':<28}" + "".join(f"{i:>6}" for i in ids)]
+        for name, result in self.rows.items():
+            if isinstance(result, PassAtKResult):
+                counts = {t.task_id: f"{t.c}/{t.n}" for t in result.per_task}
+                lines.append(f"{name:<28}" + "".join(f"{counts.get(i, '-'):>6}" for i in ids))
+        return lines
 
 
 def split_tasks(tasks: list[CodeTask], *, refiner: int, ilf: int) -> tuple[list, list, list]:
@@ -85,12 +113,8 @@ def run(args: argparse.Namespace) -> Report:
 
     report = Report()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="ilf-code-"))
-    model = args.model
-    if model is None:
-        from feedback_loop.engine.tiny import build_tiny_model
-
-        model = str(build_tiny_model(work / "tiny", seed=args.seed, pretrain_steps=args.pretrain_steps))
     tasks = read_mbpp_jsonl(args.data)[: args.max_tasks]
+    model = args.model or base_model(args, report, work, tasks)
     refiner_tasks, ilf_tasks, held_out = split_tasks(tasks, refiner=args.refiner_tasks, ilf=args.ilf_tasks)
     report.steps["tasks"] = {"refiner": len(refiner_tasks), "ilf": len(ilf_tasks), "held_out": len(held_out)}
     ks = tuple(args.k)
@@ -132,9 +156,13 @@ def run(args: argparse.Namespace) -> Report:
         }
         for task in refiner_tasks
     ]
-    refiner = train_refiner(model, rows, work / "refiner", lora, progress=False)
+    refiner_lora = dataclasses.replace(
+        lora, max_steps=args.refiner_steps, learning_rate=args.refiner_learning_rate
+    )
+    refiner = train_refiner(model, rows, work / "refiner", refiner_lora, progress=False)
     report.steps["pi_refine"] = {
         "examples": len(rows),
+        "steps": args.refiner_steps,
         "final_loss": (refiner.metrics["train_loss"] or [None])[-1],
         "s": round(time.monotonic() - started, 1),
     }
@@ -161,6 +189,7 @@ def run(args: argparse.Namespace) -> Report:
     report.steps["refine+select"] = {
         "feedback": len(items),
         "refinements": sum(len(c) for c in candidates),
+        "passing_refinements": sum(r.status == "pass" for s in selections for r in s.details),
         "passing_tasks": len(chosen),
         "s": round(time.monotonic() - started, 1),
     }
@@ -189,6 +218,36 @@ def run(args: argparse.Namespace) -> Report:
     if args.best_of > 0:
         best_of_n_row(args, report, model, policy, refiner_tasks, held_out, lora, work)
     return report
+
+
+def base_model(args: argparse.Namespace, report: Report, work: Path, tasks: list[CodeTask]) -> str:
+    """0. The base model: the tiny GPT-2, pretrained on English and on a generated code corpus that
+    defines none of the fixture's functions (bench/ilf_code_corpus.py)."""
+    from bench.ilf_code_corpus import check_disjoint, code_corpus
+    from feedback_loop.engine.tiny import TinyModelConfig, build_tiny_model
+
+    started = time.monotonic()
+    names = [t.entry_point_of() or "" for t in tasks]
+    corpus = code_corpus(args.code_documents, seed=args.seed, exclude=names)
+    check_disjoint(corpus, names)
+    config = TinyModelConfig(
+        n_layer=args.tiny_layers,
+        n_embd=args.tiny_width,
+        n_head=args.tiny_heads,
+        corpus_sentences=args.english_lines,
+        block_size=args.pretrain_block,
+        batch_size=args.pretrain_batch,
+        learning_rate=args.pretrain_learning_rate,
+    )
+    path = build_tiny_model(
+        work / "tiny", seed=args.seed, pretrain_steps=args.pretrain_steps, config=config, extra_corpus=corpus
+    )
+    report.steps["base model"] = {
+        "code_documents": len(corpus),
+        "pretrain_steps": args.pretrain_steps,
+        "s": round(time.monotonic() - started, 1),
+    }
+    return str(path)
 
 
 def best_of_n_row(args, report, model, policy, refiner_tasks, held_out, lora, work) -> None:
@@ -235,6 +294,16 @@ def best_of_n_row(args, report, model, policy, refiner_tasks, held_out, lora, wo
     report.steps["best-of-n s"] = round(time.monotonic() - started, 1)
 
 
+# --quick: every step still runs, on fewer samples and steps (options given explicitly win).
+QUICK = {
+    "refine_n": 5,
+    "pretrain_steps": 300,
+    "code_documents": 1000,
+    "refiner_steps": 50,
+    "steps": 20,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="base model folder (default: build the tiny model)")
@@ -258,7 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
-    parser.add_argument("--pretrain-steps", type=int, default=150, help="tiny model only")
+    parser.add_argument("--refiner-steps", type=int, default=150, help="optimizer steps of π_Refine")
+    parser.add_argument("--refiner-learning-rate", type=float, default=5e-3)
+    tiny = parser.add_argument_group("the tiny base model (without --model)")
+    tiny.add_argument("--pretrain-steps", type=int, default=1000)
+    tiny.add_argument("--code-documents", type=int, default=4000, help="generated programs and edits")
+    tiny.add_argument("--pretrain-block", type=int, default=128, help="tokens per pretraining sequence")
+    tiny.add_argument("--pretrain-batch", type=int, default=8, help="sequences per pretraining step")
+    tiny.add_argument("--pretrain-learning-rate", type=float, default=3e-3)
+    tiny.add_argument(
+        "--english-lines", type=int, default=500, help="synthetic English lines beside the code"
+    )
+    tiny.add_argument("--tiny-layers", type=int, default=2)
+    tiny.add_argument("--tiny-width", type=int, default=64)
+    tiny.add_argument("--tiny-heads", type=int, default=2)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer samples and steps: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
+    )
     parser.add_argument(
         "--best-of",
         type=int,
@@ -270,10 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; with --quick, QUICK's values for those not given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> Report:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     report = run(args)
     print(report.table(tuple(args.k)))
+    refined = report.steps["refine+select"]
+    print(
+        f"\nπ_Refine: {refined['refinements']} refinements of {refined['feedback']} feedback, "
+        f"{refined['passing_refinements']} passed the unit tests; ILF trains on "
+        f"{refined['passing_tasks']} (the first passing one per task)"
+    )
     print(json.dumps(report.steps, indent=2))
     if args.json:
         rows = {

@@ -10,6 +10,7 @@ and saves both with `save_pretrained`, so `AutoModelForCausalLM.from_pretrained(
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,16 +176,24 @@ def _pretrain(model, tokenizer, corpus: list[str], steps: int, config: TinyModel
 
 
 def build_tiny_model(
-    path: str | Path, *, seed: int = 0, pretrain_steps: int = 0, config: TinyModelConfig | None = None
+    path: str | Path,
+    *,
+    seed: int = 0,
+    pretrain_steps: int = 0,
+    config: TinyModelConfig | None = None,
+    extra_corpus: Sequence[str] = (),
 ) -> Path:
-    """Build, optionally pretrain, and save a tiny GPT-2 with its tokenizer into `path`."""
+    """Build, optionally pretrain, and save a tiny GPT-2 with its tokenizer into `path`.
+
+    `extra_corpus` (documents such as small programs) joins the synthetic corpus for both the
+    tokenizer and pretraining."""
     import torch
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
     config = config or TinyModelConfig()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    corpus = synthetic_corpus(config.corpus_sentences, seed=seed)
+    corpus = synthetic_corpus(config.corpus_sentences, seed=seed) + list(extra_corpus)
     tokenizer = _train_tokenizer(corpus, config.vocab_size)
 
     model_config = GPT2Config(

@@ -130,6 +130,10 @@ def test_the_ilf_code_reproduction_runs_every_step(tmp_path):
             "32",
             "--pretrain-steps",
             "20",
+            "--code-documents",
+            "60",
+            "--refiner-steps",
+            "2",
             "--work-dir",
             str(tmp_path),
             "--json",
@@ -149,8 +153,67 @@ def test_the_ilf_code_reproduction_runs_every_step(tmp_path):
     best = report.rows["last model + best-of-2 (RM)"]
     assert [t.n for t in best.per_task] == [1, 1, 1] and set(best.pass_at) == {1}
     assert report.steps["refine+select"]["feedback"] == 3
+    assert (
+        report.steps["refine+select"]["passing_refinements"] >= report.steps["refine+select"]["passing_tasks"]
+    )
+    assert report.steps["base model"]["code_documents"] == 60
+    per_task = report.table((1, 2)).split("passing samples per task")[1].splitlines()
+    assert per_task[0].split() == [str(i) for i in held_out]
+    assert per_task[1].split()[-3:] == [f"{t.c}/3" for t in report.rows["zero-shot"].per_task]
     assert report.steps["pi_refine"]["examples"] == 3
     assert json.loads((tmp_path / "report.json").read_text())["rows"]["zero-shot"]["pass_at"].keys() == {
         "1",
         "2",
     }
+
+
+def test_the_code_pretraining_corpus_holds_no_fixture_function():
+    from bench.ilf_code_corpus import check_disjoint, code_corpus
+
+    names = [t.entry_point_of() for t in read_mbpp_jsonl(FIXTURE)]
+    corpus = code_corpus(600, seed=3, exclude=names)
+    check_disjoint(corpus, names)
+    assert len(corpus) == 600
+    assert sum(doc.startswith("# before\n") for doc in corpus) == 400  # two edits to a program
+    with pytest.raises(ValueError, match="add_numbers"):
+        check_disjoint([*corpus, "def add_numbers(a, b):\n    return a + b\n"], names)
+
+
+def test_the_ilf_row_is_trained_on_the_refinements_that_pass_and_evaluated(tmp_path, monkeypatch):
+    # π_Refine stood in for by one that writes a broken program, then the human's fix: the fix is
+    # the only refinement that passes, so ILF trains on exactly one program per ILF task.
+    import feedback_loop.engine.refine as refine_module
+    from bench.ilf_code import main as bench_main
+    from feedback_loop.engine.types import Refinement
+
+    fixes = {row["completion"]: row["refinement"] for row in _fixture_rows(9)}
+
+    def fake_refine(backend, items, n=5, config=None):
+        return [[Refinement("def broken(:\n    pass"), Refinement(fixes[item.output])] for item in items]
+
+    monkeypatch.setattr(refine_module, "refine", fake_refine)
+    small = "--max-tasks 9 --refiner-tasks 3 --ilf-tasks 3 --n 2 --k 1 --steps 2 --refiner-steps 1"
+    small += " --max-new-tokens 16 --pretrain-steps 5 --code-documents 20"
+    report = bench_main([*small.split(), "--work-dir", str(tmp_path)])
+    assert report.steps["refine+select"] | {"s": 0} == {
+        "feedback": 3,
+        "refinements": 6,
+        "passing_refinements": 3,
+        "passing_tasks": 3,
+        "s": 0,
+    }
+    assert report.steps["train ilf"]["examples"] == 3
+    ilf = report.rows["ILF (π_Refine + unit tests)"]
+    held_out = [t.task_id for t in read_mbpp_jsonl(FIXTURE)[6:9]]
+    assert [t.task_id for t in ilf.per_task] == held_out and all(t.n == 2 for t in ilf.per_task)
+    assert "ILF (π_Refine + unit tests)" in report.table((1,)).split("passing samples per task")[1]
+
+
+def test_quick_takes_fewer_steps_where_none_are_given_and_still_has_samples_for_every_k():
+    from bench.ilf_code import QUICK, parse_args
+
+    quick, full = parse_args(["--quick"]), parse_args([])
+    assert quick.pretrain_steps == QUICK["pretrain_steps"] < full.pretrain_steps
+    assert quick.refiner_steps < full.refiner_steps and quick.refine_n < full.refine_n
+    assert quick.n >= max(quick.k)  # pass@10 needs 10 samples
+    assert parse_args(["--quick", "--pretrain-steps", "7"]).pretrain_steps == 7

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from feedback_loop.engine.backends.hf import HFBackend
 from feedback_loop.engine.backends.openai import OpenAIBackend
 from feedback_loop.engine.evaluate import MultipleChoiceItem, multiple_choice
+from feedback_loop.engine.select import select_by_instruct_rm
+from feedback_loop.engine.types import FeedbackItem
 
 ITEMS = [
     # The prompt ends in a space: apart, "Answer: " + "Yes" tokenizes differently from the joint text.
@@ -178,10 +180,43 @@ def test_answer_token_ids_can_come_from_the_servers_tokenize(backends):
     backend.close()
 
 
+def test_multi_token_answers_are_scored_whole_without_logit_bias(backends, caplog):
+    local, remote, fake = backends
+    prompts = ["The cat", "Statement: The cat sees the house. Is the statement True or False?\nAnswer:"]
+    tokens = [" Yes", " No", " True", " False"]
+    assert len(local.tokenizer(" True")["input_ids"]) > 1  # the tiny vocabulary splits it
+    backend = OpenAIBackend(str(remote._client.base_url), "tiny", top_logprobs=1, token_ids="server")
+    fake.requests.clear()
+    with caplog.at_level("WARNING", logger="feedback_loop.engine.backends.openai"):
+        there = backend.next_token_logprobs(prompts, tokens)
+        backend.next_token_logprobs(prompts, tokens)
+    # Said once per backend, and no request carried a bias that would have moved only " Tr".
+    [warning] = [r.message for r in caplog.records if "logit_bias" in r.message]
+    assert "' True'" in warning
+    assert fake.requests and all("logit_bias" not in r and r.get("echo") for r in fake.requests)
+    assert " True" in backend.multi_token_answers and " Yes" in backend.token_ids
+    # Every answer has a finite log-prob, the same number the local backend reads (chain rule).
+    for here, row in zip(local.next_token_logprobs(prompts, tokens), there, strict=True):
+        assert all(math.isfinite(v) for v in row.values())
+        assert row == pytest.approx(here, abs=1e-4)
+    backend.close()
+
+
+def test_single_token_answers_still_get_logit_bias_after_a_multi_token_question(backends):
+    local, remote, fake = backends
+    backend = OpenAIBackend(str(remote._client.base_url), "tiny", top_logprobs=1, token_ids="server")
+    backend.next_token_logprobs(["The cat"], [" True", " False"])
+    [row] = backend.next_token_logprobs(["The cat"], [" Yes", " No"])
+    ids = {t: local.tokenizer(t)["input_ids"][0] for t in (" Yes", " No")}
+    assert fake.requests[-1]["logit_bias"] == {str(i): 100.0 for i in ids.values()}
+    assert not fake.requests[-1].get("echo") and all(math.isfinite(v) for v in row.values())
+    backend.close()
+
+
 def test_the_command_line_puts_logit_bias_on_instruct_rm_answers_against_a_server(backends, tmp_path):
     from feedback_loop.engine.cli import main, read_jsonl, write_jsonl
 
-    _, remote, fake = backends
+    local, remote, fake = backends
     row = {
         "prompt": "Describe the cat.",
         "output": "A cat.",
@@ -205,7 +240,14 @@ def test_the_command_line_puts_logit_bias_on_instruct_rm_answers_against_a_serve
             str(tmp_path / "out.jsonl"),
         ]
     )
-    # The command line's server backend looks the answer tokens up for logit_bias. (The tiny
-    # vocabulary has no single " True" token, so with True/False templates asked the bias stays off.)
-    assert read_jsonl(tmp_path / "out.jsonl")[0]["selected_index"] == 0
+    # The command line's server backend looks the answer tokens up for logit_bias. The tiny
+    # vocabulary has no single " True" token, so with True/False templates asked the bias stays off
+    # and every answer is scored whole, as the local backend scores it.
+    [out] = read_jsonl(tmp_path / "out.jsonl")
+    assert out["selected_index"] == 0
     assert {"a Yes", "a No", "a True"} <= set(fake.tokenized)
+    assert all("logit_bias" not in r and r.get("echo") for r in fake.requests)
+    [here] = select_by_instruct_rm(
+        local, [FeedbackItem(row["prompt"], row["output"], row["feedback"])], [row["refinements"]]
+    )
+    assert out["scores"] == pytest.approx(here.scores, abs=1e-4)

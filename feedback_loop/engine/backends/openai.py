@@ -9,6 +9,7 @@ timeouts are retried with exponential backoff.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +18,8 @@ from typing import Any, Literal
 import httpx
 
 from feedback_loop.engine.types import ContinuationScore, GenerationConfig
+
+logger = logging.getLogger(__name__)
 
 
 class BackendError(RuntimeError):
@@ -69,7 +72,11 @@ class OpenAIBackend:
         # "server": ask the server's /tokenize (vLLM's) for them, once per token.
         self._lookup = token_ids == "server"
         self.token_ids: dict[str, int] = {} if token_ids in (None, "server") else dict(token_ids)  # type: ignore[arg-type]
+        # Answers the server's tokenizer splits into several tokens (" True" in a small vocabulary):
+        # logit_bias and the top log-probs of one generated token cannot read them.
+        self.multi_token_answers: set[str] = set()
         self.answer_bias = answer_bias
+        self._warned: set[tuple[str, ...]] = set()
         self._sleep = sleep
         # Banned words go out as token ids in `logit_bias` too: known ids (`token_ids`), else the
         # served model's tokenizer (a local folder or HF id; for a conditionally trained adapter,
@@ -235,6 +242,8 @@ class OpenAIBackend:
                 return
             if joined[: len(prefix)] == prefix and len(joined) == len(prefix) + 1:
                 self.token_ids[token] = joined[-1]
+            elif joined[: len(prefix)] == prefix and len(joined) > len(prefix) + 1:
+                self.multi_token_answers.add(token)
 
     def next_token_logprobs(self, prompts: Sequence[str], tokens: Sequence[str]) -> list[dict[str, float]]:
         """Read from the top log-probs of the first generated token; a token not among them gets -inf.
@@ -243,10 +252,18 @@ class OpenAIBackend:
         them are among the top log-probs whatever the model prefers: a " No" that would have fallen
         out of the top k can no longer make P(Yes) / (P(Yes) + P(No)) read 1.0. The same bias on
         every candidate leaves their differences (all that ratio reads) as the model has them.
+
+        logit_bias moves single tokens only. When an answer is known to be several tokens (from the
+        server's /tokenize), no bias is sent: every answer is scored as a continuation of its prompt
+        (`score`, echo=True), the sum of its tokens' log-probs as the local backend scores it, so all
+        answers of a question are read on one scale.
         """
-        options: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
         if self._lookup:
             self._look_up_token_ids(tokens)
+        several = sorted(t for t in tokens if t in self.multi_token_answers)
+        if several:
+            return self._answer_logprobs_by_scoring(prompts, tokens, several)
+        options: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
         if tokens and all(t in self.token_ids for t in tokens):
             options["logit_bias"] = {str(self.token_ids[t]): self.answer_bias for t in tokens}
             options["logprobs"] = max(self.top_logprobs, len(set(tokens)))
@@ -256,3 +273,29 @@ class OpenAIBackend:
             top = ((choice.get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}
             results.append({t: float(top.get(t, -math.inf)) for t in tokens})
         return results
+
+    def _answer_logprobs_by_scoring(
+        self, prompts: Sequence[str], tokens: Sequence[str], several: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """Each answer's log-prob after each prompt, scored whole (echo=True), without logit_bias."""
+        if tuple(several) not in self._warned:
+            self._warned.add(tuple(several))
+            logger.warning(
+                "%s: the answers %s are several tokens each, and logit_bias can only move single tokens; "
+                "no bias is sent and every answer is scored as a continuation (echo=True with logprobs)",
+                self.model,
+                list(several),
+            )
+        pairs = [(p, t) for p in prompts for t in tokens]
+        try:
+            scores = self.score([p for p, _ in pairs], [t for _, t in pairs])
+        except ScoringNotSupported as error:
+            raise ScoringNotSupported(
+                f"{self.model}: the answers {list(several)} are several tokens; reading them needs a server "
+                f"that scores text (echo=True with logprobs), or single-token answers: {error}"
+            ) from error
+        flat = [s.logprob if s.n_tokens else -math.inf for s in scores]
+        return [
+            dict(zip(tokens, flat[i * len(tokens) : (i + 1) * len(tokens)], strict=True))
+            for i in range(len(prompts))
+        ]
