@@ -17,7 +17,10 @@ Then, in this process:
    registered, evaluation, outputs and tasks written through annotation's service), minus the
    broker hop. Per-stage seconds are the times between the round's state changes.
 2. the engine alone, on the same feedback, prompts and settings: refine → select → train →
-   evaluate → generate, each stage loading its model as the engine's command line does.
+   evaluate → generate, each stage loading its model as the engine's command line does. Its
+   selection runs over the round's own refinements: sampled in other batches, the engine's would
+   be other texts, and the cost of selecting and training depends on them. So both select the
+   same, and train on the same set.
 
 It prints both per-stage times and their ratio (aim: the round at most 1.10× the engine), and the
 latency from the end of the generating step's last model call to the first new task a rater can
@@ -266,12 +269,24 @@ def run_engine(round, model: Path, out: Path) -> tuple[dict[str, tuple[float, fl
     from feedback_loop.engine.evaluate import held_out_loss
     from feedback_loop.engine.refine import refine
     from feedback_loop.engine.select import select
-    from feedback_loop.engine.train import train_lora
+    from feedback_loop.engine.train import dataset_sha256, train_lora
     from feedback_loop.engine.types import FeedbackItem, SFTExample
+    from feedback_loop.models import Refinement
 
     config = round.config
-    rows = selectors.feedback_rows(round.judgment_ids)
+    # In the round's order (by judgment), so that selection sees what the round's selection saw.
+    rows = sorted(selectors.feedback_rows(round.judgment_ids), key=lambda r: r.judgment_id)
     items = [FeedbackItem(prompt=r.prompt, output=r.output, feedback=r.feedback, kind=r.kind) for r in rows]
+    # Sampling in batches draws other refinements than one call does, and selection's and training's
+    # cost depends on the texts: the engine selects among the round's own refinements, so that the two
+    # select the same and train on the same set (the table below checks it).
+    round_refinements: dict[int, list[str]] = {}
+    for judgment_id, text in (
+        Refinement.objects.filter(round=round)
+        .order_by("judgment_id", "source", "sample_index")
+        .values_list("judgment_id", "text")
+    ):
+        round_refinements.setdefault(judgment_id, []).append(text)
     held_out = [
         SFTExample(prompt=r.prompt, completion=r.completion) for r in selectors.held_out_rows(round.project)
     ]
@@ -288,16 +303,20 @@ def run_engine(round, model: Path, out: Path) -> tuple[dict[str, tuple[float, fl
     refinements = refine(load_backend(hf), items, n=config["n_refinements"], config=refine_config)
     marks.append(Clock.now())
 
-    kept = [(item, found) for item, found in zip(items, refinements, strict=True) if found]
+    kept = [
+        (item, found)
+        for item, row in zip(items, rows, strict=True)
+        if (found := round_refinements.get(row.judgment_id))
+    ]
     selections = select(
         "instruct_rm",
         [item for item, _ in kept],
-        [[r.text for r in found] for _, found in kept],
+        [found for _, found in kept],
         backend=load_backend(hf),
         seed=round.number,
     )
     examples = [
-        SFTExample(prompt=item.prompt, completion=found[s.index].text)
+        SFTExample(prompt=item.prompt, completion=found[s.index])
         for (item, found), s in zip(kept, selections, strict=True)
         if s.index is not None
     ]
@@ -325,6 +344,7 @@ def run_engine(round, model: Path, out: Path) -> tuple[dict[str, tuple[float, fl
         "refinements": sum(len(found) for found in refinements),
         "selected": len(examples),
         "training examples": result.metrics["examples"],
+        "training set = the round's": int(dataset_sha256(examples) == round.dataset_sha256),
         "training steps": result.metrics["steps"],
         "held-out prompts": len(held_out),
         "prompts generated for": len(prompts),
@@ -342,6 +362,7 @@ def work_done(round) -> dict[str, int]:
         "refinements": round.refinement_count,
         "selected": round.selected_count,
         "training examples": adapter.training_metrics["examples"],
+        "training set = the round's": 1,
         "training steps": adapter.training_metrics["steps"],
         "held-out prompts": adapter.evaluation["n_held_out"],
         "prompts generated for": len(round.generation_prompt_ids),
@@ -404,10 +425,10 @@ def main() -> None:
             f"{args.max_new_tokens} new tokens at most"
         )
         round_work = work_done(round)
-        print(f"\n{'work':<24}{'round':>8}{'engine':>8}")
+        print(f"\n{'work':<28}{'round':>8}{'engine':>8}")
         for name, count in round_work.items():
-            print(f"{name:<24}{count:>8}{engine_work[name]:>8}")
-        print(f"{'new tasks':<24}{round.new_task_count:>8}{'-':>8}")
+            print(f"{name:<28}{count:>8}{engine_work[name]:>8}")
+        print(f"{'new tasks':<28}{round.new_task_count:>8}{'-':>8}")
         print_table("wall-clock seconds", round_times, engine_times, 0)
         print_table("CPU seconds (this process, every thread)", round_times, engine_times, 1)
         print(
