@@ -2,6 +2,7 @@
 
     python bench/round.py [--database-url sqlite:///var/bench-round.sqlite3 | postgres://postgres@127.0.0.1:5432/refinery_bench_round]
                           [--feedback 200] [--n 1] [--steps 10] [--held-out 8] [--generate 8] [--max-new-tokens 12]
+                          [--threads N]
 
 It makes a fresh database (the SQLite file is replaced; the PostgreSQL database is dropped and
 created), builds the tiny model (not timed), and seeds a project through the platform's own
@@ -16,16 +17,27 @@ Then, in this process:
    registered, evaluation, outputs and tasks written through annotation's service), minus the
    broker hop. Per-stage seconds are the times between the round's state changes.
 2. the engine alone, on the same feedback, prompts and settings: refine → select → train →
-   evaluate → generate, each stage loading its model as the engine's command line does.
+   evaluate → generate, each stage loading its model as the engine's command line does. Its
+   selection runs over the round's own refinements: sampled in other batches, the engine's would
+   be other texts, and the cost of selecting and training depends on them. So both select the
+   same, and train on the same set.
 
 It prints both per-stage times and their ratio (aim: the round at most 1.10× the engine), and the
 latency from the end of the generating step's last model call to the first new task a rater can
-lease (aim: under 2 s). The round runs first, so any warm-up favours the engine.
+lease (aim: under 2 s). The libraries both load lazily (peft, transformers' generation) are imported
+before either is timed: a worker pays that once, not per round. The round runs first, so any other
+warm-up favours the engine. Each stage is timed
+twice: wall-clock seconds, and CPU seconds of this process (every thread), which other programs on a
+busy machine disturb much less. It also prints what each side produced (refinements, selections,
+training examples and steps, prompts generated for), so that the two did the same work. `--threads`
+fixes torch's threads: with several threads on a loaded machine, every operation waits for its
+slowest thread to be scheduled, and both timings mostly measure the other programs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import secrets
 import shutil
@@ -95,6 +107,7 @@ def setup_django(args: argparse.Namespace, artifacts: Path) -> None:
         TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         LOG_LEVEL="ERROR",
+        LOOP_TEST_STEP_DELAY="0",  # a test setting that sleeps at every heartbeat: never in a benchmark
     )
     import django
 
@@ -173,11 +186,21 @@ def loop_settings(args: argparse.Namespace, project, model: Path):
 
 
 class Clock:
-    """When the round entered each state, and when a model last finished generating."""
+    """When the round entered each state (wall-clock and CPU seconds), and when a model last
+    finished generating."""
 
     def __init__(self) -> None:
-        self.entered: dict[str, float] = {}
+        self.entered: dict[str, tuple[float, float]] = {}
         self.last_generate_end = 0.0
+
+    @staticmethod
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+
+def spans(marks: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, cpu) seconds between consecutive marks."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(marks)]
 
 
 def run_round(project, curator, reader, clock: Clock):
@@ -188,7 +211,7 @@ def run_round(project, curator, reader, clock: Clock):
     state_changed = services._state_changed
 
     def record(round, old, new, error=""):
-        clock.entered.setdefault(new, time.perf_counter())
+        clock.entered.setdefault(new, clock.now())
         state_changed(round, old, new, error)
 
     load = tasks._backend
@@ -207,10 +230,10 @@ def run_round(project, curator, reader, clock: Clock):
 
     services._state_changed, tasks._backend = record, timed_backend
     try:
-        start = time.perf_counter()
+        start = clock.now()
         round = services.round_start(project=project, user=curator, reason="bench")
         round = Round.objects.get(pk=round.pk)
-        done = time.perf_counter()
+        done = clock.now()
         lease = lease_acquire(project=project, rater=reader)
         leased = time.perf_counter()
     finally:
@@ -222,28 +245,50 @@ def run_round(project, curator, reader, clock: Clock):
             f"no task of the round could be leased ({round.new_task_count} new tasks; leased: "
             f"{lease and lease.task})"
         )
-    times = {}
     marks = [clock.entered.get(s, start) for s in STAGES] + [clock.entered.get("done", done)]
     marks[0] = start
-    for stage, begin, end in zip(STAGES, marks, marks[1:], strict=False):
-        times[stage] = end - begin
-    return round, times, done - start, leased - clock.last_generate_end
+    return round, dict(zip(STAGES, spans(marks), strict=True)), leased - clock.last_generate_end
 
 
-def run_engine(round, model: Path, out: Path) -> dict[str, float]:
-    """The round's work by the engine alone: the same functions tasks.py calls, on the same data."""
+def warm_up(model: Path) -> None:
+    """Import what the engine imports on first use, so that neither side is timed paying for it."""
+    import peft  # noqa: F401  (training and adapters)
+
+    from feedback_loop.engine.backends import load_backend
+    from feedback_loop.engine.types import GenerationConfig
+
+    backend = load_backend({"kind": "hf", "model": str(model)})
+    backend.generate(["Warm up."], GenerationConfig(max_new_tokens=2, temperature=1.0, stop=("\n\n",)))
+    backend.next_token_logprobs(["Warm up?"], [" Yes", " No"])
+
+
+def run_engine(round, model: Path, out: Path) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:
+    """The round's work by the engine alone: the same functions tasks.py calls, on the same data.
+    Returns (wall, cpu) seconds per stage, and what it produced (see `work_done`)."""
     from annotation.models import Prompt
     from feedback_loop import selectors, tasks
     from feedback_loop.engine.backends import load_backend
     from feedback_loop.engine.evaluate import held_out_loss
     from feedback_loop.engine.refine import refine
     from feedback_loop.engine.select import select
-    from feedback_loop.engine.train import train_lora
+    from feedback_loop.engine.train import dataset_sha256, train_lora
     from feedback_loop.engine.types import FeedbackItem, SFTExample
+    from feedback_loop.models import Refinement
 
     config = round.config
-    rows = selectors.feedback_rows(round.judgment_ids)
+    # In the round's order (by judgment), so that selection sees what the round's selection saw.
+    rows = sorted(selectors.feedback_rows(round.judgment_ids), key=lambda r: r.judgment_id)
     items = [FeedbackItem(prompt=r.prompt, output=r.output, feedback=r.feedback, kind=r.kind) for r in rows]
+    # Sampling in batches draws other refinements than one call does, and selection's and training's
+    # cost depends on the texts: the engine selects among the round's own refinements, so that the two
+    # select the same and train on the same set (the table below checks it).
+    round_refinements: dict[int, list[str]] = {}
+    for judgment_id, text in (
+        Refinement.objects.filter(round=round)
+        .order_by("judgment_id", "source", "sample_index")
+        .values_list("judgment_id", "text")
+    ):
+        round_refinements.setdefault(judgment_id, []).append(text)
     held_out = [
         SFTExample(prompt=r.prompt, completion=r.completion) for r in selectors.held_out_rows(round.project)
     ]
@@ -255,49 +300,88 @@ def run_engine(round, model: Path, out: Path) -> dict[str, float]:
     generation = tasks.generation_config_from(config["generation"])
     training = tasks.training_config_from(config["training"])
     hf = {"kind": "hf", "model": str(model)}
-    times: dict[str, float] = {}
+    marks = [Clock.now()]
 
-    start = time.perf_counter()
     refinements = refine(load_backend(hf), items, n=config["n_refinements"], config=refine_config)
-    times["refining"] = time.perf_counter() - start
+    marks.append(Clock.now())
 
-    start = time.perf_counter()
-    kept = [(item, found) for item, found in zip(items, refinements, strict=True) if found]
+    kept = [
+        (item, found)
+        for item, row in zip(items, rows, strict=True)
+        if (found := round_refinements.get(row.judgment_id))
+    ]
     selections = select(
         "instruct_rm",
         [item for item, _ in kept],
-        [[r.text for r in found] for _, found in kept],
+        [found for _, found in kept],
         backend=load_backend(hf),
-        seed=1,
+        seed=round.number,
     )
     examples = [
-        SFTExample(prompt=item.prompt, completion=found[s.index].text)
+        SFTExample(prompt=item.prompt, completion=found[s.index])
         for (item, found), s in zip(kept, selections, strict=True)
         if s.index is not None
     ]
-    times["selecting"] = time.perf_counter() - start
+    marks.append(Clock.now())
 
-    start = time.perf_counter()
     result = train_lora(str(model), examples, out / "adapter", training, progress=False)
-    times["training"] = time.perf_counter() - start
+    marks.append(Clock.now())
 
-    start = time.perf_counter()
     backend = load_backend(hf)
     backend.load_adapter(str(result.adapter_dir), "new")
     backend.set_adapter("new")
     held_out_loss(backend, held_out)
     backend.set_adapter(None)
     held_out_loss(backend, held_out)
-    times["evaluating"] = time.perf_counter() - start
+    marks.append(Clock.now())
 
-    start = time.perf_counter()
     backend = load_backend(hf)
     backend.load_adapter(str(result.adapter_dir), "new")
     for name in ("new", None):  # the new model's outputs, and the previous (base) model's for pairs
         backend.set_adapter(name)
         backend.generate(prompts, generation)
-    times["generating"] = time.perf_counter() - start
-    return times
+    marks.append(Clock.now())
+    work = {
+        "feedback": len(items),
+        "refinements": sum(len(found) for found in refinements),
+        "selected": len(examples),
+        "training examples": result.metrics["examples"],
+        "training set = the round's": int(dataset_sha256(examples) == round.dataset_sha256),
+        "training steps": result.metrics["steps"],
+        "held-out prompts": len(held_out),
+        "prompts generated for": len(prompts),
+    }
+    return dict(zip(STAGES[1:], spans(marks), strict=True)), work
+
+
+def work_done(round) -> dict[str, int]:
+    """What the round produced, in the terms of `run_engine`'s."""
+    from feedback_loop.models import Adapter
+
+    adapter = Adapter.objects.get(round=round)
+    return {
+        "feedback": round.feedback_count,
+        "refinements": round.refinement_count,
+        "selected": round.selected_count,
+        "training examples": adapter.training_metrics["examples"],
+        "training set = the round's": 1,
+        "training steps": adapter.training_metrics["steps"],
+        "held-out prompts": adapter.evaluation["n_held_out"],
+        "prompts generated for": len(round.generation_prompt_ids),
+    }
+
+
+def print_table(title: str, round_times: dict, engine_times: dict, column: int) -> float:
+    """One table of per-stage seconds (column 0: wall-clock, 1: CPU); returns the total ratio."""
+    print(f"\n{title}\n{'stage':<12}{'round s':>10}{'engine s':>10}{'ratio':>8}")
+    for stage in STAGES:
+        ours, engine = round_times[stage][column], engine_times.get(stage, (0.0, 0.0))[column]
+        ratio = f"{ours / engine:.2f}" if engine else "-"
+        print(f"{stage:<12}{ours:>10.2f}{engine:>10.2f}{ratio:>8}")
+    ours = sum(t[column] for t in round_times.values())
+    engine = sum(t[column] for t in engine_times.values())
+    print(f"{'total':<12}{ours:>10.2f}{engine:>10.2f}{ours / engine:>8.2f}   (aim: at most 1.10)")
+    return ours / engine
 
 
 def main() -> None:
@@ -309,7 +393,12 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=8, help="eval prompts with a gold answer")
     parser.add_argument("--generate", type=int, default=8, help="prompts the new model writes for")
     parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="bench-round-"))
     try:
@@ -323,10 +412,10 @@ def main() -> None:
         model = build_tiny_model(artifacts / "tiny-model", seed=0, pretrain_steps=150)
         project, curator, reader = seed(args)
         loop_settings(args, project, model)
+        warm_up(model)
 
-        round, round_times, round_total, lease_latency = run_round(project, curator, reader, Clock())
-        engine_times = run_engine(round, model, work)
-        engine_total = sum(engine_times.values())
+        round, round_times, lease_latency = run_round(project, curator, reader, Clock())
+        engine_times, engine_work = run_engine(round, model, work)
 
         import torch
 
@@ -337,17 +426,13 @@ def main() -> None:
             f"{args.held_out} held-out prompts, {args.generate} prompts generated for (new and previous model), "
             f"{args.max_new_tokens} new tokens at most"
         )
-        print(
-            f"round: {round.refinement_count} refinements, {round.selected_count} selected, "
-            f"{round.train_example_count} training examples, {round.new_task_count} new tasks\n"
-        )
-        print(f"{'stage':<12}{'round s':>10}{'engine s':>10}{'ratio':>8}")
-        for stage in STAGES:
-            engine = engine_times.get(stage)
-            ratio = f"{round_times[stage] / engine:.2f}" if engine else "-"
-            print(f"{stage:<12}{round_times[stage]:>10.2f}{engine if engine else 0:>10.2f}{ratio:>8}")
-        ratio = round_total / engine_total
-        print(f"{'total':<12}{round_total:>10.2f}{engine_total:>10.2f}{ratio:>8.2f}   (aim: at most 1.10)")
+        round_work = work_done(round)
+        print(f"\n{'work':<28}{'round':>8}{'engine':>8}")
+        for name, count in round_work.items():
+            print(f"{name:<28}{count:>8}{engine_work[name]:>8}")
+        print(f"{'new tasks':<28}{round.new_task_count:>8}{'-':>8}")
+        print_table("wall-clock seconds", round_times, engine_times, 0)
+        print_table("CPU seconds (this process, every thread)", round_times, engine_times, 1)
         print(
             f"\nend of generation → first new task leased by a rater: {lease_latency:.3f} s (aim: under 2 s)"
         )

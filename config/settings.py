@@ -191,6 +191,9 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # died), and the auto-start, which starts a round for each project with enough new accepted feedback.
 REFINERY_MODEL_QUEUE = env_str("REFINERY_MODEL_QUEUE", "gpu")
 LOOP_CLAIM_STALE_SECONDS = env_float("LOOP_CLAIM_STALE_SECONDS", 300)
+# While a step runs, a thread of its worker touches the claim's heartbeat every LOOP_HEARTBEAT_SECONDS
+# (a third of the stale time at most), so that a long model call does not look like a dead worker.
+LOOP_HEARTBEAT_SECONDS = env_float("LOOP_HEARTBEAT_SECONDS", 30)
 LOOP_STALL_SECONDS = env_float("LOOP_STALL_SECONDS", 600)
 LOOP_SWEEP_SECONDS = env_float("LOOP_SWEEP_SECONDS", 60)
 # Seconds each heartbeat of a step waits: tests slow the steps down to kill a worker in the middle.

@@ -294,9 +294,10 @@ def refinements_record(*, round: Round, refinements: Sequence[RefinementIn]) -> 
 def refinements_select(*, round: Round, scores: dict[int, dict], selected_ids: Sequence[int]) -> int:
     """Record every refinement's scores and which ones were selected (one per feedback at most)."""
     with transaction.atomic():
-        for refinement in Refinement.objects.filter(round=round, pk__in=list(scores)):
+        scored = list(Refinement.objects.filter(round=round, pk__in=list(scores)).only("pk", "scores"))
+        for refinement in scored:
             refinement.scores = {**refinement.scores, **scores[refinement.pk]}
-            refinement.save(update_fields=["scores"])
+        Refinement.objects.bulk_update(scored, ["scores"], batch_size=500)
         Refinement.objects.filter(round=round).exclude(pk__in=list(selected_ids)).update(selected=False)
         return Refinement.objects.filter(round=round, pk__in=list(selected_ids)).update(selected=True)
 

@@ -6,6 +6,10 @@ to one service, which moves the round on and enqueues the next step once its tra
 Every step that loads a model (refine, select, train, evaluate, generate) runs on the queue
 REFINERY_MODEL_QUEUE (`gpu`), taking up the feedback on `default`.
 
+While a step runs, a thread keeps its claim's heartbeat fresh (`_beating`): a model call can take
+longer than the claim's stale time, and the worker is alive all the while. A worker that dies
+takes the thread with it, and its claim goes stale.
+
 A step that raises is run again (`stage_retries` times, with a short back-off), then the round is
 `failed` with the error, and `round_retry` resumes it from that step. A task delivered again after
 its worker died finds the dead worker's claim; once the claim's heartbeat is stale it claims the
@@ -16,18 +20,21 @@ automatically, and update each round's win rate from the raters' comparisons.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from celery import shared_task
 from django.conf import settings
+from django.db import DatabaseError, connections
 
 from annotation.models import Output, Project, Prompt
 from annotation.questions import questions_for
@@ -249,7 +256,8 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
         return
     round = Round.objects.select_related("project").get(pk=round_id)
     try:
-        work(round, token)
+        with _beating(round_id, token):
+            work(round, token)
     except StepStopped:
         return
     except NothingToTrain as error:
@@ -257,6 +265,41 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
     except Exception as error:
         logger.exception("round %s: step %s failed", round_id, state)
         services.round_fail(round_id=round_id, token=token, error=f"{type(error).__name__}: {error}")
+
+
+def heartbeat_interval() -> float:
+    """Seconds between two beats of a running step: LOOP_HEARTBEAT_SECONDS, and at most a third of
+    the stale time, so that two beats can be late before the claim looks abandoned."""
+    return min(float(settings.LOOP_HEARTBEAT_SECONDS), services.claim_stale_seconds() / 3)
+
+
+@contextlib.contextmanager
+def _beating(round_id: int, token: str) -> Iterator[None]:
+    """Keep the claim `token` alive while the block runs, from a thread of its own: the block's model
+    calls hold the worker's thread for as long as they take. The thread stops when the block ends or
+    the claim is lost (the step learns of that at its next `_heartbeat` or hand-over)."""
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_beat, args=(round_id, token, stop), name=f"round-{round_id}-heartbeat", daemon=True
+    )
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+
+
+def _beat(round_id: int, token: str, stop: threading.Event) -> None:
+    try:
+        while not stop.wait(heartbeat_interval()):
+            try:
+                if not services.round_heartbeat(round_id=round_id, token=token):
+                    return
+            except DatabaseError:  # a database busy or away for a moment: the next beat tries again
+                logger.warning("round %s: heartbeat failed", round_id, exc_info=True)
+    finally:
+        connections.close_all()  # this thread's own connections, which nothing else would close
 
 
 def _heartbeat(round: Round, token: str, progress: dict) -> None:

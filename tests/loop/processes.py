@@ -22,15 +22,33 @@ from django.db import connection
 REPO = Path(__file__).resolve().parents[2]
 
 
-def worker_env(*, broker: str, artifacts: Path, **extra: str) -> dict[str, str]:
-    """The environment of a worker sharing the test database (PostgreSQL) and `broker`."""
-    if connection.vendor != "postgresql":
-        pytest.skip("the worker shares the test database: PostgreSQL only")
+def shared_database_url(vendor: str) -> str:
+    """The URL of the test database, for a child process to share; the test is skipped unless the
+    database is `vendor`'s. A SQLite test database is a file (settings' TEST NAME), never in memory."""
+    if connection.vendor != vendor:
+        pytest.skip(f"the worker shares the test database: {vendor} only")
     db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    if vendor == "sqlite":
+        if connection.is_in_memory_db():
+            pytest.skip("the worker shares the test database: an in-memory one cannot be shared")
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def filesystem_broker(var: Path) -> dict[str, str]:
+    """The environment that gives a worker (and whoever sends it work) the embedded default's broker,
+    `filesystem://`, in folders of its own under `var` (REFINERY_VAR_DIR). A worker stops at once
+    when the folders are missing, so they are made here."""
+    for name in ("broker", "broker-processed", "broker-control"):
+        (var / name).mkdir(parents=True, exist_ok=True)
+    return {"REFINERY_VAR_DIR": str(var)}
+
+
+def worker_env(*, broker: str, artifacts: Path, vendor: str = "postgresql", **extra: str) -> dict[str, str]:
+    """The environment of a worker sharing the test database (`vendor`'s) and `broker`."""
     return {
         **os.environ,
-        "DATABASE_URL": url,
+        "DATABASE_URL": shared_database_url(vendor),
         "CELERY_BROKER_URL": broker,
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "REFINERY_ARTIFACTS_DIR": str(artifacts),

@@ -1,9 +1,11 @@
-"""A whole round through a real Celery worker process and Redis, started from the command line.
+"""A whole round through a real Celery worker process, started from the command line.
 
-The test database is PostgreSQL's (pytest-django's, committed with `transactional_db`), shared by
-three processes: this test writes the project and its feedback, `manage.py start_round --wait`
-sends the first step to Redis and follows the round, and a worker consuming the `default` and
-`gpu` queues runs every step.
+Two setups: a worker on Redis with the PostgreSQL test database (the PostgreSQL lane), and the
+embedded default, a worker on the filesystem broker with the SQLite test database file (the SQLite
+lane). The test database (pytest-django's, committed with `transactional_db`) is shared by three
+processes: this test writes the project and its feedback, `manage.py start_round --wait` sends the
+first step to the broker and follows the round, and a worker consuming the `default` and `gpu`
+queues runs every step.
 """
 
 import subprocess
@@ -17,7 +19,7 @@ from feedback_loop.models import Adapter, Refinement, Round
 from tests.loop import processes
 from tests.loop.conftest import POSTS, make_feedback
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 BROKER = "redis://127.0.0.1:6379/12"
 REPO = Path(__file__).resolve().parents[2]
@@ -34,17 +36,21 @@ def _redis():
     return client
 
 
-@pytest.fixture
-def broker():
+@pytest.fixture(
+    params=[
+        pytest.param("redis", id="redis-postgresql", marks=pytest.mark.postgres),
+        pytest.param("filesystem", id="filesystem-sqlite"),
+    ]
+)
+def worker_env(request, transactional_db, artifacts, tmp_path):
+    if request.param == "filesystem":
+        folders = processes.filesystem_broker(tmp_path / "var")
+        return processes.worker_env(broker="filesystem://", artifacts=artifacts, vendor="sqlite", **folders)
+    env = processes.worker_env(broker=BROKER, artifacts=artifacts)
     client = _redis()
     client.flushdb()
-    yield BROKER
-    client.flushdb()
-
-
-@pytest.fixture
-def worker_env(transactional_db, broker, artifacts):
-    return processes.worker_env(broker=broker, artifacts=artifacts)
+    request.addfinalizer(client.flushdb)
+    return env
 
 
 @pytest.fixture
