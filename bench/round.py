@@ -25,8 +25,10 @@ Then, in this process:
 It prints both per-stage times and their ratio (aim: the round at most 1.10× the engine), and the
 latency from the end of the generating step's last model call to the first new task a rater can
 lease (aim: under 2 s). The libraries both load lazily (peft, transformers' generation) are imported
-before either is timed: a worker pays that once, not per round. The round runs first, so any other
-warm-up favours the engine. Each stage is timed
+before either is timed: a worker pays that once, not per round. `--repeats` rounds (default 3) run,
+each on a fresh project and each followed by the engine on its feedback; the tables give the
+median per stage, so the first repeat's warm-up (allocator, caches) weighs on neither side. Each
+stage is timed
 twice: wall-clock seconds, and CPU seconds of this process (every thread), which other programs on a
 busy machine disturb much less. It also prints what each side produced (refinements, selections,
 training examples and steps, prompts generated for), so that the two did the same work. `--threads`
@@ -41,6 +43,7 @@ import itertools
 import os
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -117,8 +120,8 @@ def setup_django(args: argparse.Namespace, artifacts: Path) -> None:
     call_command("migrate", verbosity=0)
 
 
-def seed(args: argparse.Namespace):
-    """A project with `--feedback` judgments written through the queue's services."""
+def seed(args: argparse.Namespace, repeat: int):
+    """A project (one per repeat) with `--feedback` judgments written through the queue's services."""
     from django.contrib.auth import get_user_model
 
     from annotation.importing import OutputRow, PromptRow
@@ -128,10 +131,12 @@ def seed(args: argparse.Namespace):
     from annotation.services.prompts import prompts_import
 
     users = get_user_model().objects
-    rater = users.create_user("rater", password=secrets.token_urlsafe(12))
-    reader = users.create_user("reader", password=secrets.token_urlsafe(12))
-    curator = users.create_user("curator", password=secrets.token_urlsafe(12))
-    project = Project.objects.create(name="Bench round", questions=QUESTIONS, overlap=1, lease_seconds=600)
+    rater = users.create_user(f"rater-{repeat}", password=secrets.token_urlsafe(12))
+    reader = users.create_user(f"reader-{repeat}", password=secrets.token_urlsafe(12))
+    curator = users.create_user(f"curator-{repeat}", password=secrets.token_urlsafe(12))
+    project = Project.objects.create(
+        name=f"Bench round {repeat + 1}", questions=QUESTIONS, overlap=1, lease_seconds=600
+    )
     for user, role in ((rater, "rater"), (reader, "rater"), (curator, "curator")):
         Membership.objects.create(user=user, project=project, role=role)
     rows = [
@@ -371,6 +376,17 @@ def work_done(round) -> dict[str, int]:
     }
 
 
+def median_times(runs: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    """Per stage, the median over repeats of its wall-clock and of its CPU seconds."""
+    return {
+        stage: (
+            statistics.median(run.get(stage, (0.0, 0.0))[0] for run in runs),
+            statistics.median(run.get(stage, (0.0, 0.0))[1] for run in runs),
+        )
+        for stage in STAGES
+    }
+
+
 def print_table(title: str, round_times: dict, engine_times: dict, column: int) -> float:
     """One table of per-stage seconds (column 0: wall-clock, 1: CPU); returns the total ratio."""
     print(f"\n{title}\n{'stage':<12}{'round s':>10}{'engine s':>10}{'ratio':>8}")
@@ -394,7 +410,12 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=8, help="prompts the new model writes for")
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds timed, each on a fresh project, then the engine"
+    )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.threads:
         import torch
 
@@ -410,12 +431,19 @@ def main() -> None:
         from feedback_loop.engine.tiny import build_tiny_model
 
         model = build_tiny_model(artifacts / "tiny-model", seed=0, pretrain_steps=150)
-        project, curator, reader = seed(args)
-        loop_settings(args, project, model)
         warm_up(model)
-
-        round, round_times, lease_latency = run_round(project, curator, reader, Clock())
-        engine_times, engine_work = run_engine(round, model, work)
+        round_runs, engine_runs, latencies = [], [], []
+        for repeat in range(args.repeats):
+            project, curator, reader = seed(args, repeat)
+            loop_settings(args, project, model)
+            round, round_times, lease_latency = run_round(project, curator, reader, Clock())
+            engine_times, engine_work = run_engine(round, model, work / f"engine-{repeat}")
+            round_runs.append(round_times)
+            engine_runs.append(engine_times)
+            latencies.append(lease_latency)
+            wall = sum(t[0] for t in round_times.values()) / sum(t[0] for t in engine_times.values())
+            cpu = sum(t[1] for t in round_times.values()) / sum(t[1] for t in engine_times.values())
+            print(f"repeat {repeat + 1}/{args.repeats}: round/engine {wall:.2f}× wall, {cpu:.2f}× CPU")
 
         import torch
 
@@ -431,10 +459,18 @@ def main() -> None:
         for name, count in round_work.items():
             print(f"{name:<28}{count:>8}{engine_work[name]:>8}")
         print(f"{'new tasks':<28}{round.new_task_count:>8}{'-':>8}")
-        print_table("wall-clock seconds", round_times, engine_times, 0)
-        print_table("CPU seconds (this process, every thread)", round_times, engine_times, 1)
+        round_median, engine_median = median_times(round_runs), median_times(engine_runs)
+        print_table(f"wall-clock seconds (median of {args.repeats})", round_median, engine_median, 0)
+        print_table(
+            f"CPU seconds, this process, every thread (median of {args.repeats})",
+            round_median,
+            engine_median,
+            1,
+        )
         print(
-            f"\nend of generation → first new task leased by a rater: {lease_latency:.3f} s (aim: under 2 s)"
+            "\nend of generation → first new task leased by a rater: "
+            + ", ".join(f"{x:.3f}" for x in latencies)
+            + f" s (max {max(latencies):.3f} s; aim: under 2 s)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
