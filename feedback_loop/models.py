@@ -97,9 +97,16 @@ class LoopConfig(models.Model):
     auto_start_threshold = models.PositiveIntegerField(
         default=0, help_text="Start a round after this many new feedback judgments (0: never on its own)."
     )
-    # {family: [probe files]} (an empty list: the small example files shipped with the engine).
+    # {family: [probe files]} (an empty list: the small example files shipped with the engine), or
+    # {family: {"files": [...], option: value}} for a family with options.
     probes = models.JSONField(
-        default=dict, blank=True, help_text="Probe families each adapter is run on, with their files."
+        default=dict,
+        blank=True,
+        help_text=(
+            'Probe families each adapter is run on, with their files: {"family": ["file.jsonl"]} '
+            '(an empty list runs the shipped examples) or {"family": {"files": [...], "option": value}}, '
+            'e.g. {"biased_context": {"files": [], "cue_detector": "judge"}}.'
+        ),
     )
     probe_tolerance = models.FloatField(
         default=0.05,
