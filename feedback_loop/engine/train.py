@@ -657,14 +657,7 @@ def train_lora(
     output_dir = Path(output_dir)
     if example_weights is not None and len(example_weights) != len(examples):
         raise ValueError(f"{len(examples)} examples but {len(example_weights)} weights")
-    run = {
-        "base_model": str(model),
-        "config": dataclasses.asdict(config),
-        "dataset_sha256": dataset_sha256(examples, example_weights),
-        "n_examples": len(examples),
-        "n_eval_examples": len(eval_examples),
-        "init_adapter_sha256": adapter_checksum(init_adapter) if init_adapter is not None else None,
-    }
+    run = _describe_run(model, examples, config, eval_examples, init_adapter, example_weights)
     finished = _finished_run(output_dir, run)
     if finished is not None:
         return finished
@@ -676,25 +669,15 @@ def train_lora(
     tokenizer = AutoTokenizer.from_pretrained(model)
     if config.added_tokens:
         add_tokens(tokenizer, config.added_tokens)  # before tokenizing: the tokens must stay whole
-    tokenized = tokenize_examples(
-        tokenizer, examples, max_length=config.max_length, append_eos=config.append_eos
-    )
-    kept = [i for i, t in enumerate(tokenized) if has_completion_tokens(t)]
-    if not kept:
+    kept, train_set = _examples_with_completion_tokens(tokenizer, examples, config)
+    if not train_set:
         raise ValueError("no example has a completion token left after truncation to max_length")
-    train_set = [tokenized[i] for i in kept]
     weights = (
         torch.tensor([float(example_weights[i]) for i in kept], device=device)
         if example_weights is not None
         else None
     )
-    eval_set = [
-        t
-        for t in tokenize_examples(
-            tokenizer, eval_examples, max_length=config.max_length, append_eos=config.append_eos
-        )
-        if has_completion_tokens(t)
-    ]
+    _, eval_set = _examples_with_completion_tokens(tokenizer, eval_examples, config)
     peft_model = load_lora_model(model, config, device, tokenizer=tokenizer)
     if init_adapter is not None:
         load_adapter_weights(peft_model, init_adapter)
@@ -796,7 +779,7 @@ def train_lora(
         "steps_this_run": step - resumed_from_step,
         "epochs": config.epochs,
         "examples": len(train_set),
-        "examples_without_completion": len(tokenized) - len(train_set),  # cut away by max_length
+        "examples_without_completion": len(examples) - len(train_set),  # cut away by max_length
         "train_tokens": tokens_seen + tokens_this_run,  # real (non-padding) tokens, prompt included
         "tokens_per_second": tokens_this_run / train_seconds if train_seconds > 0 else None,
         "train_seconds": train_seconds,  # the optimisation loop of this call
@@ -807,6 +790,30 @@ def train_lora(
         "processes": world,  # data-parallel processes (torchrun), each with its share of every batch
     }
     return _finish(output_dir, run, metrics, peft_model, tokenizer, config, rank=rank, world=world)
+
+
+def _describe_run(model, examples, config, eval_examples, init_adapter, example_weights) -> dict:
+    """What makes two runs the same run: recorded in checkpoints and training_config.json."""
+    return {
+        "base_model": str(model),
+        "config": dataclasses.asdict(config),
+        "dataset_sha256": dataset_sha256(examples, example_weights),
+        "n_examples": len(examples),
+        "n_eval_examples": len(eval_examples),
+        "init_adapter_sha256": adapter_checksum(init_adapter) if init_adapter is not None else None,
+    }
+
+
+def _examples_with_completion_tokens(
+    tokenizer, examples: Sequence[SFTExample], config: LoRATrainingConfig
+) -> tuple[list[int], list[TokenizedExample]]:
+    """The examples tokenized, less those that `max_length` left without a completion token; the kept
+    examples' positions in `examples`, and the examples."""
+    tokenized = tokenize_examples(
+        tokenizer, examples, max_length=config.max_length, append_eos=config.append_eos
+    )
+    kept = [i for i, t in enumerate(tokenized) if has_completion_tokens(t)]
+    return kept, [tokenized[i] for i in kept]
 
 
 def lora_optimizer(peft_model, config: LoRATrainingConfig, device: torch.device) -> torch.optim.AdamW:
