@@ -245,11 +245,14 @@ def measure_bare(model_dir: Path, examples: list[SFTExample], args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = tokenize_examples(tokenizer, examples, max_length=config.max_length)
     lengths = [len(t.input_ids) for t in data]
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(args.device)
+    cuda = args.device == "cuda"  # then bf16 base weights and autocast, fp32 LoRA matrices, as ours
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32
+    ).to(args.device)
     torch.manual_seed(0)
     model = get_peft_model(model, _peft_config(settings, args))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0, fused=cuda)
     total_steps = len(plan_batches(lengths, config, epoch=0)) * config.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
     model.train()
@@ -262,7 +265,8 @@ def measure_bare(model_dir: Path, examples: list[SFTExample], args) -> dict:
             input_ids = torch.tensor([t.input_ids + [0] * (width - len(t.input_ids)) for t in rows])
             labels = torch.tensor([t.labels + [IGNORE_INDEX] * (width - len(t.labels)) for t in rows])
             input_ids, labels = input_ids.to(args.device), labels.to(args.device)
-            logits = model(input_ids=input_ids).logits
+            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=cuda):
+                logits = model(input_ids=input_ids).logits
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -472,12 +476,13 @@ def main(argv=None) -> None:
             + (f"; {args.threads} torch thread(s)" if args.threads else "")
         )
         if args.device == "cpu":
-            print(
-                "TRL: bf16 and gradient checkpointing turned off (its defaults): this CPU has no fast bf16, and "
-                "our trainer uses neither here"
-            )
+            if not args.no_trl:
+                print(
+                    "TRL: bf16 and gradient checkpointing turned off (its defaults): this CPU has no fast bf16, "
+                    "and our trainer uses neither here"
+                )
         else:
-            print("both trainers: bf16 autocast, no gradient checkpointing")
+            print("every trainer: bf16 autocast, no gradient checkpointing")
 
         trainers = {
             "ours (group_by_length)": (measure_ours, "group_by_length"),
