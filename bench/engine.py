@@ -1,16 +1,26 @@
-"""Benchmark of the engine: LoRA training throughput against TRL, and batched generation.
+"""Benchmark of the engine: LoRA training throughput against a bare PyTorch loop and TRL, and batched
+generation.
 
     .venv/bin/python -m bench.engine                                    # CPU, a minute or two on 2 cores
     .venv/bin/python -m bench.engine --device cuda --model-size 0.5b    # GPU: ~0.5B Qwen2-shaped model, MFU
+    .venv/bin/python -m bench.engine --examples 512 --batch-size 16 --rank 8 \
+        --target-modules c_attn c_proj --repeat 5 --no-trl             # ours against the bare loop alone
 
-Both trainers get the same model (built from a config with random weights: no download), the same
+The bare loop (`measure_bare`) is the floor for our trainer: forty lines of PyTorch over the very
+batches `train_lora` plans, with the same LoRA matrices, optimizer and schedule; the ratio of the
+two compares their loops from the end of the first step to the end of the last, in wall time and
+in CPU time (what other load on a shared machine disturbs least).
+
+All trainers get the same model (built from a config with random weights: no download), the same
 synthetic prompt/completion examples, and the same hyperparameters: LoRA rank, alpha, dropout and
-targets (every linear layer but the output head), learning rate, linear schedule, batch size in
-sequences, epochs, max length, loss on completion tokens only, no gradient checkpointing. TRL is run
-as a plain `SFTTrainer` (padded batches in dataset order, no packing). Throughput counts the same
-thing for both: real (non-padding) tokens of every example processed, over the time of the training
-loop (`trainer.train()` for TRL; the optimisation loop of `train_lora` for ours), model loading and
-tokenization excluded. Each measurement runs in its own process, so its peak memory is its own.
+targets (`--target-modules`; by default every linear layer but the output head), learning rate,
+linear schedule, batch size in sequences, epochs, max length, loss on completion tokens only, no
+gradient checkpointing. TRL is run as a plain `SFTTrainer` (padded batches in dataset order, no
+packing). Throughput counts the same thing for all: real (non-padding) tokens of every example
+processed, over the time of the training loop (`trainer.train()` for TRL, the optimisation loop of
+`train_lora` for ours, the loop itself for the bare one), model loading and tokenization excluded.
+Each measurement runs in its own process, so its peak memory is its own; with `--repeat`, the runs
+are interleaved and the medians reported.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -168,6 +179,7 @@ def _lora_settings(args) -> dict:
         epochs=args.epochs,
         batch_size=args.batch_size,
         max_length=args.max_tokens,
+        target_modules=tuple(args.target_modules) if args.target_modules else None,
     )
 
 
@@ -176,8 +188,11 @@ def measure_ours(model_dir: Path, examples: list[SFTExample], args, packing: str
 
     _start(args.device, args.threads)
     config = LoRATrainingConfig(**_lora_settings(args), packing=packing, device=args.device, seed=0)
+    marks = StepClock(args.device)
     with tempfile.TemporaryDirectory() as out:
-        metrics = train_lora(model_dir, examples, out, config, progress=False).metrics
+        metrics = train_lora(
+            model_dir, examples, out, config, progress=False, on_step=marks.step_done
+        ).metrics
     if metrics["device"] != args.device:
         raise SystemExit(f"our trainer ran on {metrics['device']}, not {args.device}")
     return dict(
@@ -186,13 +201,108 @@ def measure_ours(model_dir: Path, examples: list[SFTExample], args, packing: str
         steps=metrics["steps"],
         loss=metrics["train_loss"][-1],
         peak_memory=_peak_memory(args.device),
+        **marks.after_first_step(),
+    )
+
+
+class StepClock:
+    """Wall and CPU time at the end of every optimizer step. From the end of the first step to the end
+    of the last, two loops over the same batches do the same work, warm-up excluded; CPU time (of the
+    whole process) is what other load on a shared machine disturbs least."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.marks: list[tuple[float, float]] = []
+
+    def step_done(self, *_progress) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    def after_first_step(self) -> dict:
+        (wall_0, cpu_0), (wall_1, cpu_1) = self.marks[0], self.marks[-1]
+        return dict(steady_seconds=wall_1 - wall_0, steady_cpu_seconds=cpu_1 - cpu_0)
+
+
+def measure_bare(model_dir: Path, examples: list[SFTExample], args) -> dict:
+    """The floor: a plain PyTorch loop (nanoGPT's shape) over the batches `train_lora` plans.
+
+    Same model, LoRA matrices (same seed), AdamW, linear schedule, clipping and batches as ours;
+    the loss is the mean cross-entropy over every completion token, computed on all logits.
+    """
+    import torch
+    import torch.nn.functional as F
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from feedback_loop.engine.train import IGNORE_INDEX, LoRATrainingConfig, plan_batches, tokenize_examples
+
+    _start(args.device, args.threads)
+    settings = _lora_settings(args)
+    config = LoRATrainingConfig(**settings)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = tokenize_examples(tokenizer, examples, max_length=config.max_length)
+    lengths = [len(t.input_ids) for t in data]
+    cuda = args.device == "cuda"  # then bf16 base weights and autocast, fp32 LoRA matrices, as ours
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32
+    ).to(args.device)
+    torch.manual_seed(0)
+    model = get_peft_model(model, _peft_config(settings, args))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0, fused=cuda)
+    total_steps = len(plan_batches(lengths, config, epoch=0)) * config.epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
+    model.train()
+    marks = StepClock(args.device)
+    start, tokens, steps = time.perf_counter(), 0, 0
+    for epoch in range(config.epochs):
+        for rows in plan_batches(lengths, config, epoch=epoch):
+            rows = [data[i] for [i] in rows]
+            width = max(len(t.input_ids) for t in rows)
+            input_ids = torch.tensor([t.input_ids + [0] * (width - len(t.input_ids)) for t in rows])
+            labels = torch.tensor([t.labels + [IGNORE_INDEX] * (width - len(t.labels)) for t in rows])
+            input_ids, labels = input_ids.to(args.device), labels.to(args.device)
+            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=cuda):
+                logits = model(input_ids=input_ids).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens += sum(len(t.input_ids) for t in rows)
+            steps += 1
+            marks.step_done()
+    return dict(
+        tokens=tokens,
+        seconds=time.perf_counter() - start,
+        steps=steps,
+        loss=loss.item(),
+        peak_memory=_peak_memory(args.device),
+        **marks.after_first_step(),
+    )
+
+
+def _peft_config(settings: dict, args):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings["rank"],
+        lora_alpha=settings["alpha"],
+        lora_dropout=settings["dropout"],
+        target_modules=list(settings["target_modules"]) if settings["target_modules"] else "all-linear",
+        fan_in_fan_out=args.model_size == "small",  # GPT-2's Conv1D layers, as in our trainer
+        bias="none",
+        task_type="CAUSAL_LM",
     )
 
 
 def measure_trl(model_dir: Path, examples: list[SFTExample], args) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -234,15 +344,7 @@ def measure_trl(model_dir: Path, examples: list[SFTExample], args) -> dict:
                 [{"prompt": e.prompt, "completion": e.completion} for e in examples]
             ),
             processing_class=AutoTokenizer.from_pretrained(model_dir),
-            peft_config=LoraConfig(
-                r=settings["rank"],
-                lora_alpha=settings["alpha"],
-                lora_dropout=settings["dropout"],
-                target_modules="all-linear",
-                fan_in_fan_out=args.model_size == "small",  # GPT-2's Conv1D layers, as in our trainer
-                bias="none",
-                task_type="CAUSAL_LM",
-            ),
+            peft_config=_peft_config(settings, args),
         )
         start = time.perf_counter()
         output = trainer.train()
@@ -281,6 +383,12 @@ def measure_generation(model_dir: Path, prompts: list[str], args, batch_size: in
     return dict(
         tokens=len(prompts) * args.max_new_tokens, seconds=seconds, peak_memory=_peak_memory(args.device)
     )
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median throughput (the lower middle one for an even count)."""
+    ranked = sorted(runs, key=lambda r: r["tokens"] / r["seconds"])
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def in_fresh_process(function, *args_):
@@ -322,6 +430,9 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument(
+        "--target-modules", nargs="+", help="layers LoRA adapts (default: every linear layer but the head)"
+    )
     parser.add_argument("--gen-prompts", type=int, help="prompts for the generation benchmark")
     parser.add_argument("--gen-batch", type=int, help="batch size of batched generation")
     parser.add_argument("--max-new-tokens", type=int)
@@ -332,7 +443,10 @@ def main(argv=None) -> None:
         "torch's choice on cuda",
     )
     parser.add_argument("--pack", action="store_true", help="also time our trainer's 'pack' mode")
-    parser.add_argument("--repeat", type=int, default=1, help="train this many times each, keep the fastest")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="train this many times each, interleaved; report the medians"
+    )
+    parser.add_argument("--no-trl", action="store_true", help="leave TRL's SFTTrainer out")
     args = parser.parse_args(argv)
     for key, value in SIZES[args.model_size].items():
         if getattr(args, key) is None:
@@ -357,32 +471,32 @@ def main(argv=None) -> None:
         )
         print(
             f"data: {len(examples)} examples, {args.min_tokens}..{args.max_tokens} tokens each; batch "
-            f"{args.batch_size} sequences, {args.epochs} epoch(s), LoRA rank {args.rank} on every linear layer"
+            f"{args.batch_size} sequences, {args.epochs} epoch(s), LoRA rank {args.rank} on "
+            + (" and ".join(args.target_modules) if args.target_modules else "every linear layer")
             + (f"; {args.threads} torch thread(s)" if args.threads else "")
         )
         if args.device == "cpu":
-            print(
-                "TRL: bf16 and gradient checkpointing turned off (its defaults): this CPU has no fast bf16, and "
-                "our trainer uses neither here"
-            )
+            if not args.no_trl:
+                print(
+                    "TRL: bf16 and gradient checkpointing turned off (its defaults): this CPU has no fast bf16, "
+                    "and our trainer uses neither here"
+                )
         else:
-            print("both trainers: bf16 autocast, no gradient checkpointing")
+            print("every trainer: bf16 autocast, no gradient checkpointing")
 
         trainers = {
             "ours (group_by_length)": (measure_ours, "group_by_length"),
-            "TRL SFTTrainer": (measure_trl,),
+            "bare PyTorch loop": (measure_bare,),
         }
+        if not args.no_trl:
+            trainers["TRL SFTTrainer"] = (measure_trl,)
         if args.pack:
             trainers["ours (pack)"] = (measure_ours, "pack")
-        runs: dict[str, dict] = {}
-        for _ in range(args.repeat):  # interleaved, fastest kept: other load on the machine hits all alike
+        repeats: dict[str, list[dict]] = {name: [] for name in trainers}
+        for _ in range(args.repeat):  # interleaved: other load on the machine hits every trainer alike
             for name, (function, *rest) in trainers.items():
-                r = in_fresh_process(function, model_dir, examples, args, *rest)
-                if (
-                    name not in runs
-                    or r["tokens"] / r["seconds"] > runs[name]["tokens"] / runs[name]["seconds"]
-                ):
-                    runs[name] = r
+                repeats[name].append(in_fresh_process(function, model_dir, examples, args, *rest))
+        runs = {name: median_run(rs) for name, rs in repeats.items()}
 
         prompts = [e.prompt for e in examples[: args.gen_prompts]]
         generation = {
@@ -409,10 +523,22 @@ def main(argv=None) -> None:
         if args.device == "cuda":
             line += f" {4 * n_params * rate / H200_BF16_DENSE_FLOPS:>6.1%}"
         print(line)
-    trl_rate = runs["TRL SFTTrainer"]["tokens"] / runs["TRL SFTTrainer"]["seconds"]
-    for name, r in runs.items():
-        if name.startswith("ours"):
-            print(f"ratio {name} / TRL: {r['tokens'] / r['seconds'] / trl_rate:.2f}x")
+    ours, bare = repeats["ours (group_by_length)"], repeats["bare PyTorch loop"]
+    wall = statistics.median(b["steady_seconds"] for b in bare) / statistics.median(
+        o["steady_seconds"] for o in ours
+    )
+    cpu = statistics.median(b["steady_cpu_seconds"] for b in bare) / statistics.median(
+        o["steady_cpu_seconds"] for o in ours
+    )
+    print(
+        f"ratio ours / bare PyTorch loop (same batches, steps 2..{bare[0]['steps']}, medians of {args.repeat}): "
+        f"{wall:.2f}x wall time, {cpu:.2f}x CPU time"
+    )
+    if "TRL SFTTrainer" in runs:
+        trl_rate = runs["TRL SFTTrainer"]["tokens"] / runs["TRL SFTTrainer"]["seconds"]
+        for name, r in runs.items():
+            if name.startswith("ours"):
+                print(f"ratio {name} / TRL: {r['tokens'] / r['seconds'] / trl_rate:.2f}x")
     if args.device == "cuda":
         print(
             f"MFU = 4 * N * tokens/s / {H200_BF16_DENSE_FLOPS / 1e12:.0f} TFLOP/s (H200 bf16 dense), N = "

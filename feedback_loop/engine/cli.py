@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from feedback_loop.engine.train import TRAIN_DESCRIPTION, add_training_arguments, run_training
 from feedback_loop.engine.types import FeedbackItem, GenerationConfig, ModelBackend, Refinement
 
 # -- files ------------------------------------------------------------------------------------------
@@ -456,8 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_arguments(select, required=False)
     select.set_defaults(run=cmd_select)
 
-    # `train` hands its arguments to feedback_loop.engine.train.main (see main below); listed for --help.
-    commands.add_parser("train", help="fine-tune a LoRA adapter (see `train --help`)", add_help=False)
+    train = commands.add_parser("train", help="fine-tune a LoRA adapter", description=TRAIN_DESCRIPTION)
+    add_training_arguments(train)
+    train.set_defaults(run=run_training)
 
     evaluate = commands.add_parser(
         "evaluate", help="held-out loss, multiple choice, pass@k, probes, win rate"
@@ -586,11 +588,6 @@ def _add_research_commands(commands) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        from feedback_loop.engine.train import main as train_main
-
-        train_main(argv[1:])
-        return
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

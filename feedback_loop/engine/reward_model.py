@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from feedback_loop.engine.select import yes_probability
+from feedback_loop.engine.scoring import yes_probability
 from feedback_loop.engine.train import LoRATrainingConfig, TrainingResult, train_lora
 from feedback_loop.engine.types import GenerationConfig, ModelBackend, SFTExample
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from feedback_loop.engine.prompts import (
     instruct_rm_answers,
     instruct_rm_prompts,
 )
+from feedback_loop.engine.scoring import yes_probability
 from feedback_loop.engine.types import FeedbackItem, ModelBackend, Refinement
 
 METHODS = ("instruct_rm", "unit_tests", "reward_model", "random", "first")
@@ -56,16 +56,6 @@ def _argmax(scores: Sequence[float]) -> int | None:
     if not scores:
         return None
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
-
-
-def yes_probability(logprob_yes: float, logprob_no: float) -> float:
-    """P(Yes) / (P(Yes) + P(No)) = sigmoid(log P(Yes) - log P(No)), without overflow."""
-    if logprob_yes == -math.inf and logprob_no == -math.inf:
-        return 0.5  # neither answer is among the server's top tokens: no information
-    x = logprob_yes - logprob_no
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    return math.exp(x) / (1.0 + math.exp(x))
 
 
 def select_by_instruct_rm(

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from feedback_loop.engine.devices import pick_device, pick_dtype
 from feedback_loop.engine.tokens import prompt_ids
 from feedback_loop.engine.types import SFTExample
 
@@ -277,14 +278,16 @@ def filler_token_id(model_config, tokenizer) -> int:
 
 
 def training_device(requested: str | None) -> torch.device:
-    """The device asked for, else cuda when there is one, else cpu; never a silent swap for another."""
+    """The device asked for, else cuda when there is one, else cpu; never a silent swap for another.
+    Under torchrun, a bare "cuda" means this process's GPU (LOCAL_RANK)."""
     import torch
-
-    from feedback_loop.engine.backends.hf import pick_device
 
     device = torch.device(pick_device(requested))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {requested!r} was asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
+        torch.cuda.set_device(device)
     return device
 
 
@@ -316,8 +319,6 @@ def _all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
 def uses_bf16(device: torch.device) -> bool:
     """bf16 where `HFBackend` would use it too: a GPU that has it (CPUs without bf16 units are slower in it)."""
     import torch
-
-    from feedback_loop.engine.backends.hf import pick_dtype
 
     return pick_dtype(str(device)) == torch.bfloat16
 
@@ -555,10 +556,30 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1].parent if found else None
 
 
-def _save_checkpoint(output_dir: Path, state: dict) -> None:
-    """Write checkpoints/step-N/ atomically (a crash mid-write leaves the previous one intact), then
-    drop the older ones."""
+def _save_checkpoint(
+    output_dir: Path,
+    run: dict,
+    step: int,
+    losses: list[float],
+    tokens_seen: int,
+    peft_model,
+    optimizer,
+    device,
+) -> None:
+    """Write checkpoints/step-N/ (adapter, optimizer, RNG states, progress) atomically (a crash mid-write
+    leaves the previous one intact), then drop the older ones. `_resume` reads it back."""
     import torch
+    from peft import get_peft_model_state_dict
+
+    state = {
+        "run": run,
+        "step": step,
+        "losses": losses,
+        "tokens_seen": tokens_seen,
+        "adapter": get_peft_model_state_dict(peft_model),
+        "optimizer": optimizer.state_dict(),
+        "rng": _rng_state(device),
+    }
 
     folder = output_dir / CHECKPOINTS_DIR
     final = folder / f"step-{state['step']:08d}"
@@ -629,7 +650,6 @@ def train_lora(
     the grown tokenizer, which `HFBackend` loads with the adapter.
     """
     import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
@@ -637,93 +657,52 @@ def train_lora(
     output_dir = Path(output_dir)
     if example_weights is not None and len(example_weights) != len(examples):
         raise ValueError(f"{len(examples)} examples but {len(example_weights)} weights")
-    run = {
-        "base_model": str(model),
-        "config": dataclasses.asdict(config),
-        "dataset_sha256": dataset_sha256(examples, example_weights),
-        "n_examples": len(examples),
-        "n_eval_examples": len(eval_examples),
-        "init_adapter_sha256": adapter_checksum(init_adapter) if init_adapter is not None else None,
-    }
+    run = _describe_run(model, examples, config, eval_examples, init_adapter, example_weights)
     finished = _finished_run(output_dir, run)
     if finished is not None:
         return finished
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    # Device and process group, data, model, optimizer, schedule.
     device = training_device(config.device)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: one GPU per process
-        torch.cuda.set_device(device)
     rank, world = distributed_rank_and_size(device)
     tokenizer = AutoTokenizer.from_pretrained(model)
     if config.added_tokens:
         add_tokens(tokenizer, config.added_tokens)  # before tokenizing: the tokens must stay whole
-    tokenized = tokenize_examples(
-        tokenizer, examples, max_length=config.max_length, append_eos=config.append_eos
-    )
-    kept = [i for i, t in enumerate(tokenized) if has_completion_tokens(t)]
-    train_set = [tokenized[i] for i in kept]
+    kept, train_set = _examples_with_completion_tokens(tokenizer, examples, config)
+    if not train_set:
+        raise ValueError("no example has a completion token left after truncation to max_length")
     weights = (
         torch.tensor([float(example_weights[i]) for i in kept], device=device)
         if example_weights is not None
         else None
     )
-    if not train_set:
-        raise ValueError("no example has a completion token left after truncation to max_length")
-    eval_set = [
-        t
-        for t in tokenize_examples(
-            tokenizer, eval_examples, max_length=config.max_length, append_eos=config.append_eos
-        )
-        if has_completion_tokens(t)
-    ]
-
+    _, eval_set = _examples_with_completion_tokens(tokenizer, eval_examples, config)
     peft_model = load_lora_model(model, config, device, tokenizer=tokenizer)
     if init_adapter is not None:
         load_adapter_weights(peft_model, init_adapter)
     pad_id = filler_token_id(peft_model.config, tokenizer)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    token_rows = [p for n, p in peft_model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
-    groups = [{"params": [p for p in trainable if all(p is not q for q in token_rows)], "peak_lr": None}]
-    if token_rows:
-        groups.append({"params": token_rows, "peak_lr": config.added_tokens_learning_rate})
-    optimizer = torch.optim.AdamW(
-        groups,
-        lr=config.learning_rate,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=config.weight_decay,
-        fused=device.type == "cuda",
-    )
-
-    # The whole schedule is known up front: every epoch has the same number of optimizer steps.
+    optimizer = lora_optimizer(peft_model, config, device)
     lengths = [len(t.input_ids) for t in train_set]
     # Every process knows the completion tokens of the whole step without asking the others.
     completion_counts = [sum(label != IGNORE_INDEX for label in t.labels) for t in train_set]
+    # The whole schedule is known up front: every epoch has the same number of optimizer steps.
     steps_per_epoch = math.ceil(len(plan_batches(lengths, config, epoch=0)) / config.gradient_accumulation)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    bf16 = uses_bf16(device)
 
-    step, losses, tokens_seen = 0, [], 0
-    checkpoint = _latest_checkpoint(output_dir)
-    if checkpoint is not None:
-        # RNG states must stay on the CPU; the optimizer moves its own state to the parameters' device.
-        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
-        if not _same_run(state["run"], run):
-            raise ValueError(
-                f"the checkpoint in {checkpoint} comes from other data or settings; use a new folder"
-            )
-        set_peft_model_state_dict(peft_model, state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], device)
-        step, losses, tokens_seen = state["step"], state["losses"], state["tokens_seen"]
+    step, losses, tokens_seen = _resume(output_dir, run, peft_model, optimizer, device)
     resumed_from_step = step
+    eval_loss_initial = (
+        completion_loss(peft_model, eval_set, config, pad_id=pad_id, device=device)
+        if eval_set and step == 0
+        else None
+    )
 
-    eval_loss_initial = None
-    if eval_set and step == 0:
-        eval_loss_initial = completion_loss(peft_model, eval_set, config, pad_id=pad_id, device=device)
-
+    # The step loop.
     peft_model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -739,45 +718,32 @@ def train_lora(
             planned_epoch, batches = epoch, plan_batches(lengths, config, epoch=epoch)
         first = step_in_epoch * config.gradient_accumulation
         step_rows = batches[first : first + config.gradient_accumulation]
-        # This process's share of each micro-batch: every `world`-th row (all of it when alone).
-        micro_batches = [
-            collate(train_set, rows[rank::world], pad_id=pad_id) for rows in step_rows if rows[rank::world]
-        ]
-
-        lr = learning_rate_at(step, config, total_steps)
-        for group in optimizer.param_groups:
-            peak = group["peak_lr"]
-            group["lr"] = (
-                lr
-                if peak is None
-                else learning_rate_at(step, dataclasses.replace(config, learning_rate=peak), total_steps)
-            )
+        lr = set_learning_rates(optimizer, step, config, total_steps)
         # Sum of token losses over the whole step divided by its completion tokens: a true per-token mean,
-        # whatever the split into micro-batches.
+        # whatever the split into micro-batches (and processes).
         step_targets = sum(completion_counts[i] for rows in step_rows for row in rows for i in row)
         loss_sum = torch.zeros((), device=device)
-        for batch in micro_batches:
-            with autocast_for(device):
-                on_device = batch.to(device)
-                nll = completion_token_nll(peft_model, on_device)
+        for rows in step_rows:
+            share = rows[rank::world]  # this process's rows of the micro-batch: every `world`-th one
+            if not share:
+                continue
+            batch = collate(train_set, share, pad_id=pad_id).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                nll = completion_token_nll(peft_model, batch)
             if weights is not None:
-                nll = nll * weights[on_device.completion_example_index()]
+                nll = nll * weights[batch.completion_example_index()]
             loss = nll.sum() / step_targets
             loss.backward()
             loss_sum += loss.detach()
             tokens_this_run += batch.n_tokens
         if world > 1:
-            # The sum of every process's share is the whole step's gradient: the same update everywhere.
-            for p in trainable:
-                if p.grad is None:  # this process had no row in the step
-                    p.grad = torch.zeros_like(p)
-            _all_reduce_sum([p.grad for p in trainable] + [loss_sum])
+            _sum_gradients_across_processes(trainable, loss_sum)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
         step += 1
+
         step_loss = loss_sum.item()  # one device sync per step
         losses.append(step_loss)
         bar.update(1)
@@ -789,16 +755,7 @@ def train_lora(
             and step < total_steps
         ):
             _save_checkpoint(
-                output_dir,
-                {
-                    "run": run,
-                    "step": step,
-                    "losses": losses,
-                    "tokens_seen": tokens_seen + tokens_this_run,
-                    "adapter": get_peft_model_state_dict(peft_model),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(device),
-                },
+                output_dir, run, step, losses, tokens_seen + tokens_this_run, peft_model, optimizer, device
             )
         if on_step is not None and rank == 0:
             on_step(step, total_steps, step_loss)
@@ -822,16 +779,120 @@ def train_lora(
         "steps_this_run": step - resumed_from_step,
         "epochs": config.epochs,
         "examples": len(train_set),
-        "examples_without_completion": len(tokenized) - len(train_set),  # cut away by max_length
+        "examples_without_completion": len(examples) - len(train_set),  # cut away by max_length
         "train_tokens": tokens_seen + tokens_this_run,  # real (non-padding) tokens, prompt included
         "tokens_per_second": tokens_this_run / train_seconds if train_seconds > 0 else None,
         "train_seconds": train_seconds,  # the optimisation loop of this call
         "wall_seconds": time.perf_counter() - wall_start,  # this call, loading and saving included
         "device": device.type,
-        "dtype": "bfloat16" if uses_bf16(device) else "float32",
+        "dtype": "bfloat16" if bf16 else "float32",
         "peak_memory_bytes": _peak_memory_bytes(device),  # CUDA allocations, or the process's peak RSS on CPU
         "processes": world,  # data-parallel processes (torchrun), each with its share of every batch
     }
+    return _finish(output_dir, run, metrics, peft_model, tokenizer, config, rank=rank, world=world)
+
+
+def _describe_run(model, examples, config, eval_examples, init_adapter, example_weights) -> dict:
+    """What makes two runs the same run: recorded in checkpoints and training_config.json."""
+    return {
+        "base_model": str(model),
+        "config": dataclasses.asdict(config),
+        "dataset_sha256": dataset_sha256(examples, example_weights),
+        "n_examples": len(examples),
+        "n_eval_examples": len(eval_examples),
+        "init_adapter_sha256": adapter_checksum(init_adapter) if init_adapter is not None else None,
+    }
+
+
+def _examples_with_completion_tokens(
+    tokenizer, examples: Sequence[SFTExample], config: LoRATrainingConfig
+) -> tuple[list[int], list[TokenizedExample]]:
+    """The examples tokenized, less those that `max_length` left without a completion token; the kept
+    examples' positions in `examples`, and the examples."""
+    tokenized = tokenize_examples(
+        tokenizer, examples, max_length=config.max_length, append_eos=config.append_eos
+    )
+    kept = [i for i, t in enumerate(tokenized) if has_completion_tokens(t)]
+    return kept, [tokenized[i] for i in kept]
+
+
+def lora_optimizer(peft_model, config: LoRATrainingConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW on the trainable parameters; added tokens' rows in a group of their own, with their own
+    peak rate (`peak_lr` None: the config's `learning_rate`)."""
+    import torch
+
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    token_rows = [p for n, p in peft_model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    groups = [{"params": [p for p in trainable if all(p is not q for q in token_rows)], "peak_lr": None}]
+    if token_rows:
+        groups.append({"params": token_rows, "peak_lr": config.added_tokens_learning_rate})
+    return torch.optim.AdamW(
+        groups,
+        lr=config.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
+    )
+
+
+def set_learning_rates(optimizer, step: int, config: LoRATrainingConfig, total_steps: int) -> float:
+    """Set each parameter group's rate for `step` (`learning_rate_at` of its peak); the main group's rate."""
+    lr = learning_rate_at(step, config, total_steps)
+    for group in optimizer.param_groups:
+        peak = group["peak_lr"]
+        group["lr"] = (
+            lr
+            if peak is None
+            else learning_rate_at(step, dataclasses.replace(config, learning_rate=peak), total_steps)
+        )
+    return lr
+
+
+def _sum_gradients_across_processes(trainable: Sequence[torch.Tensor], loss_sum: torch.Tensor) -> None:
+    """The sum of every process's share is the whole step's gradient: the same update everywhere."""
+    import torch
+
+    for p in trainable:
+        if p.grad is None:  # this process had no row in the step
+            p.grad = torch.zeros_like(p)
+    _all_reduce_sum([p.grad for p in trainable] + [loss_sum])
+
+
+def _resume(output_dir: Path, run: dict, peft_model, optimizer, device) -> tuple[int, list[float], int]:
+    """Load the latest checkpoint into the model, optimizer and RNGs; (step, losses, tokens seen) so far,
+    (0, [], 0) when there is none."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    checkpoint = _latest_checkpoint(output_dir)
+    if checkpoint is None:
+        return 0, [], 0
+    # RNG states must stay on the CPU; the optimizer moves its own state to the parameters' device.
+    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+    if not _same_run(state["run"], run):
+        raise ValueError(
+            f"the checkpoint in {checkpoint} comes from other data or settings; use a new folder"
+        )
+    set_peft_model_state_dict(peft_model, state["adapter"])
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"], device)
+    return state["step"], state["losses"], state["tokens_seen"]
+
+
+def _finish(
+    output_dir: Path,
+    run: dict,
+    metrics: dict,
+    peft_model,
+    tokenizer,
+    config: LoRATrainingConfig,
+    *,
+    rank,
+    world,
+) -> TrainingResult:
+    """Process 0 writes the adapter, training_config.json, metrics.json, then adapter.sha256 (last: it
+    marks the run finished) and drops the checkpoints; the other processes wait for it."""
     if rank != 0:
         _wait_for_rank_zero()
         return TrainingResult(adapter_dir=output_dir, metrics=metrics, checksum=adapter_checksum(output_dir))
@@ -850,9 +911,7 @@ def train_lora(
     _write_json_atomically(output_dir / "metrics.json", metrics)
     checksum = adapter_checksum(output_dir)
     (output_dir / (CHECKSUM_FILE + ".tmp")).write_text(f"{checksum}  adapter\n", encoding="utf-8")
-    os.replace(
-        output_dir / (CHECKSUM_FILE + ".tmp"), output_dir / CHECKSUM_FILE
-    )  # last: marks the run finished
+    os.replace(output_dir / (CHECKSUM_FILE + ".tmp"), output_dir / CHECKSUM_FILE)
     shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     if world > 1:
         _wait_for_rank_zero()
@@ -874,10 +933,13 @@ def _library_versions() -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------------
 # Command line: python -m feedback_loop.engine.train --model DIR --train data.jsonl --output-dir OUT
+# (also `python -m feedback_loop.engine train ...`, and torchrun -m feedback_loop.engine.train for DDP)
+
+TRAIN_DESCRIPTION = "Train a LoRA adapter on prompt/completion JSON lines."
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a LoRA adapter on prompt/completion JSON lines.")
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `train`: the data and output folder, then one flag per `LoRATrainingConfig` field."""
     parser.add_argument("--model", required=True, help="base model folder (or id in the local HF cache)")
     parser.add_argument("--train", required=True, help="JSON lines with 'prompt' and 'completion'")
     parser.add_argument("--eval", help="held-out JSON lines, same format")
@@ -897,19 +959,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.add_argument(
                 flag, type=type(f.default) if f.default is not None else str, default=f.default
             )
-    args = vars(parser.parse_args(argv))
+
+
+def run_training(args: argparse.Namespace) -> None:
+    """Train as the parsed flags say and print the metrics (process 0 of a torchrun job alone)."""
+    settings = vars(args)
     fields = {f.name for f in dataclasses.fields(LoRATrainingConfig)}
-    config = LoRATrainingConfig(**{k: v for k, v in args.items() if k in fields})
+    config = LoRATrainingConfig(**{k: v for k, v in settings.items() if k in fields})
     if config.target_modules:
         config.target_modules = tuple(config.target_modules)
     config.added_tokens = tuple(config.added_tokens or ())
     result = train_lora(
-        args["model"],
-        load_sft_jsonl(args["train"]),
-        args["output_dir"],
+        settings["model"],
+        load_sft_jsonl(settings["train"]),
+        settings["output_dir"],
         config,
-        eval_examples=load_sft_jsonl(args["eval"]) if args["eval"] else (),
-        progress=not args["no_progress"],
+        eval_examples=load_sft_jsonl(settings["eval"]) if settings["eval"] else (),
+        progress=not settings["no_progress"],
     )
     summary = {k: v for k, v in result.metrics.items() if k != "train_loss"}
     import torch.distributed as dist
@@ -921,6 +987,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         json.dumps({"adapter_dir": str(result.adapter_dir), "checksum": result.checksum, **summary}, indent=2)
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=TRAIN_DESCRIPTION)
+    add_training_arguments(parser)
+    run_training(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

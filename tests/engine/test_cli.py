@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from feedback_loop.engine.backends.hf import HFBackend
-from feedback_loop.engine.cli import main, read_jsonl, write_jsonl
+from feedback_loop.engine.cli import build_parser, main, read_jsonl, write_jsonl
+from feedback_loop.engine.train import run_training
 from feedback_loop.engine.types import GenerationConfig
 
 PROMPTS = ["The cat", "Question: Does the dog like the garden?\nAnswer:", "Summary: A bird"]
@@ -180,6 +181,30 @@ def test_bad_input_names_the_file_and_line(tmp_path):
                 str(tmp_path / "bad.jsonl"),
                 "--output",
                 str(tmp_path / "o"),
+            ]
+        )
+
+
+def test_train_is_a_command_of_the_parser_with_every_training_setting():
+    args = build_parser().parse_args(
+        ["train", "--model", "m", "--train", "t.jsonl", "--output-dir", "o", "--rank", "4", "--no-append-eos"]
+    )
+    assert args.run is run_training
+    assert (args.rank, args.append_eos, args.packing, args.max_steps) == (4, False, "group_by_length", None)
+
+
+def test_train_refuses_bad_input_with_a_message_like_every_command(tiny_model_dir, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(SystemExit, match=r"^train: no example has a completion token"):
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_model_dir),
+                "--train",
+                str(tmp_path / "empty.jsonl"),
+                "--output-dir",
+                str(tmp_path / "adapter"),
             ]
         )
 

@@ -120,7 +120,7 @@ def test_reward_scores_are_never_nan_when_neither_answer_is_among_the_top_tokens
 
     scores = reward_scores(_NoAnswerAmongTopTokens(), "Q:", ["a", "b"])
 
-    assert not any(math.isnan(s) for s in scores)  # select.yes_probability gives 0.5 here
+    assert not any(math.isnan(s) for s in scores)  # scoring.yes_probability gives 0.5 here
 
 
 # --- OpenAI backend -------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def test_the_server_backend_refuses_a_continuation_it_cannot_score_whole(backend
 
 
 def test_logit_bias_keeps_both_answers_in_the_top_logprobs(backends, tiny_model_dir):
-    from feedback_loop.engine.select import yes_probability
+    from feedback_loop.engine.scoring import yes_probability
 
     local, remote, fake = backends
     prompts = ["The cat", "Question: Does the dog see the house?\nAnswer:"]

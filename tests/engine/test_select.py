@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from feedback_loop.engine.backends.hf import HFBackend
 from feedback_loop.engine.prompts import INSTRUCT_RM_TEMPLATES, instruct_rm_answers, instruct_rm_prompts
 from feedback_loop.engine.refine import FeedbackItem, Refinement
+from feedback_loop.engine.scoring import yes_probability
 from feedback_loop.engine.select import (
     select,
     select_by_instruct_rm,
     select_by_unit_tests,
     select_first,
     select_random,
-    yes_probability,
 )
 
 MARKER = "zebra"  # the fine-tuned judge says Yes exactly when a refinement mentions a zebra

@@ -15,24 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from feedback_loop.engine.devices import pick_device, pick_dtype
 from feedback_loop.engine.tokens import keep_last, prompt_ids
 from feedback_loop.engine.types import ContinuationScore, GenerationConfig
-
-
-def pick_device(device: str | None = None) -> str:
-    """The device asked for, else the GPU when there is one, else the CPU."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(device: str, dtype: str | None = None) -> torch.dtype:
-    """bf16 on a GPU that supports it, fp32 elsewhere (CPU matmuls in bf16 are slow and imprecise)."""
-    if dtype and dtype != "auto":
-        return getattr(torch, dtype)
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
