@@ -18,7 +18,10 @@ STUBS = {
     "id": 'echo "$FAKE_UID"',
     "apt-get": (
         'echo "apt-get $*" >> "$STATE/calls"\n'
-        'if [ "$1" = install ]; then printf "#!/bin/sh\\n" > "$CHROMIUM"; chmod +x "$CHROMIUM"; fi'
+        'if [ "$1" = install ]; then for pkg in "$@"; do case "$pkg" in\n'
+        '  chromium) printf "#!/bin/sh\\n" > "$CHROMIUM"; chmod +x "$CHROMIUM" ;;\n'
+        '  bubblewrap) printf "#!/bin/sh\\n" > "$BWRAP"; chmod +x "$BWRAP" ;;\n'
+        "esac; done; fi"
     ),
 }
 
@@ -33,16 +36,18 @@ def run(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
 
-    def run(*, uid=1000, chromium_present=True, pg_up=True, redis_up=True, pg_url=None):
-        chromium = tmp_path / "chromium"
-        if chromium_present:
-            chromium.write_text("#!/bin/sh\n")
-            chromium.chmod(0o755)
+    def run(*, uid=1000, chromium_present=True, bwrap_present=True, pg_up=True, redis_up=True, pg_url=None):
+        chromium, bwrap = tmp_path / "chromium", tmp_path / "bwrap"
+        for path, present in ((chromium, chromium_present), (bwrap, bwrap_present)):
+            if present:
+                path.write_text("#!/bin/sh\n")
+                path.chmod(0o755)
         env = {
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
             "STATE": str(state),
             "FAKE_UID": str(uid),
             "CHROMIUM": str(chromium),
+            "BWRAP": str(bwrap),
             "PG_UP": "1" if pg_up else "",
             "REDIS_UP": "1" if redis_up else "",
             "TMPDIR": str(tmp_path),
@@ -88,4 +93,17 @@ def test_missing_chromium_without_root_stops_with_the_command_to_run(run):
     result, calls = run(uid=1000, chromium_present=False)
     assert result.returncode == 1
     assert "sudo apt-get install chromium" in result.stderr
+    assert calls == []
+
+
+def test_missing_bubblewrap_and_chromium_are_installed_together_when_root(run):
+    result, calls = run(uid=0, chromium_present=False, bwrap_present=False)
+    assert result.returncode == 0, result.stderr
+    assert calls == ["apt-get update -qq", "apt-get install -y -qq chromium bubblewrap"]
+
+
+def test_missing_bubblewrap_without_root_stops_with_the_command_to_run(run):
+    result, calls = run(uid=1000, bwrap_present=False)
+    assert result.returncode == 1
+    assert "sudo apt-get install bubblewrap" in result.stderr
     assert calls == []
