@@ -46,7 +46,15 @@ JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (
 
 
 class ExportError(ApplicationError, ValueError):
-    """The export cannot be made as asked."""
+    """The export cannot be made as asked; `field` names the request parameter at fault."""
+
+    def __init__(self, message: str, *, field: str):
+        super().__init__(message)
+        self.field = field
+
+    @property
+    def extra(self) -> dict:
+        return {"field": self.field}
 
 
 def training_prompt(text: str, context: str = "") -> str:
@@ -71,7 +79,8 @@ def _training_statuses(statuses: Iterable[str] | None, kind: str) -> tuple[str, 
     if outside:
         raise ExportError(
             f"{kind} exports are training data: they take only pending and accepted judgments "
-            f"(not {outside[0]!r})"
+            f"(not {outside[0]!r})",
+            field="status",
         )
     return statuses
 
@@ -79,7 +88,7 @@ def _training_statuses(statuses: Iterable[str] | None, kind: str) -> tuple[str, 
 def _check_statuses(statuses: Iterable[str] | None) -> None:
     for status in statuses or ():
         if status not in STATUSES:
-            raise ExportError(f"status must be among {', '.join(STATUSES)} (got {status!r})")
+            raise ExportError(f"status must be among {', '.join(STATUSES)} (got {status!r})", field="status")
 
 
 def iter_judgment_rows(
@@ -347,12 +356,14 @@ def export_rows(
 ) -> Iterator[dict]:
     """The rows of one export kind. Raises ExportError (at once, not when iterated) for a bad request."""
     if kind not in KINDS:
-        raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+        raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})", field="kind")
     _check_statuses(statuses)
     if kind != "judgments":
         statuses = _training_statuses(statuses, kind)
     if kind == "qa2" and not templates_qa2.is_qa2_project(project.questions):
-        raise ExportError("qa2 exports are for projects that ask the (QA)² template's questions")
+        raise ExportError(
+            "qa2 exports are for projects that ask the (QA)² template's questions", field="kind"
+        )
     make = {
         "judgments": iter_judgment_rows,
         "sft": iter_sft_rows,
@@ -474,7 +485,7 @@ def export_schema(kind: str):
                 ("created_at", pa.string()),
             ]
         )
-    raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})", field="kind")
 
 
 def write_parquet(

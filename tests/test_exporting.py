@@ -461,6 +461,7 @@ def test_judgments_export_is_the_default(singles, alice, bob):
         ({"kind": "everything"}, "kind"),
         ({"format": "xml"}, "format"),
         ({"kind": "sft", "status": "rejected"}, "status"),
+        ({"kind": "qa2"}, "kind"),
     ],
 )
 def test_bad_export_parameters_are_400(project, alice, query, field):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
@@ -163,14 +162,8 @@ class ProjectExportView(APIView):
         query.is_valid(raise_exception=True)
         kind, fmt = query.validated_data["kind"], query.validated_data["format"]
         round_number = query.validated_data.get("round")
-        try:
-            rows = exporting.export_rows(
-                project,
-                kind=kind,
-                statuses=query.validated_data.get("status") or None,
-                round_number=round_number,
-            )
-        except exporting.ExportError as error:
-            raise ValidationError({"status": str(error)}) from error
+        rows = exporting.export_rows(
+            project, kind=kind, statuses=query.validated_data.get("status") or None, round_number=round_number
+        )
 
         return downloads.export_response(project, rows, kind=kind, fmt=fmt, round_number=round_number)
