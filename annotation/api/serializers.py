@@ -9,6 +9,7 @@ from annotation.api.parsers import json_problem, loads
 from annotation.errors import EnqueueError
 from annotation.models import Answer, Judgment, Lease, Output, Project, Prompt, Task
 from annotation.questions import QuestionsConfigError, validate_questions_config
+from annotation.services.projects import project_create, project_update
 from annotation.services.prompts import prompt_create
 from annotation.services.tasks import TASK_SIZES, TaskDraft, output_create, task_create, task_kind_check
 
@@ -103,6 +104,12 @@ class ProjectSerializer(StorableModelSerializer):
             return validate_questions_config(value)
         except QuestionsConfigError as error:
             raise serializers.ValidationError(str(error)) from error
+
+    def create(self, validated_data):
+        return project_create(**validated_data)
+
+    def update(self, instance, validated_data):
+        return project_update(project=instance, **validated_data)
 
 
 class BulkListSerializer(serializers.ListSerializer):

@@ -1,4 +1,4 @@
-"""Projects: creating one from a template."""
+"""Projects: creating one (from fields or from a template) and changing its settings."""
 
 from __future__ import annotations
 
@@ -27,5 +27,18 @@ def project_create_from_template(
         raise ProjectTemplateError(
             "; ".join(f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items())
         ) from error
+    project.save()
+    return project
+
+
+def project_create(**fields) -> Project:
+    """A new project from already validated fields (the API's serializer)."""
+    return Project.objects.create(**fields)
+
+
+def project_update(*, project: Project, **fields) -> Project:
+    """Change a project's settings; saving fills in the questions config's defaults."""
+    for name, value in fields.items():
+        setattr(project, name, value)
     project.save()
     return project
