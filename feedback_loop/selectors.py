@@ -86,6 +86,16 @@ def _text_answers(judgment_ids, kind: str) -> dict[int, str]:
     return found
 
 
+def _trainable_single_output_judgments(project: Project, *, require_acceptance: bool) -> QuerySet[Judgment]:
+    """Judgments of the project that may train, on a single-output task that is not gold."""
+    return Judgment.objects.filter(
+        project=project,
+        status__in=trainable_statuses(require_acceptance=require_acceptance),
+        task__kind=Task.Kind.SINGLE,
+        task__is_gold=False,
+    )
+
+
 def feedback_judgments(project: Project, *, require_acceptance: bool, exclude_round: Round | None = None):
     """Judgments of the project that may train, carry written feedback or a fix, on a single-output
     task, and were not taken up by another round (a cancelled round gives its judgments back)."""
@@ -96,12 +106,7 @@ def feedback_judgments(project: Project, *, require_acceptance: bool, exclude_ro
         judgment=OuterRef("pk"), kind__in=[Answer.Kind.FEEDBACK, Answer.Kind.FIX]
     ).exclude(value="")
     return (
-        Judgment.objects.filter(
-            project=project,
-            status__in=trainable_statuses(require_acceptance=require_acceptance),
-            task__kind=Task.Kind.SINGLE,
-            task__is_gold=False,
-        )
+        _trainable_single_output_judgments(project, require_acceptance=require_acceptance)
         .filter(Exists(has_text))
         .exclude(Exists(taken))
         .order_by("id")
@@ -442,12 +447,7 @@ class ScoredRow:
 def scored_judgments(project: Project, *, require_acceptance: bool) -> QuerySet[Judgment]:
     """Judgments of the project that may train and score a single model output on a Likert scale."""
     return (
-        Judgment.objects.filter(
-            project=project,
-            status__in=trainable_statuses(require_acceptance=require_acceptance),
-            task__kind=Task.Kind.SINGLE,
-            task__is_gold=False,
-        )
+        _trainable_single_output_judgments(project, require_acceptance=require_acceptance)
         .filter(Exists(Answer.objects.filter(judgment=OuterRef("pk"), kind=Answer.Kind.LIKERT)))
         .order_by("id")
     )
