@@ -166,6 +166,20 @@ class SuperuserWritesMixin:
         return request.user.is_superuser and super().has_delete_permission(request, obj)
 
 
+class ReadOnlyMixin:
+    """Rows the platform writes (an audit trail, a delivery log, the loop's results): viewable,
+    never added, changed or deleted by hand."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 def _count_of(model):
     rows = model.objects.filter(project=OuterRef("pk")).order_by().values("project").annotate(n=Count("id"))
     return Coalesce(Subquery(rows.values("n"), output_field=IntegerField()), Value(0))
@@ -609,8 +623,9 @@ class JudgmentAdmin(CuratedMixin, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+# The audit trail is written by annotation.curation only, and never rewritten.
 @admin.register(AuditEvent)
-class AuditEventAdmin(CuratedMixin, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyMixin, CuratedMixin, admin.ModelAdmin):
     list_display = [
         "created_at",
         "actor",
@@ -644,16 +659,6 @@ class AuditEventAdmin(CuratedMixin, admin.ModelAdmin):
     @admin.display(description="reason")
     def reason_excerpt(self, event):
         return excerpt(event.reason)
-
-    # The audit trail is written by annotation.curation only, and never rewritten.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # API tokens: admins revoke them from the user list (a leaked token, a rater who left). The

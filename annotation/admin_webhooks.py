@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from annotation import webhooks
-from annotation.admin import ONLY_PROJECTS, PROJECT_PATHS, CuratedMixin, excerpt
+from annotation.admin import ONLY_PROJECTS, PROJECT_PATHS, CuratedMixin, ReadOnlyMixin, excerpt
 from annotation.models import Webhook, WebhookDelivery
 
 PROJECT_PATHS.update({Webhook: "project", WebhookDelivery: "webhook__project"})
@@ -92,8 +92,9 @@ class WebhookAdmin(CuratedMixin, admin.ModelAdmin):
         )
 
 
+# The log is written by annotation.webhooks only.
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(CuratedMixin, admin.ModelAdmin):
+class WebhookDeliveryAdmin(ReadOnlyMixin, CuratedMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "webhook",
@@ -130,16 +131,6 @@ class WebhookDeliveryAdmin(CuratedMixin, admin.ModelAdmin):
     @admin.display(description="error")
     def error(self, delivery):
         return excerpt(delivery.last_error)
-
-    # The log is written by annotation.webhooks only.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_redeliver_permission(self, request):
         # The rows offered are the curated projects' already (CuratedMixin).

@@ -85,6 +85,23 @@ def _training_statuses(statuses: Iterable[str] | None, kind: str) -> tuple[str, 
     return statuses
 
 
+def with_answers_and_outputs(judgments: QuerySet, *, answer_kinds: Iterable[str] | None = None) -> QuerySet:
+    """Judgments with their answers as `answer_list` (oldest first; only those of `answer_kinds` when
+    given) and their task's outputs as `task.shown` (TaskOutput rows with their output, in position
+    order), each prefetched once per chunk. to_attr gives plain lists: no queryset is cloned per row."""
+    answers = Answer.objects.order_by("id")
+    if answer_kinds is not None:
+        answers = answers.filter(kind__in=list(answer_kinds))
+    return judgments.prefetch_related(
+        Prefetch("answer_rows", queryset=answers, to_attr="answer_list"),
+        Prefetch(
+            "task__task_outputs",
+            queryset=TaskOutput.objects.select_related("output").order_by("position"),
+            to_attr="shown",
+        ),
+    )
+
+
 def _check_statuses(statuses: Iterable[str] | None) -> None:
     for status in statuses or ():
         if status not in STATUSES:
@@ -100,19 +117,8 @@ def iter_judgment_rows(
 ) -> Iterator[dict]:
     """One row per judgment of the project (all statuses unless `statuses` says which), oldest first."""
     _check_statuses(statuses)
-    judgments = (
-        _judgments(project, statuses, round_number)
-        .select_related("task__prompt", "rater")
-        .prefetch_related(
-            # to_attr gives plain lists: no queryset is cloned per row.
-            Prefetch("answer_rows", queryset=Answer.objects.order_by("id"), to_attr="answer_list"),
-            Prefetch(
-                "task__task_outputs",
-                queryset=TaskOutput.objects.select_related("output").order_by("position"),
-                to_attr="shown",
-            ),
-        )
-        .order_by("id")
+    judgments = with_answers_and_outputs(
+        _judgments(project, statuses, round_number).select_related("task__prompt", "rater").order_by("id")
     )
     for judgment in judgments.iterator(chunk_size=chunk_size):
         task, prompt = judgment.task, judgment.task.prompt
@@ -226,27 +232,14 @@ def iter_refiner_rows(
     """One row per pending or accepted judgment with both a fix and written feedback (the first of
     each): the output they are about is the task's first shown output."""
     statuses = _training_statuses(statuses, "refiner")
-    judgments = (
+    judgments = with_answers_and_outputs(
         _judgments(project, statuses, round_number)
         .filter(answer_rows__kind=Answer.Kind.FIX)
         .filter(answer_rows__kind=Answer.Kind.FEEDBACK)
         .distinct()
         .select_related("task__prompt")
-        .prefetch_related(
-            Prefetch(
-                "answer_rows",
-                queryset=Answer.objects.filter(kind__in=[Answer.Kind.FIX, Answer.Kind.FEEDBACK]).order_by(
-                    "id"
-                ),
-                to_attr="answer_list",
-            ),
-            Prefetch(
-                "task__task_outputs",
-                queryset=TaskOutput.objects.select_related("output").order_by("position"),
-                to_attr="shown",
-            ),
-        )
-        .order_by("id")
+        .order_by("id"),
+        answer_kinds=[Answer.Kind.FIX, Answer.Kind.FEEDBACK],
     )
     for judgment in judgments.iterator(chunk_size=chunk_size):
         first = {}
@@ -306,18 +299,10 @@ def iter_qa2_rows(
 ) -> Iterator[dict]:
     """One row per pending or accepted judgment of a single-answer, non-gold task, oldest first."""
     statuses = _training_statuses(statuses, "qa2")
-    judgments = (
+    judgments = with_answers_and_outputs(
         _judgments(project, statuses, round_number)
         .filter(task__kind=Task.Kind.SINGLE, task__is_gold=False)
         .select_related("task__prompt", "rater")
-        .prefetch_related(
-            Prefetch("answer_rows", queryset=Answer.objects.order_by("id"), to_attr="answer_list"),
-            Prefetch(
-                "task__task_outputs",
-                queryset=TaskOutput.objects.select_related("output").order_by("position"),
-                to_attr="shown",
-            ),
-        )
         .order_by("id")
     )
     for judgment in judgments.iterator(chunk_size=chunk_size):

@@ -19,6 +19,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from annotation import selectors as annotation_selectors
+from annotation.admin import ReadOnlyMixin
 from annotation.models import Project
 from feedback_loop import services
 from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
@@ -40,19 +41,6 @@ def _round_page(round: Round):
     return format_html(
         '<a href="{}">round page</a>', reverse("loop-round", args=[round.project_id, round.number])
     )
-
-
-class ReadOnlyMixin:
-    """Rows the loop writes: viewable, never changed or deleted by hand."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class RoundStartForm(forms.Form):

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 
-from annotation.exporting import training_prompt
-from annotation.models import TRAINING_STATUSES, Answer, Judgment, Output, Project, Prompt, Task, TaskOutput
+from annotation.exporting import training_prompt, with_answers_and_outputs
+from annotation.models import TRAINING_STATUSES, Answer, Judgment, Output, Project, Prompt, Task
 from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
 
 
@@ -86,6 +86,16 @@ def _text_answers(judgment_ids, kind: str) -> dict[int, str]:
     return found
 
 
+def _trainable_single_output_judgments(project: Project, *, require_acceptance: bool) -> QuerySet[Judgment]:
+    """Judgments of the project that may train, on a single-output task that is not gold."""
+    return Judgment.objects.filter(
+        project=project,
+        status__in=trainable_statuses(require_acceptance=require_acceptance),
+        task__kind=Task.Kind.SINGLE,
+        task__is_gold=False,
+    )
+
+
 def feedback_judgments(project: Project, *, require_acceptance: bool, exclude_round: Round | None = None):
     """Judgments of the project that may train, carry written feedback or a fix, on a single-output
     task, and were not taken up by another round (a cancelled round gives its judgments back)."""
@@ -96,12 +106,7 @@ def feedback_judgments(project: Project, *, require_acceptance: bool, exclude_ro
         judgment=OuterRef("pk"), kind__in=[Answer.Kind.FEEDBACK, Answer.Kind.FIX]
     ).exclude(value="")
     return (
-        Judgment.objects.filter(
-            project=project,
-            status__in=trainable_statuses(require_acceptance=require_acceptance),
-            task__kind=Task.Kind.SINGLE,
-            task__is_gold=False,
-        )
+        _trainable_single_output_judgments(project, require_acceptance=require_acceptance)
         .filter(Exists(has_text))
         .exclude(Exists(taken))
         .order_by("id")
@@ -357,21 +362,9 @@ def comparison_outcomes(round: Round) -> list[tuple[int, float]]:
     its recorded display order shows the new output beside exactly one other; a judgment without a
     recorded order saw the task's own outputs. The first pairwise answer of a judgment is its outcome.
     """
-    judgments = (
-        _comparison_judgments(round.project_id, round.number)
-        .prefetch_related(
-            Prefetch(
-                "answer_rows",
-                queryset=Answer.objects.filter(kind=Answer.Kind.PAIRWISE).order_by("id"),
-                to_attr="pairwise_answers",
-            ),
-            Prefetch(
-                "task__task_outputs",
-                queryset=TaskOutput.objects.select_related("output").order_by("position"),
-                to_attr="shown",
-            ),
-        )
-        .order_by("id")
+    judgments = with_answers_and_outputs(
+        _comparison_judgments(round.project_id, round.number).order_by("id"),
+        answer_kinds=[Answer.Kind.PAIRWISE],
     )
     outcomes = []
     for judgment in judgments:
@@ -383,9 +376,9 @@ def comparison_outcomes(round: Round) -> list[tuple[int, float]]:
             if outputs[pk].round_number == round.number
             and (outputs[pk].generation or {}).get("role") == "new"
         ]
-        if len(seen) != 2 or len(set(seen)) != 2 or len(new) != 1 or not judgment.pairwise_answers:
+        if len(seen) != 2 or len(set(seen)) != 2 or len(new) != 1 or not judgment.answer_list:
             continue
-        value = judgment.pairwise_answers[0].value
+        value = judgment.answer_list[0].value
         preferred = value.get("preferred") if isinstance(value, dict) else None
         if preferred is None:
             outcomes.append((judgment.task_id, 0.5))
@@ -454,12 +447,7 @@ class ScoredRow:
 def scored_judgments(project: Project, *, require_acceptance: bool) -> QuerySet[Judgment]:
     """Judgments of the project that may train and score a single model output on a Likert scale."""
     return (
-        Judgment.objects.filter(
-            project=project,
-            status__in=trainable_statuses(require_acceptance=require_acceptance),
-            task__kind=Task.Kind.SINGLE,
-            task__is_gold=False,
-        )
+        _trainable_single_output_judgments(project, require_acceptance=require_acceptance)
         .filter(Exists(Answer.objects.filter(judgment=OuterRef("pk"), kind=Answer.Kind.LIKERT)))
         .order_by("id")
     )
@@ -469,28 +457,17 @@ def scored_rows(round: Round) -> list[ScoredRow]:
     """The score objectives' training rows: prompt → the scored output, with the rater's score (the
     mean over the Likert criteria and questions of the judgment). Judgments a curator rejected or
     excluded since the round took them up drop out, as in ILF training."""
-    judgments = (
+    judgments = with_answers_and_outputs(
         scored_judgments(round.project, require_acceptance=round.config.get("require_acceptance", False))
         .filter(pk__in=round.judgment_ids)
-        .select_related("task__prompt")
-        .prefetch_related(
-            Prefetch(
-                "answer_rows",
-                queryset=Answer.objects.filter(kind=Answer.Kind.LIKERT).order_by("id"),
-                to_attr="likert",
-            ),
-            Prefetch(
-                "task__task_outputs",
-                queryset=TaskOutput.objects.select_related("output").order_by("position"),
-                to_attr="shown",
-            ),
-        )
+        .select_related("task__prompt"),
+        answer_kinds=[Answer.Kind.LIKERT],
     )
     rows = []
     for judgment in judgments:
         values = [
             v
-            for answer in judgment.likert
+            for answer in judgment.answer_list
             for v in (answer.value.values() if isinstance(answer.value, dict) else [answer.value])
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]

@@ -112,27 +112,35 @@ def round_detail(request, project_id: int, number: int):
     return render(request, "loop/round.html", context)
 
 
+def _change_round(request, project_id: int, number: int, change, *, refused: str, done: str):
+    """Apply a service's change to the round and go back to its page, saying how it went:
+    `refused` and `done` are messages after "Round N"."""
+    round = _round_of(request, project_id, number)
+    try:
+        change(round=round)
+    except services.LoopError as error:
+        messages.error(request, f"Round {round.number} {refused}: {error}.")
+    else:
+        messages.success(request, f"Round {round.number} {done}.")
+    return redirect(_round_url(round))
+
+
 @require_POST
 @login_required
 def round_retry(request, project_id: int, number: int):
-    round = _round_of(request, project_id, number)
-    try:
-        services.round_retry(round=round)
-    except services.LoopError as error:
-        messages.error(request, f"Round {round.number} was not retried: {error}.")
-    else:
-        messages.success(request, f"Round {round.number} resumes from the step that failed.")
-    return redirect(_round_url(round))
+    return _change_round(
+        request,
+        project_id,
+        number,
+        services.round_retry,
+        refused="was not retried",
+        done="resumes from the step that failed",
+    )
 
 
 @require_POST
 @login_required
 def round_cancel(request, project_id: int, number: int):
-    round = _round_of(request, project_id, number)
-    try:
-        services.round_cancel(round=round)
-    except services.LoopError as error:
-        messages.error(request, f"Round {round.number} was not cancelled: {error}.")
-    else:
-        messages.success(request, f"Round {round.number} is cancelled.")
-    return redirect(_round_url(round))
+    return _change_round(
+        request, project_id, number, services.round_cancel, refused="was not cancelled", done="is cancelled"
+    )

@@ -131,8 +131,9 @@ class CuratedListMixin:
         return queryset
 
 
-@extend_schema_view(list=extend_schema(parameters=[s.ProjectFilterSerializer]))
-class PromptViewSet(
+# Prompts, outputs and tasks: listed and read in the projects the user curates, created one at a
+# time or in bulk. No docstring: the schema describes each view by CuratedListMixin's.
+class CuratedRowsViewSet(
     CuratedListMixin,
     BulkCreateMixin,
     mixins.ListModelMixin,
@@ -140,6 +141,11 @@ class PromptViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
+    pass
+
+
+@extend_schema_view(list=extend_schema(parameters=[s.ProjectFilterSerializer]))
+class PromptViewSet(CuratedRowsViewSet):
     queryset = Prompt.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.PromptSerializer
 
@@ -148,14 +154,7 @@ class PromptViewSet(
 
 
 @extend_schema_view(list=extend_schema(parameters=[s.OutputFilterSerializer]))
-class OutputViewSet(
-    CuratedListMixin,
-    BulkCreateMixin,
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    viewsets.GenericViewSet,
-):
+class OutputViewSet(CuratedRowsViewSet):
     queryset = Output.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.OutputSerializer
     project_path = "prompt__project"
@@ -168,14 +167,7 @@ class OutputViewSet(
 
 
 @extend_schema_view(list=extend_schema(parameters=[s.TaskFilterSerializer]))
-class TaskViewSet(
-    CuratedListMixin,
-    BulkCreateMixin,
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    viewsets.GenericViewSet,
-):
+class TaskViewSet(CuratedRowsViewSet):
     queryset = Task.objects.none()  # for the schema; get_queryset applies the access rules
     serializer_class = s.TaskSerializer
     filter_serializer = s.TaskFilterSerializer

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from feedback_loop.engine import jsonl
 from feedback_loop.engine.train import TRAIN_DESCRIPTION, add_training_arguments, run_training
 from feedback_loop.engine.types import FeedbackItem, GenerationConfig, ModelBackend, Refinement
 
@@ -37,19 +38,10 @@ from feedback_loop.engine.types import FeedbackItem, GenerationConfig, ModelBack
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """One JSON object per non-empty line; the error names the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SystemExit(f"{path}:{number}: not JSON ({error})") from error
-            if not isinstance(row, dict):
-                raise SystemExit(f"{path}:{number}: expected a JSON object")
-            rows.append(row)
-    return rows
+    try:
+        return jsonl.read_jsonl(path)
+    except jsonl.JSONLError as error:
+        raise SystemExit(str(error)) from error
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

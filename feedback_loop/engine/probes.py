@@ -50,6 +50,7 @@ from typing import Any
 
 from feedback_loop.engine.evaluate import MultipleChoiceItem, MultipleChoiceScore, multiple_choice
 from feedback_loop.engine.inverse_scaling import TaskResult, evaluate_task, load_task
+from feedback_loop.engine.jsonl import read_jsonl
 from feedback_loop.engine.prompts import NO_TOKEN, YES_TOKEN
 from feedback_loop.engine.select import yes_probability
 from feedback_loop.engine.types import GenerationConfig, ModelBackend
@@ -72,16 +73,7 @@ EXAMPLE_FILES: dict[str, tuple[str, ...]] = {
 
 
 def _jsonl(path: str | Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error})") from error
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            rows.append(row)
+    rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{path}: no items")
     return rows
