@@ -89,6 +89,7 @@ class ProjectSerializer(StorableModelSerializer):
             "questions",
             "overlap",
             "lease_seconds",
+            "max_pending_per_rater",
             "gold_rate",
             "base_model",
             "generation",

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from annotation import selectors
 from annotation.api import serializers as s
 from annotation.api.parsers import JSONParser
+from annotation.api.throttles import NEXT_TASK_THROTTLES
 from annotation.errors import NotAMember
 from annotation.models import Judgment, Lease, Output, Project, Prompt, Task
 from annotation.services import judgments, leases
@@ -92,10 +93,17 @@ class ProjectViewSet(viewsets.ModelViewSet):
 
     @extend_schema(
         request=None,
-        responses={200: s.LeaseSerializer, 204: OpenApiResponse(description="Nothing left for you to judge")},
+        responses={
+            200: s.LeaseSerializer,
+            204: OpenApiResponse(description="Nothing left for you to judge"),
+            429: OpenApiResponse(
+                description="Asked too often; Retry-After says in how many seconds to ask again"
+            ),
+        },
         summary="Lease the next task for you in this project",
+        description="A rater holding the project's `max_pending_per_rater` live leases gets the oldest back.",
     )
-    @action(detail=True, methods=["post"], url_path="next-task")
+    @action(detail=True, methods=["post"], url_path="next-task", throttle_classes=NEXT_TASK_THROTTLES)
     def next_task(self, request, pk=None):
         try:
             # lease_acquire reads (and locks) the membership with its project in one query.
