@@ -6,6 +6,7 @@ on PostgreSQL they exercise the row locks, on SQLite the serialised transactions
 """
 
 import threading
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
-from annotation.models import Lease, Membership
+from annotation.errors import LeaseExpired
+from annotation.models import Judgment, Lease, Membership, Task
 from annotation.services.judgments import judgment_submit
 from annotation.services.leases import lease_acquire
 from tests.factories import make_tasks, single_answers
@@ -148,3 +150,108 @@ def test_next_task_calls_over_the_rate_get_429_with_retry_after_per_rater(
     other = APIClient()
     other.force_authenticate(carol)
     assert other.post(url).status_code == 200
+
+
+# ---------------------------------------------------------------- raters who never answer
+
+LEASE_SECONDS = 30
+OVERLAP = 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_leases_of_raters_who_never_answer_return_to_the_pool_and_overlap_stays_exact(
+    project, django_user_model
+):
+    """20 raters, 2 of whom take tasks and never answer, on a project with a short lease. Time
+    is a shared simulated clock, moved on by whoever finds the queue empty for them (they wait,
+    then ask again)."""
+    project.overlap = OVERLAP
+    project.lease_seconds = LEASE_SECONDS
+    project.save()
+    n_tasks = 24
+    make_tasks(project, n_tasks)
+    workers = _raters(project, django_user_model, 18, prefix="worker")
+    stuck = _raters(project, django_user_model, 2, prefix="stuck")
+
+    clock = {"now": timezone.now()}
+    lock = threading.Lock()
+
+    def now():
+        with lock:
+            return clock["now"]
+
+    def wait(seconds):
+        with lock:
+            clock["now"] += timedelta(seconds=seconds)
+
+    def all_complete() -> bool:
+        return not Task.objects.filter(project=project, status=Task.Status.OPEN).exists()
+
+    # The silent raters take their tasks first, so that the queue cannot finish without them.
+    stuck_tasks = {lease_acquire(project=project, rater=rater, now=now()).task_id for rater in stuck}
+    acknowledged: list[int] = []
+    refused: Counter = Counter()
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(workers) + len(stuck))
+
+    def answer(rater):
+        try:
+            start.wait()
+            for _ in range(2000):
+                lease = lease_acquire(project=project, rater=rater, now=now())
+                if lease is None:
+                    if all_complete():
+                        return
+                    wait(5)  # nothing for this rater now: come back later
+                    continue
+                try:
+                    submission = judgment_submit(
+                        lease_id=lease.pk, rater=rater, answers=single_answers(), now=now()
+                    )
+                except LeaseExpired:  # others' waiting outlasted this lease, and the task filled
+                    with lock:
+                        refused["expired"] += 1
+                    continue
+                with lock:
+                    acknowledged.append(submission.judgment.pk)
+            raise AssertionError(f"{rater} was still working after 2000 requests")
+        except BaseException as error:  # surfaced below with its traceback
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    def take_and_vanish(rater):
+        # Comes back twice after its lease ran out, takes another task, and answers nothing.
+        try:
+            start.wait()
+            for _ in range(2):
+                held = Lease.objects.filter(rater=rater).latest("id")
+                for _ in range(100_000):
+                    if now() > held.expires_at or all_complete():
+                        break
+                    threading.Event().wait(0.001)
+                lease = lease_acquire(project=project, rater=rater, now=now())
+                if lease is None:
+                    return
+                with lock:
+                    stuck_tasks.add(lease.task_id)
+        except BaseException as error:  # surfaced below with its traceback
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=answer, args=(r,)) for r in workers]
+    threads += [threading.Thread(target=take_and_vanish, args=(r,)) for r in stuck]
+    _run(threads, errors)
+
+    per_task = Counter(Judgment.objects.filter(project=project).values_list("task_id", flat=True))
+    assert all_complete()
+    assert {task_id: per_task[task_id] for task_id in per_task if per_task[task_id] != OVERLAP} == {}
+    assert len(per_task) == n_tasks and sum(per_task.values()) == n_tasks * OVERLAP
+    assert set(Task.objects.filter(project=project).values_list("judgment_count", flat=True)) == {OVERLAP}
+    assert not Judgment.objects.filter(rater__in=stuck).exists()
+    # The silent raters' tasks went back to the pool and were judged by others: a live lease
+    # holds a place, so each was filled by `overlap` others only once its lease had run out.
+    assert stuck_tasks and all(per_task[task_id] == OVERLAP for task_id in stuck_tasks)
+    stored = set(Judgment.objects.filter(project=project).values_list("pk", flat=True))
+    assert set(acknowledged) == stored, "an acknowledged judgment is missing, or one was not acknowledged"
