@@ -64,6 +64,10 @@ class TaskClosed(QueueError, code="task_closed"):
     """A curator closed the task."""
 
 
+class QueueBusy(QueueError, code="busy"):
+    """The database could not serve the request in time; nothing was written by it."""
+
+
 class EnqueueError(QueueError, code="invalid"):
     """New outputs or tasks that cannot be written as asked; nothing was written."""
 

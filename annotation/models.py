@@ -46,6 +46,12 @@ class Project(models.Model):
         validators=[MinValueValidator(10)],
         help_text="How long a rater holds a task before it goes back to the pool.",
     )
+    max_pending_per_rater = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text="How many tasks one rater may hold at once; at the limit, asking for a task "
+        "hands back one they already hold.",
+    )
     gold_rate = models.FloatField(
         default=0.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],

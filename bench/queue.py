@@ -1,6 +1,7 @@
 """Queue benchmark: simulated raters against the app served by gunicorn on PostgreSQL.
 
-    python bench/queue.py [--mode saturation|paced|both] [--raters 50] [--paced-raters 200]
+    python bench/queue.py [--mode saturation|paced|both|saturation-next|paced-next|compare]
+                          [--raters 50] [--paced-raters 200]
                           [--duration 30] [--think-mean 5] [--tasks N] [--overlap 3]
                           [--workers W] [--threads T]
                           [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
@@ -11,7 +12,10 @@ asyncio + httpx:
 
 - saturation: each rater loops next-task → submit with no pause;
 - paced: each rater takes a task, thinks for an exponential time (mean --think-mean), submits,
-  and takes the next one, as people do.
+  and takes the next one, as people do;
+- saturation-next, paced-next: the same, submitting with `"next": true`, which answers with the
+  next lease: one request per judgment instead of two (next-task only for the first task);
+- compare: saturation, then saturation-next, against the same server.
 
 It prints judgments per second, next-task and submit latency percentiles, CPU-seconds per
 judgment of gunicorn (master and workers), of the bench database's PostgreSQL backends and of
@@ -130,6 +134,7 @@ async def _rater(
     max_judgments: int | None,
     rng: random.Random,
     result: LoadResult,
+    one_request: bool = False,
 ) -> None:
     headers = {"Authorization": f"Token {token}"}
     next_url = f"/api/v1/projects/{project_id}/next-task/"
@@ -139,31 +144,34 @@ async def _rater(
     # (memoryless), which is the steady state, without a stampede at the start.
     if think_mean and not await _sleep_until(deadline, rng.uniform(0, clock.warmup)):
         return
+    lease_id = None  # a lease handed along with the last submission (one_request)
     while time.monotonic() < deadline:
         if max_judgments is not None and len(result.acknowledged) >= max_judgments:
             return
-        measured = clock.measuring()
-        started = time.perf_counter()
-        try:
-            response = await client.post(next_url, headers=headers)
-        except httpx.TransportError:
-            result.transport_errors += 1
-            await _sleep_until(deadline, 0.05)
-            continue
-        if measured:
-            result.next_task_ms.append((time.perf_counter() - started) * 1000)
-            result.statuses["next-task", response.status_code] += 1
-        if response.status_code == 204:
-            result.out_of_work += 1
-            return
-        if response.status_code != 200:
-            result.statuses["next-task", response.status_code] += not measured
-            await _sleep_until(deadline, 0.05)
-            continue
-        lease_id = response.json()["id"]
+        if lease_id is None:
+            measured = clock.measuring()
+            started = time.perf_counter()
+            try:
+                response = await client.post(next_url, headers=headers)
+            except httpx.TransportError:
+                result.transport_errors += 1
+                await _sleep_until(deadline, 0.05)
+                continue
+            if measured:
+                result.next_task_ms.append((time.perf_counter() - started) * 1000)
+                result.statuses["next-task", response.status_code] += 1
+            if response.status_code == 204:
+                result.out_of_work += 1
+                return
+            if response.status_code != 200:
+                result.statuses["next-task", response.status_code] += not measured
+                await _sleep_until(deadline, 0.05)
+                continue
+            lease_id = response.json()["id"]
         if think_mean and not await _sleep_until(deadline, rng.expovariate(1 / think_mean)):
             return  # the run ended while this rater was thinking: the lease simply stays open
-        payload = _answers(rng)
+        payload = {**_answers(rng), "next": True} if one_request else _answers(rng)
+        submitted, lease_id = lease_id, None
         # A submission whose response was lost is retried: the server answers 200 with the same
         # judgment, so the client still learns its id.
         for _attempt in range(3):
@@ -171,7 +179,7 @@ async def _rater(
             started = time.perf_counter()
             try:
                 response = await client.post(
-                    f"/api/v1/leases/{lease_id}/submit/", headers=headers, json=payload
+                    f"/api/v1/leases/{submitted}/submit/", headers=headers, json=payload
                 )
             except httpx.TransportError:
                 result.transport_errors += 1
@@ -181,8 +189,14 @@ async def _rater(
             if measured or response.status_code not in (200, 201):
                 result.statuses["submit", response.status_code] += 1
             if response.status_code in (200, 201):
-                result.acknowledged.add(response.json()["id"])
+                body = response.json()
+                result.acknowledged.add((body["judgment"] if one_request else body)["id"])
                 result.created += measured and response.status_code == 201
+                if one_request and body["next"] is not None:
+                    lease_id = body["next"]["id"]
+                elif one_request and body["next_error"] is None:
+                    result.out_of_work += 1
+                    return
             break
 
 
@@ -244,12 +258,13 @@ async def run_load(
     """Run one rater per token: `warmup` seconds unmeasured, then `duration` seconds measured.
 
     `mode` is "saturation" (no pause between tasks) or "paced" (exponential think time with
-    mean `think_mean` seconds between taking a task and submitting it). `on_start` is called
+    mean `think_mean` seconds between taking a task and submitting it); with "-next" after it,
+    each submission asks for the next lease too (one request per judgment). `on_start` is called
     when the measurement starts and `tick` every second or two after (the bench reads CPU
     times there). Latencies and judgment counts cover the measured part; `acknowledged` holds
     every judgment id the server acknowledged, warm-up included.
     """
-    think = 0.0 if mode == "saturation" else think_mean
+    think = 0.0 if mode.startswith("saturation") else think_mean
     result = LoadResult(mode=mode, raters=len(tokens))
     # One client (one keep-alive connection) per rater: a single pool shared by all raters costs
     # about three times the CPU per request, scanning its connections. One TLS context for all,
@@ -273,6 +288,7 @@ async def run_load(
                     max_judgments=max_judgments,
                     rng=random.Random(seed * 100_003 + i),
                     result=result,
+                    one_request=mode.endswith("-next"),
                 )
                 for i, (client, token) in enumerate(zip(clients, tokens, strict=True))
             )
@@ -658,9 +674,15 @@ def print_table(reports: list[ModeReport], *, header: str) -> None:
         )
 
 
+MODES = ["saturation", "paced", "saturation-next", "paced-next"]
+MODE_SETS = {"both": ["saturation", "paced"], "compare": ["saturation", "saturation-next"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=["saturation", "paced", "both"], default="both")
+    parser.add_argument(
+        "--mode", choices=[*MODE_SETS, *(m for m in MODES if m not in MODE_SETS)], default="both"
+    )
     parser.add_argument("--raters", type=int, default=50, help="raters in saturation mode")
     parser.add_argument("--paced-raters", type=int, default=200, help="raters in paced mode")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per mode")
@@ -684,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     if urlparse(args.database_url).hostname not in {"127.0.0.1", "localhost", "::1"}:
         parser.error("the bench measures PostgreSQL's CPU with psutil: it must run on this machine")
     worker_class = args.worker_class or ("gthread" if args.threads > 1 else "sync")
-    modes = ["saturation", "paced"] if args.mode == "both" else [args.mode]
+    modes = MODE_SETS.get(args.mode, [args.mode])
 
     print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
     reset_database(args.database_url)
@@ -700,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     seeded = {}
     for mode in modes:
-        raters = args.raters if mode == "saturation" else args.paced_raters
+        raters = args.raters if mode.startswith("saturation") else args.paced_raters
         seeded[mode] = seed(mode=mode, raters=raters, tasks=args.tasks, overlap=args.overlap)
         print(f"seeded {mode}: {args.tasks} tasks, {raters} raters, overlap {args.overlap}", file=sys.stderr)
 

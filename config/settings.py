@@ -149,6 +149,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "anon": env_str("API_THROTTLE_ANON", "120/min"),
         "user": env_str("API_THROTTLE_USER", "6000/min"),
+        # Per rater, on next-task alone (annotation.api.throttles).
+        "next_task": env_str("API_THROTTLE_NEXT_TASK", "10/s"),
     },
 }
 SPECTACULAR_SETTINGS = {

@@ -100,6 +100,7 @@ def test_admin_refuses_an_invalid_questions_config(project, staff_curator, bob):
         "questions": '[{"name": "quality", "kind": "likert", "scale": "seven"}]',
         "overlap": project.overlap,
         "lease_seconds": project.lease_seconds,
+        "max_pending_per_rater": project.max_pending_per_rater,
         "gold_rate": project.gold_rate,
         "base_model": "",
         "generation": "{}",

@@ -159,6 +159,7 @@ def test_admin_creates_a_project_from_the_template(admin_client):
             "questions": "",
             "overlap": "2",
             "lease_seconds": "600",
+            "max_pending_per_rater": "1",
             "gold_rate": "0",
             "max_fix_chars": "1000000",
             "base_model": "",

@@ -106,10 +106,16 @@ def test_anonymous_api_requests_are_throttled(low_api_rates):
 
 def test_the_api_rates_come_from_the_environment():
     out = _settings_in_subprocess(
-        {"DEBUG": "0", "SECRET_KEY": STRONG_KEY, "API_THROTTLE_USER": "50/s", "API_THROTTLE_ANON": "7/min"},
+        {
+            "DEBUG": "0",
+            "SECRET_KEY": STRONG_KEY,
+            "API_THROTTLE_USER": "50/s",
+            "API_THROTTLE_ANON": "7/min",
+            "API_THROTTLE_NEXT_TASK": "2/s",
+        },
         "print(settings.REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'])",
     )
-    assert out.stdout.strip() == "{'anon': '7/min', 'user': '50/s'}", out.stderr
+    assert out.stdout.strip() == "{'anon': '7/min', 'user': '50/s', 'next_task': '2/s'}", out.stderr
 
 
 def test_the_lockout_limits_come_from_the_environment():

@@ -23,6 +23,7 @@ STATUS_OF_CODE = {
     "lease_skipped": status.HTTP_409_CONFLICT,
     "lease_expired": status.HTTP_409_CONFLICT,
     "task_closed": status.HTTP_409_CONFLICT,
+    "busy": status.HTTP_503_SERVICE_UNAVAILABLE,
     # The loop's (feedback_loop.services.LoopError).
     "round_in_progress": status.HTTP_409_CONFLICT,
     "round_state": status.HTTP_409_CONFLICT,

@@ -90,6 +90,7 @@ class ProjectSerializer(StorableModelSerializer):
             "questions",
             "overlap",
             "lease_seconds",
+            "max_pending_per_rater",
             "gold_rate",
             "base_model",
             "generation",
@@ -280,9 +281,16 @@ class LeaseSerializer(serializers.Serializer):
         return selectors.lease_task_content(lease)
 
 
+_NEXT_HELP = (
+    "Also lease your next task of the project, once the judgment is saved: the answer is then "
+    "{judgment, next, next_error}."
+)
+
+
 class SubmitSerializer(serializers.Serializer):
     answers = serializers.DictField(help_text="Answers keyed by question name (see the task's questions).")
     time_spent_ms = serializers.IntegerField(required=False, min_value=0, max_value=24 * 3600 * 1000)
+    next = serializers.BooleanField(required=False, default=False, help_text=_NEXT_HELP)
 
     def validate_answers(self, value):
         problem = json_problem(value)
@@ -367,4 +375,21 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
     field = serializers.CharField(allow_null=True, required=False)
+
+
+class SubmitQuerySerializer(serializers.Serializer):
+    next = serializers.BooleanField(required=False, default=False, help_text=_NEXT_HELP)
+
+
+class SubmitAndNextSerializer(serializers.Serializer):
+    """A submission's answer when the next task was asked for too."""
+
+    judgment = JudgmentSerializer()
+    next = LeaseSerializer(
+        allow_null=True, help_text="Your next lease; null when nothing is left or on error."
+    )
+    next_error = ErrorSerializer(
+        allow_null=True,
+        help_text="Why no next lease could be taken (the judgment is saved); null otherwise.",
+    )
     errors = serializers.JSONField(required=False, help_text="Every field's messages, for validation errors.")

@@ -5,7 +5,12 @@ from __future__ import annotations
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -14,6 +19,7 @@ from rest_framework.response import Response
 from annotation import selectors
 from annotation.api import serializers as s
 from annotation.api.parsers import JSONParser
+from annotation.api.throttles import NEXT_TASK_THROTTLES
 from annotation.errors import NotAMember
 from annotation.models import Judgment, Lease, Output, Project, Prompt, Task
 from annotation.services import judgments, leases
@@ -92,10 +98,17 @@ class ProjectViewSet(viewsets.ModelViewSet):
 
     @extend_schema(
         request=None,
-        responses={200: s.LeaseSerializer, 204: OpenApiResponse(description="Nothing left for you to judge")},
+        responses={
+            200: s.LeaseSerializer,
+            204: OpenApiResponse(description="Nothing left for you to judge"),
+            429: OpenApiResponse(
+                description="Asked too often; Retry-After says in how many seconds to ask again"
+            ),
+        },
         summary="Lease the next task for you in this project",
+        description="A rater holding the project's `max_pending_per_rater` live leases gets the oldest back.",
     )
-    @action(detail=True, methods=["post"], url_path="next-task")
+    @action(detail=True, methods=["post"], url_path="next-task", throttle_classes=NEXT_TASK_THROTTLES)
     def next_task(self, request, pk=None):
         try:
             # lease_acquire reads (and locks) the membership with its project in one query.
@@ -178,6 +191,22 @@ class TaskViewSet(CuratedRowsViewSet):
         return queryset.filter(status=task_status) if task_status else queryset
 
 
+_SUBMIT_RESULT = PolymorphicProxySerializer(
+    component_name="SubmitResult",
+    serializers=[s.JudgmentSerializer, s.SubmitAndNextSerializer],
+    resource_type_field_name=None,
+)
+
+
+def _judgment_body(submission: judgments.Submission) -> dict:
+    context = {} if submission.answers is None else {"answers": submission.answers}
+    return s.JudgmentSerializer(submission.judgment, context=context).data
+
+
+def _submit_status(submission: judgments.Submission) -> int:
+    return status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK
+
+
 class LeaseViewSet(viewsets.GenericViewSet):
     """A rater's leases: submit answers for one, or skip it."""
 
@@ -189,28 +218,43 @@ class LeaseViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         request=s.SubmitSerializer,
+        parameters=[s.SubmitQuerySerializer],
         responses={
-            201: s.JudgmentSerializer,
-            200: OpenApiResponse(s.JudgmentSerializer, description="Already submitted (a retried request)"),
+            201: _SUBMIT_RESULT,
+            200: OpenApiResponse(_SUBMIT_RESULT, description="Already submitted (a retried request)"),
             400: OpenApiResponse(description="An answer is invalid; nothing was saved"),
             409: OpenApiResponse(description="Lease expired and the task is full, skipped, or closed"),
         },
         summary="Submit your answers for a leased task",
+        description=(
+            'Answers the judgment; with `?next=1` (or `"next": true` in the body) '
+            "`{judgment, next, next_error}`: the judgment is committed first, then your next task of "
+            "the project is leased as next-task would (`next` is null when nothing is left). If that "
+            "lease cannot be taken, the judgment stays saved and `next_error` says why."
+        ),
     )
     # JSON only: `answers` is an object keyed by question, which a form cannot carry.
     @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def submit(self, request, pk=None):
         payload = s.SubmitSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        submission = judgments.judgment_submit(
-            lease_id=_lease_id(pk),
-            rater=request.user,
-            answers=payload.validated_data["answers"],
-            time_spent_ms=payload.validated_data.get("time_spent_ms"),
-        )
-        context = {} if submission.answers is None else {"answers": submission.answers}
-        body = s.JudgmentSerializer(submission.judgment, context=context).data
-        return Response(body, status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
+        fields = {
+            "lease_id": _lease_id(pk),
+            "rater": request.user,
+            "answers": payload.validated_data["answers"],
+            "time_spent_ms": payload.validated_data.get("time_spent_ms"),
+        }
+        if not (payload.validated_data["next"] or _query(request, s.SubmitQuerySerializer)["next"]):
+            submission = judgments.judgment_submit(**fields)
+            return Response(_judgment_body(submission), status=_submit_status(submission))
+        result = judgments.judgment_submit_and_next(**fields)
+        error = result.next_error
+        body = {
+            "judgment": _judgment_body(result.submission),
+            "next": None if result.next_lease is None else s.LeaseSerializer(result.next_lease).data,
+            "next_error": None if error is None else {"detail": str(error), "code": error.code},
+        }
+        return Response(body, status=_submit_status(result.submission))
 
     @extend_schema(
         request=None,

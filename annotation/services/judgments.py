@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Max
 from django.db.models.functions import Length
 from django.utils import timezone
 
-from annotation.errors import LeaseExpired, LeaseNotFound, LeaseSkipped, QueueError, TaskClosed
+from annotation.errors import LeaseExpired, LeaseNotFound, LeaseSkipped, QueueBusy, QueueError, TaskClosed
 from annotation.models import Answer, Judgment, Lease, Output, Project, Task, Webhook
 from annotation.questions import clean_answers, fix_limit
-from annotation.services.leases import TASK_OF_LEASE, room_left, row_lock, task_output_ids
+from annotation.services.leases import TASK_OF_LEASE, lease_acquire, room_left, row_lock, task_output_ids
 from annotation.webhooks import webhook_event_emit
 
 
@@ -23,6 +23,13 @@ class Submission:
     judgment: Judgment
     created: bool  # False when this lease had already been submitted (a retried request)
     answers: dict | None = None  # the answers stored, by question name, when created
+
+
+@dataclass
+class SubmissionAndNext:
+    submission: Submission
+    next_lease: Lease | None  # None: nothing left for the rater, or next_error says why not
+    next_error: QueueError | None = None  # why no next lease could be taken; the judgment is saved
 
 
 def judgment_submit(
@@ -121,3 +128,29 @@ def judgment_submit(
             },
         )
     return Submission(judgment=judgment, created=True, answers=stored)
+
+
+def judgment_submit_and_next(
+    *,
+    lease_id: int,
+    rater: AbstractBaseUser,
+    answers: dict,
+    time_spent_ms: int | None = None,
+) -> SubmissionAndNext:
+    """Record a rater's answers, then lease their next task of the same project.
+
+    Two transactions, one after the other: the judgment is committed (and may be acknowledged)
+    before the next lease is asked for, and the two never hold locks at once, so each keeps the
+    lock order of services.leases. A refusal of the submission raises as judgment_submit does
+    and no lease is taken. Once the judgment is saved, a failure to lease the next task is
+    returned in `next_error`, never raised: the judgment stays saved.
+    """
+    submission = judgment_submit(lease_id=lease_id, rater=rater, answers=answers, time_spent_ms=time_spent_ms)
+    try:
+        lease = lease_acquire(project=submission.judgment.project_id, rater=rater)
+    except QueueError as error:  # the rater was removed from the project meanwhile, say
+        return SubmissionAndNext(submission=submission, next_lease=None, next_error=error)
+    except OperationalError:  # a lock or statement timeout, SQLite's write lock: rolled back
+        busy = QueueBusy("the database was busy; your answers are saved, ask for your next task again")
+        return SubmissionAndNext(submission=submission, next_lease=None, next_error=busy)
+    return SubmissionAndNext(submission=submission, next_lease=lease)

@@ -3,7 +3,9 @@
 Locking rules (PostgreSQL). Locks are always taken in the order membership → task → lease, so
 the queue cannot deadlock with itself:
 - `lease_acquire` locks the rater's membership row (one rater's parallel requests queue up
-  behind each other), then a task row with SKIP LOCKED, then writes the lease.
+  behind each other), then a task row with SKIP LOCKED, then writes the lease. The rater's live
+  leases are counted under the membership lock, so however many requests they send at once they
+  never hold more than the project's `max_pending_per_rater`.
 - `judgment_submit` locks the task row, then the lease row.
 - `lease_skip` locks only the lease row.
 - `judgment_submit` then records a `judgment.submitted` webhook event (annotation.webhooks):
@@ -48,20 +50,20 @@ _PROJECT_OF_MEMBER = """
     WHERE m.user_id = %s AND m.project_id = %s AND m.is_active = %s
     {lock}"""
 
-# A live lease the rater already holds in the project, on a task still open (a curator may have
-# closed it since: the rater is then handed another task).
-_HELD_LEASE = """
+# The live leases the rater already holds in the project, oldest first, on tasks still open (a
+# curator may have closed one since: it no longer counts, and the rater is handed another task).
+_HELD_LEASES = """
     SELECT l.* FROM annotation_lease l JOIN annotation_task t ON t.id = l.task_id
     WHERE l.rater_id = %s AND t.project_id = %s AND l.state = %s AND l.expires_at > %s
     AND t.status = %s
-    ORDER BY l.id LIMIT 1"""
+    ORDER BY l.id LIMIT %s"""
 
 # Open tasks, in queue order, that the rater has not submitted or skipped and that, gold tasks
 # aside, still have room: judgment_count plus live leases below the overlap. `own_lease_id` is
-# the rater's lease on the task, which can only be an expired active one (a live one is handed
-# back first). The rater's lease is read by a scalar subquery, a probe of the (task, rater)
-# index per task visited: written as NOT EXISTS, PostgreSQL plans an anti-join that may read
-# all of the rater's leases for every task it visits.
+# the rater's lease on the task, which can only be an expired active one (the tasks of their
+# live leases are excluded by the caller). The rater's lease is read by a scalar subquery, a
+# probe of the (task, rater) index per task visited: written as NOT EXISTS, PostgreSQL plans an
+# anti-join that may read all of the rater's leases for every task it visits.
 _CANDIDATES = """
     SELECT t.*,
         (SELECT l.id FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s)
@@ -185,7 +187,8 @@ def lease_acquire(
 ) -> Lease | None:
     """Hand the rater a task of this project, or None when nothing is left for them.
 
-    A rater holding a live lease gets the same lease back. Gold tasks are mixed in at the
+    A rater holding the project's `max_pending_per_rater` live leases (one by default) gets the
+    oldest of them back; below it, a task they do not hold yet. Gold tasks are mixed in at the
     project's gold rate and do not count against the overlap. `project` is a Project or its id:
     its settings are read afresh in the transaction, with the rater's membership.
     """
@@ -200,22 +203,25 @@ def lease_acquire(
         if not found:
             raise NotAMember("you are not a rater of this project")
         project = found[0]
+        # Read under the membership lock: a parallel request of the same rater has committed.
+        limit = project.max_pending_per_rater
         held = list(
             Lease.objects.raw(
-                _HELD_LEASE, [rater.pk, project.pk, Lease.State.ACTIVE, db_now(now), Task.Status.OPEN]
+                _HELD_LEASES, [rater.pk, project.pk, Lease.State.ACTIVE, db_now(now), Task.Status.OPEN, limit]
             )
         )
-        if held:
+        if len(held) >= limit:
             held[0].task.project = project
             return held[0]
+        holding = [lease.task_id for lease in held]
 
         if project.gold_rate > 0 and random.random() < project.gold_rate:
-            for gold in _candidate_tasks(project=project, rater=rater, now=now, gold=True):
+            for gold in _candidate_tasks(project=project, rater=rater, now=now, gold=True, exclude=holding):
                 lease = _write_lease(gold, rater=rater, project=project, now=now)
                 if lease is not None:
                     return lease
 
-        passed_over: list[int] = []
+        passed_over: list[int] = [*holding]
         for _ in range(MAX_CANDIDATES):
             found = _candidate_tasks(
                 project=project, rater=rater, now=now, gold=False, lock=True, exclude=passed_over

@@ -77,8 +77,13 @@ export function createQueue({ config, stage, progressLine, banner, clock }) {
       event.preventDefault();
       submit();
     });
-    answersForm.addEventListener("input", keepDraft);
-    answersForm.addEventListener("change", keepDraft);
+    // Only while this task is on screen: a textarea taken away with its form fires "change" as
+    // it goes, which would file the next task's empty answers as a draft of that task.
+    const keepThisDraft = () => {
+      if (state.lease === current) keepDraft();
+    };
+    answersForm.addEventListener("input", keepThisDraft);
+    answersForm.addEventListener("change", keepThisDraft);
     stage.replaceChildren(el("div", { class: "task-grid" }, el("div", { class: "task-content" }, promptSection, outputs), answersForm));
 
     const draft = loadDraft(current.id);
@@ -98,22 +103,25 @@ export function createQueue({ config, stage, progressLine, banner, clock }) {
     state.form.focusFirstInvalid();
   }
 
+  const tryAgain = { label: "Try again", run: () => next() };
+
   // Shows the next task, or the end of the queue; says which ("task", "done"), or false on failure.
-  async function next() {
+  // `answer` is next-task's answer when it is already known (a submission brought it along).
+  async function next(answer = null) {
     if (state.busy) return false;
     state.busy = true;
     let shown = false;
     try {
-      const { status, data } = await api("POST", config.nextTaskUrl);
+      const { status, data } = answer || (await api("POST", config.nextTaskUrl));
       if (status === 200) {
         render(data);
         shown = "task";
       } else if (status === 204) {
         await showDone();
         shown = "done";
-      } else banner.show((data && data.detail) || `The server answered ${status}.`, "error", { label: "Try again", run: next });
+      } else banner.show((data && data.detail) || `The server answered ${status}.`, "error", tryAgain);
     } catch (_) {
-      banner.show("Could not reach the server.", "error", { label: "Try again", run: next });
+      banner.show("Could not reach the server.", "error", tryAgain);
     } finally {
       state.busy = false;
     }
@@ -138,15 +146,21 @@ export function createQueue({ config, stage, progressLine, banner, clock }) {
     keepDraft();
     const submitted = state.lease;
     try {
+      // One request: the server saves the judgment, then leases the next task and sends it along.
       const { status, data } = await api("POST", config.submitUrl.replace("{id}", submitted.id), {
         answers,
         time_spent_ms: clock.elapsedMs(),
+        next: true,
       });
       if (status === 201 || status === 200) {
         dropDraft(submitted.id);
         state.lease = null;
         state.busy = false;
-        const shown = await next();
+        // next_error: saved, but no next task could be leased (the banner offers Try again).
+        const following = data.next_error
+          ? { status: 0, data: data.next_error }
+          : { status: data.next ? 200 : 204, data: data.next };
+        const shown = await next(following);
         // Say it was saved, unless the page is showing something more important: a failure
         // to load the next task, or the draft it restored.
         if (shown === "task" && banner.hidden) banner.show("Saved. Here is your next task.", "ok");
@@ -270,7 +284,7 @@ export function createQueue({ config, stage, progressLine, banner, clock }) {
             ? `You have made ${data.own_judgments} judgments in this project. ${data.tasks_remaining} tasks still wait for other raters.`
             : "The queue is empty for you.",
         }),
-        el("p", {}, el("a", { href: "/", text: "Back to your projects" }), " · ", el("button", { type: "button", class: "link", text: "Check again", onclick: next })),
+        el("p", {}, el("a", { href: "/", text: "Back to your projects" }), " · ", el("button", { type: "button", class: "link", text: "Check again", onclick: () => next() })),
       ),
     );
     document.getElementById("done-heading").focus({ preventScroll: true });

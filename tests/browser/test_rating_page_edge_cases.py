@@ -66,23 +66,69 @@ def test_an_optional_likert_question_can_be_left_blank(live_server, page, django
     assert Judgment.objects.filter(rater=rater).count() == 1
 
 
-def test_a_failure_to_load_the_next_task_is_not_hidden_by_saved(live_server, page, django_user_model):
-    """submit() awaits next() and then always shows "Saved. Here is your next task.", which
-    replaces next()'s error banner and its Try again button: the rater is left looking at the task
-    they just submitted (lease = null, so every key does nothing) under a banner saying all is well."""
+def test_a_submission_brings_the_next_task_in_the_same_request(live_server, page, django_user_model):
+    """The page submits with `next: true` and shows the lease that comes back: one request per
+    judgment, and next-task is not called."""
+    questions = [{"name": "feedback", "kind": "feedback"}]
+    project, _ = rater_on(django_user_model, questions)
+    add_task(project, "f1", ["First summary."], "single")
+    add_task(project, "f2", ["Second summary."], "single")
+    open_page(page, live_server, project, "First summary.")
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if "next-task" in request.url else None)
+    page.keyboard.press("f")
+    page.keyboard.type("Good enough.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("pre.text:has-text('Second summary.')")
+    assert "Saved. Here is your next task." in page.inner_text("#banner")
+    assert Judgment.objects.count() == 1
+    assert asked == []
+    page.keyboard.press("f")
+    page.keyboard.type("Fine too.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("text=Nothing left for you right now")
+    assert Judgment.objects.count() == 2 and asked == []
+
+
+def test_a_failure_to_lease_the_next_task_is_not_hidden_by_saved(live_server, page, django_user_model):
+    """The judgment is saved but no next lease could be taken (next_error): the page must say so
+    and offer Try again, not show "Saved. Here is your next task." over the task just submitted."""
+    questions = [{"name": "feedback", "kind": "feedback"}]
+    project, _ = rater_on(django_user_model, questions)
+    add_task(project, "f1", ["First summary."], "single")
+    add_task(project, "f2", ["Second summary."], "single")
+    open_page(page, live_server, project, "First summary.")
+
+    def next_lease_refused(route):
+        body = route.fetch().json()
+        body["next"] = None
+        body["next_error"] = {"detail": "the database was busy; ask again", "code": "busy"}
+        route.fulfill(status=201, json=body)
+
+    page.route("**/submit/", next_lease_refused)
+    page.keyboard.press("f")
+    page.keyboard.type("Good enough.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".banner.error")
+    assert Judgment.objects.count() == 1
+    banner = page.locator("#banner")
+    assert "the database was busy" in banner.inner_text()
+    assert "Try again" in banner.inner_text()
+    # Try again asks next-task, which hands out the next task.
+    banner.get_by_role("button", name="Try again").click()
+    page.wait_for_selector("pre.text:has-text('Second summary.')")
+
+
+def test_a_failure_to_load_the_next_task_after_a_skip_is_not_hidden(live_server, page, django_user_model):
     questions = [{"name": "feedback", "kind": "feedback"}]
     project, _ = rater_on(django_user_model, questions)
     add_task(project, "f1", ["First summary."], "single")
     add_task(project, "f2", ["Second summary."], "single")
     open_page(page, live_server, project, "First summary.")
     page.route("**/next-task/", lambda route: route.abort())
-    page.keyboard.press("f")
-    page.keyboard.type("Good enough.")
-    page.keyboard.press("Control+Enter")
-    page.wait_for_timeout(1000)
-    assert Judgment.objects.count() == 1
+    page.keyboard.press("s")
+    page.wait_for_selector(".banner.error", timeout=15000)
     banner = page.locator("#banner")
-    assert "error" in banner.get_attribute("class"), banner.inner_text()
     assert "Try again" in banner.inner_text()
 
 
