@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from feedback_loop.management.commands.demo import worker_command
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -99,25 +101,10 @@ class Process:
 
 
 def celery_worker(env: dict[str, str], log: Path) -> Process:
-    """One worker on both queues, one task at a time, as the embedded default runs it."""
+    """The demo's worker (both queues, one task at a time), quiet on the broker: no gossip, mingle or
+    heartbeat events for a test to wait through."""
     return Process(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "INFO",
-        ],
+        [*worker_command(), "--without-gossip", "--without-mingle", "--without-heartbeat"],
         env=env,
         log=log,
     )
