@@ -90,6 +90,20 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)  # (endpoint, HTTP status) -> count
     transport_errors: int = 0
     out_of_work: int = 0  # raters told 204: nothing left for them
+    # Every 5xx answer: (endpoint, status, the body's "code", or the content type when it is not JSON).
+    server_errors: Counter = field(default_factory=Counter)
+    server_error_times: list[float] = field(default_factory=list)  # time.monotonic() of each 5xx
+
+    def record_server_error(self, endpoint: str, response: httpx.Response) -> None:
+        if response.status_code < 500:
+            return
+        kind = response.headers.get("content-type", "")
+        try:
+            code = response.json().get("code") if kind.startswith("application/json") else None
+        except ValueError:
+            code = None
+        self.server_errors[endpoint, response.status_code, code or f"not JSON: {kind or 'no type'}"] += 1
+        self.server_error_times.append(time.monotonic())
 
     @property
     def judgments_per_second(self) -> float:
@@ -165,6 +179,7 @@ async def _rater(
                 return
             if response.status_code != 200:
                 result.statuses["next-task", response.status_code] += not measured
+                result.record_server_error("next-task", response)
                 await _sleep_until(deadline, 0.05)
                 continue
             lease_id = response.json()["id"]
@@ -188,6 +203,7 @@ async def _rater(
                 result.submit_ms.append((time.perf_counter() - started) * 1000)
             if measured or response.status_code not in (200, 201):
                 result.statuses["submit", response.status_code] += 1
+            result.record_server_error("submit", response)
             if response.status_code in (200, 201):
                 body = response.json()
                 result.acknowledged.add((body["judgment"] if one_request else body)["id"])
@@ -321,36 +337,39 @@ def _maintenance_url(url: str) -> str:
     return urlunparse(urlparse(url)._replace(path="/postgres", query=""))
 
 
-def seed(*, mode: str, raters: int, tasks: int, overlap: int) -> tuple[int, list[str]]:
-    """A project with `tasks` single-output tasks and `raters` raters; returns (project id, tokens)."""
+def seed(
+    *, mode: str, raters: int, tasks: int, overlap: int, using: str = "default"
+) -> tuple[int, list[str]]:
+    """A project with `tasks` single-output tasks and `raters` raters, in the database `using`;
+    returns (project id, tokens)."""
     from django.contrib.auth import get_user_model
-    from django.db import connection
+    from django.db import connections
     from rest_framework.authtoken.models import Token
 
     from annotation.models import Membership, Output, Project, Prompt, Task, TaskOutput
     from annotation.questions import validate_questions_config
 
-    project = Project.objects.create(
+    project = Project.objects.using(using).create(
         name=f"bench {mode} {time.strftime('%H:%M:%S')}",
         questions=validate_questions_config(QUESTIONS),
         overlap=overlap,
         lease_seconds=600,
     )
     batch = 2000
-    prompts = Prompt.objects.bulk_create(
+    prompts = Prompt.objects.using(using).bulk_create(
         (
             Prompt(project=project, external_id=f"{mode}-{i}", text=f"Summarise post {i}.", context=POST)
             for i in range(tasks)
         ),
         batch_size=batch,
     )
-    outputs = Output.objects.bulk_create(
+    outputs = Output.objects.using(using).bulk_create(
         (Output(prompt=prompt, text=SUMMARY, model_name="bench") for prompt in prompts), batch_size=batch
     )
-    task_rows = Task.objects.bulk_create(
+    task_rows = Task.objects.using(using).bulk_create(
         (Task(project=project, prompt=prompt) for prompt in prompts), batch_size=batch
     )
-    TaskOutput.objects.bulk_create(
+    TaskOutput.objects.using(using).bulk_create(
         (
             TaskOutput(task=task, output=output, position=0)
             for task, output in zip(task_rows, outputs, strict=True)
@@ -359,10 +378,14 @@ def seed(*, mode: str, raters: int, tasks: int, overlap: int) -> tuple[int, list
     )
     User = get_user_model()
     # "!" is an unusable password: the raters only ever use their API tokens.
-    users = User.objects.bulk_create(User(username=f"{mode}-rater-{i}", password="!") for i in range(raters))
-    tokens = Token.objects.bulk_create(Token(user=user, key=Token.generate_key()) for user in users)
-    Membership.objects.bulk_create(Membership(user=user, project=project) for user in users)
-    with connection.cursor() as cursor:
+    users = User.objects.using(using).bulk_create(
+        User(username=f"{mode}-rater-{i}", password="!") for i in range(raters)
+    )
+    tokens = Token.objects.using(using).bulk_create(
+        Token(user=user, key=Token.generate_key()) for user in users
+    )
+    Membership.objects.using(using).bulk_create(Membership(user=user, project=project) for user in users)
+    with connections[using].cursor() as cursor:
         cursor.execute("ANALYZE")  # a live database has statistics; give the planner the same
     return project.pk, [token.key for token in tokens]
 
@@ -379,18 +402,19 @@ class Correctness:
         return not (self.over_collected or self.duplicates or self.lost or self.count_drift)
 
 
-def check_correctness(*, project_id: int, acknowledged: set[int]) -> Correctness:
+def check_correctness(*, project_id: int, acknowledged: set[int], using: str = "default") -> Correctness:
     from django.db.models import Count, F
 
     from annotation.models import Judgment, Project, Task
 
-    overlap = Project.objects.get(pk=project_id).overlap
-    judgments = Judgment.objects.filter(project_id=project_id, task__is_gold=False)
+    overlap = Project.objects.using(using).get(pk=project_id).overlap
+    judgments = Judgment.objects.using(using).filter(project_id=project_id, task__is_gold=False)
     over = judgments.values("task").annotate(n=Count("id")).filter(n__gt=overlap).count()
     dups = judgments.values("task", "rater").annotate(n=Count("id")).filter(n__gt=1).count()
-    stored = set(Judgment.objects.filter(project_id=project_id).values_list("pk", flat=True))
+    stored = set(Judgment.objects.using(using).filter(project_id=project_id).values_list("pk", flat=True))
     drift = (
-        Task.objects.filter(project_id=project_id)
+        Task.objects.using(using)
+        .filter(project_id=project_id)
         .annotate(n=Count("judgments"))
         .exclude(judgment_count=F("n"))
         .count()
