@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -264,7 +265,18 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
         services.round_fail(round_id=round_id, token=token, error=str(error), retry=False)
     except Exception as error:
         logger.exception("round %s: step %s failed", round_id, state)
-        services.round_fail(round_id=round_id, token=token, error=f"{type(error).__name__}: {error}")
+        services.round_fail(round_id=round_id, token=token, error=step_error(state, error))
+
+
+def step_error(state: str, error: Exception) -> str:
+    """What a round's error says of a failed step; a full disk in so many words."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return (
+            f"no space left on device{where} during {state}: nothing of the step was kept "
+            "(no half-written file is used); free disk space, then retry the round"
+        )
+    return f"{type(error).__name__}: {error}"
 
 
 def heartbeat_interval() -> float:

@@ -1,6 +1,7 @@
 """A whole round on the tiny model, its Celery tasks run in-process (eager) on both databases."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 from celery import current_app
@@ -144,6 +145,39 @@ def test_a_failing_step_fails_the_round_and_retry_resumes_from_it(
     # Resumed at training: the refinements are the first try's, not made again.
     assert set(Refinement.objects.filter(round=round).values_list("pk", flat=True)) == refinement_ids
     assert Adapter.objects.filter(round=round).exists()
+
+
+def test_a_full_disk_while_saving_the_adapter_fails_the_round_clearly_and_records_no_adapter(
+    transactional_db, eager, feedback_project, alice, monkeypatch
+):
+    import errno
+
+    import peft.peft_model
+
+    project, _ = feedback_project
+    real_save = peft.peft_model.safe_save_file
+
+    def full(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as f:  # the first bytes, as a full disk leaves them
+            f.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full)
+    round = services.round_start(project=project, user=alice)
+    round.refresh_from_db()
+    assert (round.state, round.failed_state) == ("failed", "training")
+    assert round.error.startswith("no space left on device writing "), round.error
+    assert "free disk space, then retry the round" in round.error
+    assert not Adapter.objects.filter(round=round).exists()
+    folder = round.adapter_dir()
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "dataset.sha256"]
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real_save)
+    services.round_retry(round=round)
+    round.refresh_from_db()
+    assert round.state == "done", round.error
+    adapter = Adapter.objects.get(round=round)
+    assert (Path(adapter.path) / "adapter.sha256").read_text().split()[0] == adapter.checksum
 
 
 def test_training_reports_its_progress_and_a_crashed_try_resumes_from_its_checkpoint(
