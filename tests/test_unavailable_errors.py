@@ -11,7 +11,8 @@ from django.db import InterfaceError, OperationalError
 from django.test import Client
 from rest_framework.test import APIClient
 
-from annotation.api.errors import database_unavailable, no_space
+from annotation.api.errors import database_unavailable
+from annotation.errors import no_space
 from annotation.services import leases
 
 pytestmark = pytest.mark.django_db

@@ -18,7 +18,6 @@ HTML pages (annotation.views.server_error):
   refers to it.
 """
 
-import errno
 import logging
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -27,7 +26,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, no_space
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +74,6 @@ def database_unavailable(exc: BaseException) -> bool:
     # No SQLSTATE: the client library's own failure (connection refused, server closed the
     # connection unexpectedly, lost synchronisation), which always concerns the connection.
     return sqlstate is None or sqlstate.startswith(_UNAVAILABLE_STATES)
-
-
-def no_space(exc: BaseException) -> bool:
-    """Whether `exc` is a write refused for lack of disk space (or of quota)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _first_message(detail, prefix=""):
