@@ -270,13 +270,18 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
 
 def step_error(state: str, error: Exception) -> str:
     """What a round's error says of a failed step; a full disk in so many words."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing {error.filename}" if error.filename else ""
+    said = f"{type(error).__name__}: {error}"
+    # Libraries that write with their own code say it in words (safetensors: "I/O error: No space
+    # left on device (os error 28)") rather than with an OSError.
+    if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "No space left on device" in str(error)
+    ):
+        where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
         return (
             f"no space left on device{where} during {state}: nothing of the step was kept "
-            "(no half-written file is used); free disk space, then retry the round"
+            f"(no half-written file is used); free disk space, then retry the round ({said})"
         )
-    return f"{type(error).__name__}: {error}"
+    return said
 
 
 def heartbeat_interval() -> float:

@@ -242,3 +242,22 @@ def test_a_round_tells_the_projects_webhooks_each_state_change_and_the_promotion
     assert promoted.count() == (1 if round.promoted else 0)
     if round.promoted:
         assert promoted.get().payload["adapter"] == Adapter.objects.get(round=round).pk
+
+
+def test_a_full_disk_said_in_words_by_a_library_is_named_as_one():
+    from feedback_loop import tasks
+
+    class SafetensorError(Exception):
+        pass
+
+    said = tasks.step_error(
+        "training",
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    )
+    assert said.startswith("no space left on device during training: nothing of the step was kept")
+    assert said.endswith(
+        "(SafetensorError: Error while serializing: I/O error: No space left on device (os error 28))"
+    )
+    assert (
+        tasks.step_error("training", RuntimeError("CUDA out of memory")) == "RuntimeError: CUDA out of memory"
+    )
