@@ -82,8 +82,12 @@ class ProjectTemplateError(ApplicationError):
 
 
 def no_space(exc: BaseException) -> bool:
-    """Whether `exc` is a write refused for lack of disk space (or of quota). pyarrow's IO errors
-    are OSErrors that carry the system's message but not always its errno."""
+    """Whether `exc` is a write refused for lack of disk space (or of quota): here, or on the
+    database server (PostgreSQL's disk_full, 53100, under Django's OperationalError; the
+    transaction is rolled back). pyarrow's IO errors are OSErrors that carry the system's message
+    but not always its errno."""
+    if getattr(exc.__cause__, "sqlstate", None) == "53100":
+        return True
     if not isinstance(exc, OSError):
         return False
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)

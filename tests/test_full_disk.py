@@ -195,3 +195,47 @@ def test_an_upload_that_fills_the_disk_answers_507_leaves_no_temporary_file_and_
     assert response.json()["code"] == "no_space"
     assert list(uploads.iterdir()) == []
     assert _written() == before
+
+
+# ------------------------------------------------------------------ import: the database server's disk
+
+
+def _disk_full():
+    import psycopg
+    from django.db import OperationalError
+
+    try:
+        raise OperationalError("could not extend file: No space left on device") from psycopg.errors.DiskFull(
+            "could not extend file"
+        )
+    except OperationalError as error:
+        return error
+
+
+@pytest.mark.django_db
+def test_an_import_that_fills_the_database_servers_disk_answers_507(project, alice, monkeypatch):
+    from annotation.services import prompts
+
+    monkeypatch.setattr(prompts, "prompts_import", lambda **kwargs: (_ for _ in ()).throw(_disk_full()))
+    response = client_for(alice).post(
+        f"/api/v1/projects/{project.pk}/import/",
+        {"rows": [{"external_id": "p1", "text": "Summarise."}]},
+        format="json",
+    )
+    assert response.status_code == 507
+    assert response.json()["code"] == "no_space"
+
+
+@pytest.mark.django_db
+def test_the_import_command_says_the_database_server_is_full(project, tmp_path, monkeypatch):
+    from annotation.services import prompts
+
+    source = tmp_path / "prompts.jsonl"
+    source.write_text(json.dumps({"external_id": "p1", "text": "Summarise."}) + "\n")
+    monkeypatch.setattr(prompts, "prompts_import", lambda **kwargs: (_ for _ in ()).throw(_disk_full()))
+    with pytest.raises(
+        CommandError, match="the database server has no space left on its disk: nothing was imported"
+    ):
+        call_command(
+            "import_prompts", str(project.pk), str(source), stdout=io.StringIO(), stderr=io.StringIO()
+        )
