@@ -40,6 +40,60 @@ _INSERT_JUDGMENT = """
     INSERT INTO annotation_judgment (project_id, task_id, rater_id, lease_id, display_order,
         time_spent_ms, late, status, round_number, created_at)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
+_SUBMIT_LEASE = "UPDATE annotation_lease SET state = %s WHERE id = %s"
+_COUNT_JUDGMENT = "UPDATE annotation_task SET judgment_count = %s, status = %s WHERE id = %s"
+
+
+def _write_judgment(judgment: Judgment, cleaned: list, *, task_count: int, task_status: str) -> int:
+    """Insert the judgment and its answers, mark its lease submitted, count it on its task.
+
+    The task and the lease are locked by the caller. On PostgreSQL the four writes are one
+    statement (data-modifying WITH queries); SQLite runs them one by one. Returns the judgment's id.
+    """
+    judgment_params = [
+        judgment.project_id,
+        judgment.task_id,
+        judgment.rater_id,
+        judgment.lease_id,
+        json_param(Judgment, "display_order", judgment.display_order),
+        judgment.time_spent_ms,
+        judgment.late,
+        judgment.status,
+        judgment.round_number,
+        db_now(judgment.created_at),
+    ]
+    answers = [
+        (question["name"], question["kind"], json_param(Answer, "value", value))
+        for question, value in cleaned
+    ]
+    lease_params = [Lease.State.SUBMITTED, judgment.lease_id]
+    task_params = [task_count, task_status, judgment.task_id]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            answers_sql = ""
+            if answers:
+                rows = ", ".join(["(%s, %s, %s)"] * len(answers))
+                answers_sql = (
+                    "a AS (INSERT INTO annotation_answer (judgment_id, question, kind, value)"
+                    f" SELECT j.id, v.question, v.kind, v.value FROM j, (VALUES {rows}) AS v (question, kind, value)),"
+                )
+            cursor.execute(
+                f"WITH j AS ({_INSERT_JUDGMENT}), {answers_sql}"
+                f" l AS ({_SUBMIT_LEASE}), t AS ({_COUNT_JUDGMENT}) SELECT id FROM j",
+                [*judgment_params, *(p for answer in answers for p in answer), *lease_params, *task_params],
+            )
+            return cursor.fetchone()[0]
+        cursor.execute(_INSERT_JUDGMENT, judgment_params)
+        (judgment_id,) = cursor.fetchone()
+        if answers:
+            cursor.execute(
+                "INSERT INTO annotation_answer (judgment_id, question, kind, value) VALUES "
+                + ", ".join(["(%s, %s, %s, %s)"] * len(answers)),
+                [p for answer in answers for p in (judgment_id, *answer)],
+            )
+        cursor.execute(_SUBMIT_LEASE, lease_params)
+        cursor.execute(_COUNT_JUDGMENT, task_params)
+        return judgment_id
 
 
 def _longest_output(output_ids: list[int]) -> int:
@@ -139,56 +193,15 @@ def judgment_submit(
             round_number=task.round_number,
             created_at=timezone.now(),
         )
+        count = task.judgment_count + 1
+        status = Task.Status.COMPLETE if not task.is_gold and count >= project.overlap else task.status
         try:
-            ((judgment.id,),) = fetch_rows(
-                _INSERT_JUDGMENT,
-                [
-                    project.pk,
-                    task.pk,
-                    rater.pk,
-                    lease.pk,
-                    json_param(Judgment, "display_order", output_ids),
-                    time_spent_ms,
-                    late,
-                    judgment.status,
-                    task.round_number,
-                    db_now(judgment.created_at),
-                ],
-            )
+            judgment.id = _write_judgment(judgment, cleaned, task_count=count, task_status=status)
         except IntegrityError as error:  # the database's (task, rater) constraint; all is rolled back
             raise QueueError("you have already judged this task") from error
         judgment._state.adding = False
         judgment._state.db = connection.alias
         judgment.project, judgment.task, judgment.rater, judgment.lease = project, task, rater, lease
-        with connection.cursor() as cursor:
-            if cleaned:
-                cursor.execute(
-                    "INSERT INTO annotation_answer (judgment_id, question, kind, value) VALUES "
-                    + ", ".join(["(%s, %s, %s, %s)"] * len(cleaned)),
-                    [
-                        param
-                        for question, value in cleaned
-                        for param in (
-                            judgment.id,
-                            question["name"],
-                            question["kind"],
-                            json_param(Answer, "value", value),
-                        )
-                    ],
-                )
-            cursor.execute(
-                "UPDATE annotation_lease SET state = %s WHERE id = %s", [Lease.State.SUBMITTED, lease.pk]
-            )
-            count = task.judgment_count + 1
-            if not task.is_gold and count >= project.overlap:
-                cursor.execute(
-                    "UPDATE annotation_task SET judgment_count = %s, status = %s WHERE id = %s",
-                    [count, Task.Status.COMPLETE, task.pk],
-                )
-            else:
-                cursor.execute(
-                    "UPDATE annotation_task SET judgment_count = %s WHERE id = %s", [count, task.pk]
-                )
         stored = {question["name"]: value for question, value in cleaned}
         # In the transaction: its deliveries are enqueued only if this judgment commits. The
         # project's webhooks were probed with the lease: without one, there is nothing to record.
