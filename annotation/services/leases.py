@@ -9,8 +9,8 @@ the queue cannot deadlock with itself:
 - `judgment_submit` locks the task row, then the lease row.
 - `lease_skip` locks only the lease row.
 - `judgment_submit` then records a `judgment.submitted` webhook event (annotation.webhooks):
-  one indexed read when the project has no webhooks; otherwise delivery rows, whose foreign key
-  takes a key-share lock on webhook rows. Nothing that locks webhook rows locks tasks or leases,
+  nothing when the project has no active webhook (probed in the same statement that locks the
+  lease); otherwise delivery rows, whose foreign key takes a key-share lock on webhook rows. Nothing that locks webhook rows locks tasks or leases,
   so the order above still holds. The deliveries are sent only after the commit.
 Every change to a task's judgment count, and every lease written for it, happens while its row
 is locked, so a fresh count read under that lock is exact.
