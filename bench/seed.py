@@ -116,12 +116,16 @@ def seed_project(
         def run(sql: str, params=None) -> None:
             cursor.execute(sql, params)
 
+        def analyse(table: str) -> None:  # the next statements are planned on its fresh statistics
+            cursor.execute(f"ANALYZE {table}")
+
         run(
             """INSERT INTO annotation_prompt (project_id, external_id, text, context, data, split, created_at)
             SELECT %s, 'p' || i, 'Summarise post ' || i || '.', %s, '{}', 'train', now()
             FROM generate_series(0, %s - 1) i ORDER BY i""",
             [pid, POST, prompts],
         )
+        analyse("annotation_prompt")
         run(
             """INSERT INTO annotation_output
                 (prompt_id, text, source, model_name, adapter, generation, created_at)
@@ -130,6 +134,7 @@ def seed_project(
             ORDER BY p.id, k""",
             [SUMMARY, per_task, pid],
         )
+        analyse("annotation_output")
         run(
             """INSERT INTO annotation_task
                 (project_id, prompt_id, kind, status, judgment_count, is_gold, priority, created_at)
@@ -140,6 +145,7 @@ def seed_project(
             ORDER BY i""",
             [pid, task_kind, tasks, pid, prompts],
         )
+        analyse("annotation_task")
         run(
             """INSERT INTO annotation_taskoutput (task_id, output_id, position)
             SELECT t.id, o.id, o.position FROM annotation_task t
@@ -150,6 +156,7 @@ def seed_project(
             WHERE t.project_id = %s ORDER BY t.id, o.position""",
             [pid, pid],
         )
+        analyse("annotation_taskoutput")
 
         def people(role: str, count: int) -> tuple[list[int], list[str]]:
             if not count:
@@ -162,17 +169,20 @@ def seed_project(
                 FROM generate_series(0, %s - 1) i ORDER BY i""",
                 [prefix, role, count],
             )
+            analyse("auth_user")
             run(
                 """INSERT INTO authtoken_token (key, user_id, created)
                 SELECT substr(md5(random()::text || u.id) || md5(u.id || random()::text), 1, 40), u.id, now()
                 FROM auth_user u WHERE u.username LIKE %s""",
                 [f"{prefix}-{role}-%"],
             )
+            analyse("authtoken_token")
             run(
                 """INSERT INTO annotation_membership (user_id, project_id, role, is_active, created_at)
                 SELECT u.id, %s, %s, true, now() FROM auth_user u WHERE u.username LIKE %s ORDER BY u.id""",
                 [pid, role, f"{prefix}-{role}-%"],
             )
+            analyse("annotation_membership")
             run(
                 """SELECT u.id, t.key FROM auth_user u JOIN authtoken_token t ON t.user_id = u.id
                 WHERE u.username LIKE %s ORDER BY u.id""",
@@ -212,6 +222,7 @@ def seed_project(
                     "lease": lease_seconds,
                 },
             )
+            analyse("annotation_lease")
             run(
                 """INSERT INTO annotation_judgment (project_id, task_id, rater_id, lease_id, display_order,
                     time_spent_ms, late, status, created_at)
@@ -221,6 +232,7 @@ def seed_project(
                 WHERE t.project_id = %s ORDER BY l.id""",
                 [pid, pid],
             )
+            analyse("annotation_judgment")
             if answers and task_kind == "single":
                 run(
                     """INSERT INTO annotation_answer (judgment_id, question, kind, value)
@@ -232,6 +244,7 @@ def seed_project(
                     WHERE j.project_id = %s ORDER BY j.id, q.question""",
                     [FEEDBACK, pid],
                 )
+                analyse("annotation_answer")
             run(
                 """UPDATE annotation_task t SET judgment_count = c.n,
                     status = CASE WHEN c.n >= %s THEN 'complete' ELSE 'open' END
