@@ -22,10 +22,14 @@ The unique constraints on (task, rater) for leases and judgments hold on both.
 Each rater has a place in the queue (Membership.queue_*): every open, non-gold task ordered
 before it is one they submitted or skipped. The candidate scan starts there, so the tasks a
 rater has already judged, which may stay open for a long while when others have not caught up,
-are stepped over once, not on every request. The place is moved on under the membership lock.
-Task writers (services.tasks.task_create) bump the project's tasks_version, taking the project
-row's lock, which the queue never takes; a place recorded under an older version is worked out
-again from the start of the queue.
+are stepped over once, not on every request. The place is moved on under the membership lock,
+and only past tasks the rater finished (a task passed over because it was full or locked may
+have room again later). Tasks never go back to open and a finished lease stays finished, so only
+a new task can come before a place: task writers (services.tasks.task_create, Task.save) bump
+the project's tasks_version in the transaction that writes it, taking the project row's lock,
+which the queue never takes. The version is read with the membership, before the statement that
+moves the place on takes its snapshot: a place recorded under a version older than the
+project's is worked out again from the front of the queue.
 
 The queue's SQL and its row-lock helpers (row_lock, room_left, task_output_ids) are shared with
 services.judgments.
