@@ -501,7 +501,8 @@ def stop_gunicorn(server: subprocess.Popen) -> None:
     try:
         server.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        server.kill()
+        # Its workers too (busy with a long request, say): gunicorn runs in a session of its own.
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
 
