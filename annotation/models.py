@@ -70,6 +70,9 @@ class Project(models.Model):
     loop_settings = models.JSONField(default=dict, blank=True, help_text="Refiner, selector and training.")
     created_at = models.DateTimeField(auto_now_add=True)
     archived = models.BooleanField(default=False)
+    # Bumped whenever tasks are added (services.tasks.task_create, Task.save): raters' places in
+    # the queue (Membership.queue_*) recorded under an older version are worked out afresh.
+    tasks_version = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["id"]
@@ -107,6 +110,13 @@ class Membership(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.RATER)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The rater's place in the queue (services.leases): every open, non-gold task of the project
+    # ordered before (queue_priority, queue_task_id) is one they have submitted or skipped, as
+    # of the project's tasks_version `queue_version`. Tasks never go back to open and a
+    # submitted or skipped lease stays so, so only new tasks can break it: they bump the version.
+    queue_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    queue_priority = models.IntegerField(null=True, blank=True, editable=False)
+    queue_task_id = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "project"], name="one_membership_per_user")]
@@ -200,10 +210,22 @@ class Task(models.Model):
         ordering = ["id"]
         indexes = [
             models.Index(fields=["project", "status", "is_gold", "priority", "id"], name="task_queue_idx"),
+            # The queue's scan (services.leases): open, non-gold tasks only, in queue order.
+            models.Index(
+                fields=["project", "priority", "id"],
+                name="task_open_idx",
+                condition=models.Q(status="open", is_gold=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"task {self.pk} ({self.kind})"
+
+    def save(self, *args, **kwargs) -> None:
+        adding = self._state.adding
+        super().save(*args, **kwargs)
+        if adding:  # a new task may come before raters' places in the queue
+            Project.objects.filter(pk=self.project_id).update(tasks_version=models.F("tasks_version") + 1)
 
 
 class TaskOutput(models.Model):

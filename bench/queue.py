@@ -278,6 +278,7 @@ async def run_load(
     progress_every: float | None = 2.0,
     on_start=None,
     tick=None,
+    background=(),
 ) -> LoadResult:
     """Run one rater per token: `warmup` seconds unmeasured, then `duration` seconds measured.
 
@@ -286,7 +287,9 @@ async def run_load(
     each submission asks for the next lease too (one request per judgment). `on_start` is called
     when the measurement starts and `tick` every second or two after (the bench reads CPU
     times there). Latencies and judgment counts cover the measured part; `acknowledged` holds
-    every judgment id the server acknowledged, warm-up included.
+    every judgment id the server acknowledged, warm-up included. `background`: functions of the
+    Clock returning coroutines (other users of the server, say), run alongside the raters and
+    cancelled when they are done.
     """
     think = 0.0 if mode.startswith("saturation") else think_mean
     result = LoadResult(mode=mode, raters=len(tokens))
@@ -300,6 +303,7 @@ async def run_load(
     ]
     clock = Clock(warmup=warmup, duration=duration)
     measure = asyncio.create_task(_measure(result, clock, every=progress_every, on_start=on_start, tick=tick))
+    others = [asyncio.create_task(start(clock)) for start in background]
     try:
         await asyncio.gather(
             *(
@@ -319,6 +323,11 @@ async def run_load(
         )
     finally:
         measure.cancel()
+        for other in others:
+            other.cancel()
+        for outcome in await asyncio.gather(*others, return_exceptions=True):
+            if not isinstance(outcome, asyncio.CancelledError | type(None)):
+                print(f"a background task failed: {outcome!r}", file=sys.stderr)
         result.elapsed = max(0.0, time.monotonic() - clock.measure_from)
         await asyncio.gather(*(client.aclose() for client in clients))
     return result
@@ -339,6 +348,22 @@ def reset_database(url: str) -> None:
     with psycopg.connect(_maintenance_url(url), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def prepare_database(url: str) -> None:
+    """Reset and migrate the bench database, and set Django up on it in this process."""
+    print(f"resetting {urlparse(url).path.lstrip('/')} and migrating ...", file=sys.stderr)
+    reset_database(url)
+    # The app runs as deployed (DEBUG off), which needs a key; the bench's sessions are throwaway.
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "0"}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True
+    )
+    os.environ.update(DATABASE_URL=url, DEBUG="0", DJANGO_SETTINGS_MODULE="config.settings")
+    import django
+
+    django.setup()
 
 
 def _maintenance_url(url: str) -> str:
@@ -508,7 +533,8 @@ def stop_gunicorn(server: subprocess.Popen) -> None:
     try:
         server.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        server.kill()
+        # Its workers too (busy with a long request, say): gunicorn runs in a session of its own.
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
 
@@ -629,6 +655,7 @@ def run_mode(
     server: subprocess.Popen,
     project_id: int,
     tokens: list[str],
+    background=(),
 ) -> ModeReport:
     from django.db import connections
 
@@ -682,6 +709,7 @@ def run_mode(
             seed=args.seed,
             on_start=on_start,
             tick=tick,
+            background=background,
         )
     )
     if "before" not in machine:  # the load ended within the warm-up (the queue ran dry)
@@ -818,18 +846,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, modes: list[str], worker_class: str) -> int:
 
-    print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
-    reset_database(args.database_url)
-    # The app runs as deployed (DEBUG off), which needs a key; the bench's sessions are throwaway.
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
-    env = {**os.environ, "DATABASE_URL": args.database_url, "DEBUG": "0"}
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    os.environ.update(DATABASE_URL=args.database_url, DEBUG="0", DJANGO_SETTINGS_MODULE="config.settings")
-    import django
-
-    django.setup()
+    prepare_database(args.database_url)
     seeded = {}
     for mode in modes:
         raters = args.raters if mode.startswith("saturation") else args.paced_raters

@@ -253,3 +253,71 @@ def test_lowering_overlap_stops_handing_out_filled_tasks(project, raters):
     project.overlap = 1
     project.save()
     assert lease_acquire(project=project, rater=raters[1]) is None
+
+
+# The rater's place in the queue (Membership.queue_*): the scan starts past the tasks they finished.
+
+
+def _place(project, rater):
+    membership = Membership.objects.get(project=project, user=rater)
+    return membership.queue_priority, membership.queue_task_id
+
+
+def test_the_place_moves_past_finished_tasks_and_the_scan_starts_there(project, raters):
+    tasks = make_tasks(project, 4)
+    project.overlap = 3
+    project.save()
+    bob = raters[0]
+    for task in tasks[:2]:
+        lease = lease_acquire(project=project, rater=bob)
+        assert lease.task == task
+        judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    # Still open (overlap 3), judged by bob: his place is past them.
+    assert lease_acquire(project=project, rater=bob).task == tasks[2]
+    assert _place(project, bob) == (0, tasks[2].pk)
+    assert _place(project, raters[1]) == (None, None)  # nobody else's place moved
+    assert lease_acquire(project=project, rater=raters[1]).task == tasks[0]
+
+
+def test_a_task_added_before_the_place_is_handed_out(project, bob):
+    from annotation.models import TaskOutput
+    from annotation.services.tasks import TaskDraft, task_create
+
+    (first,) = make_tasks(project, 1)
+    lease = lease_acquire(project=project, rater=bob)
+    judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    assert lease_acquire(project=project, rater=bob) is None
+    assert _place(project, bob) == (0, first.pk + 1)  # past the last open task
+    # A task written by the ORM, then one by task_create, each coming before bob's place.
+    output = first.task_outputs.get().output
+    orm_task = Task.objects.create(project=project, prompt=first.prompt, priority=-1)
+    TaskOutput.objects.create(task=orm_task, output=output, position=0)
+    lease = lease_acquire(project=project, rater=bob)
+    assert lease.task == orm_task
+    judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    draft = TaskDraft(prompt_id=first.prompt_id, output_ids=[output.pk], priority=-2)
+    (urgent,) = task_create(project=project, drafts=[draft])
+    assert lease_acquire(project=project, rater=bob).task == urgent
+
+
+def test_a_task_passed_over_while_full_is_not_stepped_over_for_good(project, raters):
+    first, second = make_tasks(project, 2)
+    project.overlap = 1
+    project.save()
+    bob, carol = raters[0], raters[1]
+    held = lease_acquire(project=project, rater=carol)
+    assert held.task == first
+    lease = lease_acquire(project=project, rater=bob)
+    assert lease.task == second  # the first is full
+    judgment_submit(lease_id=lease.pk, rater=bob, answers=single_answers())
+    lease_skip(lease_id=held.pk, rater=carol)
+    assert lease_acquire(project=project, rater=bob).task == first
+
+
+def test_the_place_stops_at_an_expired_lease_of_the_rater(project, bob):
+    first, _second = make_tasks(project, 2)
+    lease = lease_acquire(project=project, rater=bob)
+    assert lease.task == first
+    later = timezone.now() + timedelta(hours=1)
+    again = lease_acquire(project=project, rater=bob, now=later)
+    assert again.pk == lease.pk and again.expires_at > later

@@ -19,6 +19,18 @@ SQLite has no row locks: its connections open transactions with BEGIN IMMEDIATE 
 config.env), which takes the database's write lock up front and serialises these functions.
 The unique constraints on (task, rater) for leases and judgments hold on both.
 
+Each rater has a place in the queue (Membership.queue_*): every open, non-gold task ordered
+before it is one they submitted or skipped. The candidate scan starts there, so the tasks a
+rater has already judged, which may stay open for a long while when others have not caught up,
+are stepped over once, not on every request. The place is moved on under the membership lock,
+and only past tasks the rater finished (a task passed over because it was full or locked may
+have room again later). Tasks never go back to open and a finished lease stays finished, so only
+a new task can come before a place: task writers (services.tasks.task_create, Task.save) bump
+the project's tasks_version in the transaction that writes it, taking the project row's lock,
+which the queue never takes. The version is read with the membership, before the statement that
+moves the place on takes its snapshot: a place recorded under a version older than the
+project's is worked out again from the front of the queue.
+
 The queue's SQL and its row-lock helpers (row_lock, room_left, task_output_ids) are shared with
 services.judgments.
 """
@@ -48,8 +60,8 @@ MAX_CANDIDATES = 20
 
 # The rater's active membership, with its project, locking only the membership row.
 _PROJECT_OF_MEMBER = f"""
-    SELECT {columns(Project, "p")} FROM annotation_project p
-    JOIN annotation_membership m ON m.project_id = p.id
+    SELECT {columns(Project, "p")}, m.id, m.queue_version, m.queue_priority, m.queue_task_id
+    FROM annotation_project p JOIN annotation_membership m ON m.project_id = p.id
     WHERE m.user_id = %s AND m.project_id = %s AND m.is_active = %s
     {{lock}}"""
 
@@ -77,10 +89,33 @@ _CANDIDATES = f"""
         (SELECT l.state FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s),
         %(active)s
     ) = %(active)s
+    {{start}}
     {{room}}
     {{exclude}}
     ORDER BY t.priority, t.id LIMIT %(limit)s
     {{lock}}"""
+# Where the scan starts: the rater's place in the queue.
+_START = "AND (t.priority, t.id) >= (%(start_priority)s, %(start_task)s)"
+
+# The rater's place: the first open, non-gold task at or after their recorded place that they
+# have not submitted or skipped. It steps over each task they finished once, then moves on.
+_FIRST_UNFINISHED = """
+    SELECT t.priority, t.id FROM annotation_task t
+    WHERE t.project_id = %(project)s AND t.status = %(open)s AND t.is_gold = %(gold)s
+    {start}
+    AND COALESCE(
+        (SELECT l.state FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s),
+        %(active)s
+    ) = %(active)s
+    ORDER BY t.priority, t.id LIMIT 1"""
+# Past the last open task: where the place goes when the rater has finished every open task.
+_LAST_OPEN = """
+    SELECT t.priority, t.id FROM annotation_task t
+    WHERE t.project_id = %(project)s AND t.status = %(open)s AND t.is_gold = %(gold)s
+    ORDER BY t.priority DESC, t.id DESC LIMIT 1"""
+_SET_PLACE = """
+    UPDATE annotation_membership SET queue_version = %s, queue_priority = %s, queue_task_id = %s
+    WHERE id = %s"""
 _ROOM = """AND t.judgment_count < %(overlap)s AND t.judgment_count + (
         SELECT COUNT(*) FROM annotation_lease l
         WHERE l.task_id = t.id AND l.state = %(active)s AND l.expires_at > %(now)s
@@ -123,8 +158,12 @@ def _candidate_tasks(
     lock: bool = False,
     exclude: Sequence[int] = (),
     limit: int = 1,
+    start: tuple[int, int] | None = None,
 ) -> list[Task]:
-    """See _CANDIDATES. With `lock`, the first candidate nobody else holds is locked (SKIP LOCKED)."""
+    """See _CANDIDATES. With `lock`, the first candidate nobody else holds is locked (SKIP LOCKED).
+
+    `start`: (priority, task id) where the scan starts, the rater's place (non-gold tasks only).
+    """
     params = {
         "rater": rater.pk,
         "project": project.pk,
@@ -140,8 +179,11 @@ def _candidate_tasks(
         names = [f"exclude{i}" for i in range(len(exclude))]
         params.update(zip(names, exclude, strict=True))
         exclude_sql = "AND t.id NOT IN (" + ", ".join(f"%({name})s" for name in names) + ")"
+    if start is not None:
+        params.update(start_priority=start[0], start_task=start[1])
     skip_locked = lock and connection.features.has_select_for_update_skip_locked
     sql = _CANDIDATES.format(
+        start="" if start is None else _START,
         room="" if gold else _ROOM,
         exclude=exclude_sql,
         lock="FOR UPDATE OF t SKIP LOCKED" if skip_locked else "",
@@ -153,6 +195,38 @@ def _candidate_tasks(
         task.own_lease_id = row[width]
         tasks.append(task)
     return tasks
+
+
+def _queue_place(project: Project, rater: AbstractBaseUser) -> tuple[int, int] | None:
+    """The rater's place in the queue, moved on past the tasks they finished; the membership is locked.
+
+    `project` is read with its membership's place (_PROJECT_OF_MEMBER). None: no open task.
+    """
+    recorded = None
+    if project.member_queue_version == project.tasks_version and project.member_queue_task_id is not None:
+        recorded = (project.member_queue_priority, project.member_queue_task_id)
+    params = {
+        "project": project.pk,
+        "open": Task.Status.OPEN,
+        "gold": False,
+        "rater": rater.pk,
+        "active": Lease.State.ACTIVE,
+    }
+    if recorded is not None:
+        params.update(start_priority=recorded[0], start_task=recorded[1])
+    with connection.cursor() as cursor:
+        cursor.execute(_FIRST_UNFINISHED.format(start="" if recorded is None else _START), params)
+        row = cursor.fetchone()
+        if row is None:  # every open task from the place on is finished: the place goes past the last
+            cursor.execute(_LAST_OPEN, params)
+            last = cursor.fetchone()
+            row = None if last is None else (last[0], last[1] + 1)
+            if row is not None and recorded is not None:
+                row = max(row, recorded)
+        place = None if row is None else (row[0], row[1])
+        if place is not None and (place != recorded or project.member_queue_version != project.tasks_version):
+            cursor.execute(_SET_PLACE, [project.tasks_version, place[0], place[1], project.membership_id])
+    return place
 
 
 def room_left(task: Task, *, overlap: int, now: datetime, exclude_lease: int | None = None) -> int:
@@ -239,6 +313,12 @@ def lease_acquire(
         if not found:
             raise NotAMember("you are not a rater of this project")
         project = model_from_row(Project, found[0])
+        (
+            project.membership_id,
+            project.member_queue_version,
+            project.member_queue_priority,
+            project.member_queue_task_id,
+        ) = found[0][len(Project._meta.concrete_fields) :]
         # Read under the membership lock: a parallel request of the same rater has committed.
         limit = project.max_pending_per_rater
         held = [
@@ -251,6 +331,7 @@ def lease_acquire(
             held[0].task.project = project
             return held[0]
         holding = [lease.task_id for lease in held]
+        start = _queue_place(project, rater)
 
         if project.gold_rate > 0 and random.random() < project.gold_rate:
             for gold in _candidate_tasks(project=project, rater=rater, now=now, gold=True, exclude=holding):
@@ -261,7 +342,7 @@ def lease_acquire(
         passed_over: list[int] = [*holding]
         for _ in range(MAX_CANDIDATES):
             found = _candidate_tasks(
-                project=project, rater=rater, now=now, gold=False, lock=True, exclude=passed_over
+                project=project, rater=rater, now=now, gold=False, lock=True, exclude=passed_over, start=start
             )
             if not found:
                 break
@@ -278,7 +359,13 @@ def lease_acquire(
         # Every candidate we saw was full or locked by someone else. A locked one may still have
         # room once its holder commits: wait for it rather than tell the rater the queue is empty.
         for candidate in _candidate_tasks(
-            project=project, rater=rater, now=now, gold=False, exclude=passed_over, limit=MAX_CANDIDATES
+            project=project,
+            rater=rater,
+            now=now,
+            gold=False,
+            exclude=passed_over,
+            limit=MAX_CANDIDATES,
+            start=start,
         ):
             task = Task.objects.select_for_update().get(pk=candidate.pk)
             task.own_lease_id = candidate.own_lease_id

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 
 from annotation.errors import EnqueueError
 from annotation.models import Output, Project, Prompt, Task, TaskOutput
@@ -80,6 +81,10 @@ def task_create(*, project: Project, drafts: Sequence[TaskDraft]) -> list[Task]:
         if len(set(draft.output_ids)) != len(draft.output_ids):
             raise EnqueueError("the outputs of a task must be distinct")
     with transaction.atomic():
+        # New tasks may come before raters' places in the queue (services.leases): bumping the
+        # version sends each rater's next request back to the start. Locks the project row,
+        # which the queue never locks; and serialises task writers of one project.
+        Project.objects.filter(pk=project.pk).update(tasks_version=F("tasks_version") + 1)
         tasks = Task.objects.bulk_create([draft.task(project) for draft in drafts], batch_size=BATCH_SIZE)
         TaskOutput.objects.bulk_create(
             [

@@ -1,0 +1,390 @@
+"""Queue bench at scale: does next-task cost grow with a project's size and its raters' history?
+
+    python bench/queue_scale.py [--tasks 1000000] [--raters 5000] [--active 500] [--history 2000]
+                                [--history-kind open|queue|both] [--overlap 3] [--empty-tasks 20000]
+                                [--duration 60] [--warmup 10] [--think-mean 5] [--with-curators]
+                                [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
+
+It resets the bench database, seeds it with bench.seed (SQL, not the ORM), starts gunicorn and
+runs bench.queue's paced raters (the `--active` raters, each thinking `--think-mean` seconds on
+average per task) against:
+
+- "empty": a project with `--empty-tasks` tasks and no history;
+- "open" / "queue": a project of `--tasks` tasks and `--raters` raters, of whom the `--active`
+  ones have `--history` past judgments each (bench.seed's history kinds: "open" is the worst
+  case, every active rater's judged tasks still open at the front of the queue; "queue" is the
+  history the queue itself leaves behind);
+- with `--with-curators`, the last seeded project again while two curators reload the
+  dashboard and raters pages (a second apart) and a third streams the judgments export, over
+  and over.
+
+Before and after each seeded project's run it prints EXPLAIN (ANALYZE, BUFFERS) of the queue's
+queries for an active rater with history: the rater's place in the queue (services.leases),
+the candidate scan from that place, and the same scan from the front of the queue (what the
+queue costs without the place). Then bench.queue's table for each run, the tasks table's HOT
+updates, and the next-task p50/p95/p99 of each seeded project against the empty one. It exits
+1 on a correctness count that is not 0 or on a 5xx, as bench.queue does; the timing targets
+(p99 < 50 ms, within 20% of the empty project) are printed, not enforced: the figures depend
+on the machine.
+"""
+# ruff: noqa: E402
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# As in bench/queue.py: this folder must not come first on sys.path (bench/queue.py would shadow
+# the standard library's `queue`).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import argparse
+import asyncio
+import os
+import time
+from argparse import Namespace
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import httpx
+import psutil
+
+from bench.queue import (
+    DEFAULT_DATABASE_URL,
+    Clock,
+    ModeReport,
+    _maintenance_url,
+    free_port,
+    percentile,
+    prepare_database,
+    print_table,
+    run_mode,
+    start_gunicorn,
+    stop_gunicorn,
+    wait_until_ready,
+)
+
+TARGET_P99_MS = 50.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+
+
+def queue_plans(*, project_id: int, rater_id: int) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the queue's queries for this rater, as lease_acquire runs them.
+
+    Run in a transaction that is rolled back (the candidate scan locks a row).
+    """
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from annotation.models import Lease, Membership, Project, Task
+    from annotation.services import leases
+
+    project = Project.objects.get(pk=project_id)
+    member = Membership.objects.get(project_id=project_id, user_id=rater_id)
+    recorded = None
+    if member.queue_version == project.tasks_version and member.queue_task_id is not None:
+        recorded = (member.queue_priority, member.queue_task_id)
+    params = {
+        "project": project_id,
+        "open": Task.Status.OPEN,
+        "gold": False,
+        "rater": rater_id,
+        "active": Lease.State.ACTIVE,
+        "overlap": project.overlap,
+        "now": leases.db_now(timezone.now()),
+        "limit": 1,
+    }
+    if recorded is not None:
+        params.update(start_priority=recorded[0], start_task=recorded[1])
+    place_sql = leases._FIRST_UNFINISHED.format(start="" if recorded is None else leases._START)
+    out = []
+    with transaction.atomic(), connection.cursor() as cursor:
+
+        def explain(title: str, sql: str, query_params: dict) -> None:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, query_params)
+            plan = "\n".join(f"    {line}" for (line,) in cursor.fetchall())
+            out.append(f"  {title}\n{plan}")
+
+        where = "none recorded" if recorded is None else f"recorded at {recorded}"
+        explain(f"the rater's place ({where}): _FIRST_UNFINISHED", place_sql, params)
+        cursor.execute(place_sql, params)
+        row = cursor.fetchone()
+        for title, start in (("from the rater's place", row), ("from the front of the queue", None)):
+            query = dict(params)
+            if start is not None:
+                query.update(start_priority=start[0], start_task=start[1])
+            sql = leases._CANDIDATES.format(
+                start="" if start is None else leases._START,
+                room=leases._ROOM,
+                exclude="",
+                lock="FOR UPDATE OF t SKIP LOCKED",
+            )
+            explain(f"the candidate scan {title}: _CANDIDATES", sql, query)
+        transaction.set_rollback(True)
+    return f"Plans for rater {rater_id} of project {project_id}:\n" + "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Curators and an export, alongside the raters
+
+
+@dataclass
+class PageStats:
+    ms: dict[str, list[float]] = field(default_factory=dict)
+    statuses: dict[str, dict[int, int]] = field(default_factory=dict)
+    export_bytes: int = 0
+    exports_done: int = 0
+
+    def add(self, what: str, status: int, ms: float) -> None:
+        self.ms.setdefault(what, []).append(ms)
+        counts = self.statuses.setdefault(what, {})
+        counts[status] = counts.get(status, 0) + 1
+
+
+def curator_background(*, base_url: str, project_id: int, curator_ids: list[int], export_token: str, stats):
+    """Two curators reloading their pages, and an export streaming: bench.queue.run_load's `background`."""
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    cookies = []
+    for user in get_user_model().objects.filter(pk__in=curator_ids[:2]):
+        client = Client()
+        client.force_login(user)
+        cookies.append(client.cookies[settings.SESSION_COOKIE_NAME].value)
+
+    async def curator(clock: Clock, cookie: str) -> None:
+        headers = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}"}
+        pages = {
+            "dashboard": f"/projects/{project_id}/dashboard/",
+            "raters page": f"/projects/{project_id}/raters/",
+        }
+        async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=120) as client:
+            while True:
+                for what, path in pages.items():
+                    started = time.perf_counter()
+                    response = await client.get(path, headers=headers)
+                    stats.add(what, response.status_code, (time.perf_counter() - started) * 1000)
+                    await asyncio.sleep(1.0)
+
+    async def exporter(clock: Clock) -> None:
+        headers = {"Authorization": f"Token {export_token}"}
+        path = f"/api/v1/projects/{project_id}/export/?kind=judgments&format=jsonl"
+        async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=600) as client:
+            while True:
+                started = time.perf_counter()
+                async with client.stream("GET", path, headers=headers) as response:
+                    async for chunk in response.aiter_bytes():
+                        stats.export_bytes += len(chunk)
+                stats.add("export (whole)", response.status_code, (time.perf_counter() - started) * 1000)
+                stats.exports_done += 1
+
+    return [lambda clock, c=c: curator(clock, c) for c in cookies] + [exporter]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def hot_updates() -> tuple[int, int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        cursor.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'annotation_task'"
+        )
+        return cursor.fetchone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--raters", type=int, default=5_000)
+    parser.add_argument("--active", type=int, default=500, help="paced raters, each with --history judgments")
+    parser.add_argument("--history", type=int, default=2_000)
+    parser.add_argument("--history-kind", choices=["open", "queue", "both"], default="open")
+    parser.add_argument("--overlap", type=int, default=3)
+    parser.add_argument("--empty-tasks", type=int, default=20_000, help="tasks of the empty project")
+    parser.add_argument("--answers", action="store_true", help="seed answer rows with the judgments")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the measurement, per run")
+    parser.add_argument("--think-mean", type=float, default=5.0)
+    parser.add_argument("--with-curators", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument(
+        "--keep-database", action="store_true", help="do not drop the bench database at the end"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if urlparse(args.database_url).scheme not in {"postgres", "postgresql"}:
+        parser.error("--database-url must be a postgres:// URL")
+    if urlparse(args.database_url).hostname not in {"127.0.0.1", "localhost", "::1"}:
+        parser.error("the bench measures PostgreSQL's CPU with psutil: it must run on this machine")
+
+    prepare_database(args.database_url)
+    from bench.seed import seed_project
+
+    kinds = ["open", "queue"] if args.history_kind == "both" else [args.history_kind]
+    seeded = {
+        "empty": seed_project(
+            name="scale empty", tasks=args.empty_tasks, raters=args.active, overlap=args.overlap
+        )
+    }
+    for kind in kinds:
+        print(
+            f"seeding {kind}: {args.tasks} tasks, {args.raters} raters, {args.active} with "
+            f"{args.history} judgments ...",
+            file=sys.stderr,
+        )
+        seeded[kind] = seed_project(
+            name=f"scale {kind}",
+            tasks=args.tasks,
+            raters=args.raters,
+            active=args.active,
+            history=args.history,
+            history_kind=kind,
+            overlap=args.overlap,
+            curators=2 if args.with_curators else 0,
+            answers=args.answers,
+        )
+        print(f"  seeded in {seeded[kind].seconds:.0f}s", file=sys.stderr)
+
+    runs = [(name, name) for name in seeded]
+    if args.with_curators:
+        runs.append((f"{kinds[-1]}+curators", kinds[-1]))
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    server = start_gunicorn(
+        database_url=args.database_url,
+        port=port,
+        workers=args.workers,
+        threads=args.threads,
+        worker_class="gthread" if args.threads > 1 else "sync",
+        profile_dir=None,
+    )
+    reports: dict[str, ModeReport] = {}
+    plans: list[str] = []
+    hot: dict[str, tuple[int, int]] = {}
+    pages = PageStats()
+    try:
+        wait_until_ready(base_url, seeded["empty"].rater_tokens[0], server)
+        for run, kind in runs:
+            s = seeded[kind]
+            if kind != "empty":
+                plans.append(
+                    f"[{run}, before the run]\n"
+                    + queue_plans(project_id=s.project_id, rater_id=s.rater_ids[0])
+                )
+            background = ()
+            if run.endswith("+curators"):
+                background = curator_background(
+                    base_url=base_url,
+                    project_id=s.project_id,
+                    curator_ids=s.curator_ids,
+                    export_token=s.curator_tokens[-1],
+                    stats=pages,
+                )
+            print(f"running {run}: {s.active or args.active} paced raters ...", file=sys.stderr)
+            before = hot_updates()
+            mode_args = Namespace(
+                duration=args.duration,
+                think_mean=args.think_mean,
+                warmup=args.warmup,
+                tasks=args.tasks,
+                overlap=s.overlap,
+                seed=args.seed,
+            )
+            report = run_mode(
+                mode="paced",
+                args=mode_args,
+                base_url=base_url,
+                database_url=args.database_url,
+                server=server,
+                project_id=s.project_id,
+                tokens=s.rater_tokens[: args.active],
+                background=background,
+            )
+            report.load.mode = run
+            reports[run] = report
+            after = hot_updates()
+            hot[run] = (after[0] - before[0], after[1] - before[1])
+            if kind != "empty":
+                plans.append(
+                    f"[{run}, after the run]\n"
+                    + queue_plans(project_id=s.project_id, rater_id=s.rater_ids[0])
+                )
+    finally:
+        stop_gunicorn(server)
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print("\n" + "\n\n".join(plans))
+    print_table(
+        list(reports.values()),
+        header=(
+            f"\nRefinery queue bench at scale: {args.tasks} tasks, {args.raters} raters, {args.active} active "
+            f"with {args.history} judgments each (empty project: {args.empty_tasks} tasks), paced, think "
+            f"time mean {args.think_mean:g}s, {psutil.cpu_count()} CPUs (load average now {load})\n"
+        ),
+    )
+    print("\ntask rows updated during each run (HOT: without new index entries):")
+    for run, (updated, hot_updated) in hot.items():
+        print(f"  {run}: {updated} updated, {hot_updated} HOT ({hot_updated / max(updated, 1):.0%})")
+    if pages.ms:
+        print("\ncurators and export during the last run, warm-up included (ms p50 / p95 / max, statuses):")
+        for what, values in pages.ms.items():
+            print(
+                f"  {what}: {len(values)} × {percentile(values, 50):.0f} / {percentile(values, 95):.0f} / "
+                f"{max(values):.0f}  {pages.statuses[what]}"
+            )
+        print(f"  export: {pages.export_bytes / 1e6:.1f} MB streamed, {pages.exports_done} complete")
+
+    empty_p = [percentile(reports["empty"].load.next_task_ms, q) for q in (50, 95, 99)]
+    print("\nnext-task p50 / p95 / p99 (ms), against the empty project:")
+    print(f"  empty: {empty_p[0]:.1f} / {empty_p[1]:.1f} / {empty_p[2]:.1f}")
+    for run, report in reports.items():
+        if run == "empty":
+            continue
+        p = [percentile(report.load.next_task_ms, q) for q in (50, 95, 99)]
+        ratio = p[2] / empty_p[2] if empty_p[2] else float("nan")
+        verdict = "meets" if p[2] < TARGET_P99_MS and ratio <= 1.2 else "misses"
+        print(
+            f"  {run}: {p[0]:.1f} / {p[1]:.1f} / {p[2]:.1f}   p99 ratio {ratio:.2f}   "
+            f"({verdict} p99 < {TARGET_P99_MS:.0f} ms and ratio <= 1.2)"
+        )
+
+    failed = False
+    if not all(report.correctness.ok for report in reports.values()):
+        print("\nFAILED: a correctness count is not 0", file=sys.stderr)
+        failed = True
+    bad = [code for report in reports.values() for (_, code) in report.load.statuses if code >= 500]
+    bad += [code for counts in pages.statuses.values() for code in counts if code >= 500]
+    if bad:
+        print("\nFAILED: the server answered 5xx (its traceback is above)", file=sys.stderr)
+        failed = True
+    if not args.keep_database:
+        from django.db import connections
+
+        connections.close_all()
+        _drop_database(args.database_url)
+    return 1 if failed else 0
+
+
+def _drop_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    name = urlparse(url).path.lstrip("/")
+    with psycopg.connect(_maintenance_url(url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
