@@ -116,6 +116,17 @@ _LAST_OPEN = """
 _SET_PLACE = """
     UPDATE annotation_membership SET queue_version = %s, queue_priority = %s, queue_task_id = %s
     WHERE id = %s"""
+# On PostgreSQL the place is found and recorded in one statement: it moves on after nearly every
+# judgment (the task just finished is stepped over), so this runs once per next-task request.
+_FIRST_UNFINISHED_RECORDED = """
+    WITH f AS ({first}),
+    u AS (
+        UPDATE annotation_membership m
+        SET queue_version = %(version)s, queue_priority = f.priority, queue_task_id = f.id
+        FROM f WHERE m.id = %(membership)s
+        AND (m.queue_version, m.queue_priority, m.queue_task_id) IS DISTINCT FROM (%(version)s, f.priority, f.id)
+    )
+    SELECT priority, id FROM f"""
 _ROOM = """AND t.judgment_count < %(overlap)s AND t.judgment_count + (
         SELECT COUNT(*) FROM annotation_lease l
         WHERE l.task_id = t.id AND l.state = %(active)s AND l.expires_at > %(now)s
@@ -214,9 +225,15 @@ def _queue_place(project: Project, rater: AbstractBaseUser) -> tuple[int, int] |
     }
     if recorded is not None:
         params.update(start_priority=recorded[0], start_task=recorded[1])
+    first = _FIRST_UNFINISHED.format(start="" if recorded is None else _START)
+    recorded_by_query = connection.vendor == "postgresql"
+    if recorded_by_query:
+        params.update(version=project.tasks_version, membership=project.membership_id)
+        first = _FIRST_UNFINISHED_RECORDED.format(first=first)
     with connection.cursor() as cursor:
-        cursor.execute(_FIRST_UNFINISHED.format(start="" if recorded is None else _START), params)
+        cursor.execute(first, params)
         row = cursor.fetchone()
+        recorded_by_query = recorded_by_query and row is not None
         if row is None:  # every open task from the place on is finished: the place goes past the last
             cursor.execute(_LAST_OPEN, params)
             last = cursor.fetchone()
@@ -224,7 +241,8 @@ def _queue_place(project: Project, rater: AbstractBaseUser) -> tuple[int, int] |
             if row is not None and recorded is not None:
                 row = max(row, recorded)
         place = None if row is None else (row[0], row[1])
-        if place is not None and (place != recorded or project.member_queue_version != project.tasks_version):
+        moved = place != recorded or project.member_queue_version != project.tasks_version
+        if place is not None and moved and not recorded_by_query:
             cursor.execute(_SET_PLACE, [project.tasks_version, place[0], place[1], project.membership_id])
     return place
 
