@@ -27,10 +27,15 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
-from django.db.models import Prefetch, QuerySet
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
 
 from annotation import templates_qa2
 from annotation.errors import ApplicationError
@@ -40,7 +45,7 @@ from annotation.questions import ranking_groups
 KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
 FORMATS = ("jsonl", "csv", "parquet")
 STATUSES = tuple(Judgment.Status.values)
-CHUNK_SIZE = 500
+CHUNK_SIZE = 2000  # rows a server-side cursor hands over at a time
 # Columns holding nested answers, written as JSON text in parquet (their shape varies by question).
 JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (), "refiner": ()}
 
@@ -88,7 +93,8 @@ def _training_statuses(statuses: Iterable[str] | None, kind: str) -> tuple[str, 
 def with_answers_and_outputs(judgments: QuerySet, *, answer_kinds: Iterable[str] | None = None) -> QuerySet:
     """Judgments with their answers as `answer_list` (oldest first; only those of `answer_kinds` when
     given) and their task's outputs as `task.shown` (TaskOutput rows with their output, in position
-    order), each prefetched once per chunk. to_attr gives plain lists: no queryset is cloned per row."""
+    order), each prefetched once per chunk. to_attr gives plain lists: no queryset is cloned per row.
+    (For a few judgments at a time; the exports below read plain values instead.)"""
     answers = Answer.objects.order_by("id")
     if answer_kinds is not None:
         answers = answers.filter(kind__in=list(answer_kinds))
@@ -108,6 +114,89 @@ def _check_statuses(statuses: Iterable[str] | None) -> None:
             raise ExportError(f"status must be among {', '.join(STATUSES)} (got {status!r})", field="status")
 
 
+# ---------------------------------------------------------------- reading plain values, in order
+#
+# An export reads a few queries of plain values, each ordered by judgment id and read through a
+# server-side cursor (`.iterator()`), and merges them in one pass: the judgments, their answers and
+# their tasks' outputs. No model instance is built and nothing is prefetched, and memory holds one
+# cursor chunk of each query, whatever the project's size. Within a judgment, answers (by id) and
+# outputs (by position) are put in order here, so the database can read them in judgment order
+# from its indexes instead of sorting them all.
+
+
+def _values(queryset: QuerySet, *fields: str, chunk_size: int) -> Iterator[tuple]:
+    return queryset.values_list(*fields).iterator(chunk_size=chunk_size)
+
+
+def _grouped(rows: Iterator[tuple]) -> Iterator[tuple[int, list[tuple]]]:
+    """Rows ordered by their first value (a judgment id) as (judgment id, its rows sorted by the second
+    value: an answer's id, an output's position)."""
+    for judgment_id, group in groupby(rows, key=itemgetter(0)):
+        yield judgment_id, sorted(group, key=itemgetter(1))
+
+
+class _Follow:
+    """Follows a grouped stream alongside the judgments, which come in the same (id) order."""
+
+    def __init__(self, rows: Iterator[tuple]):
+        self._groups = _grouped(rows)
+        self._head: tuple[int, list[tuple]] | None = next(self._groups, None)
+
+    def of(self, judgment_id: int) -> list[tuple]:
+        """The rows of this judgment ([] when it has none); earlier judgments' rows are passed over."""
+        while self._head is not None and self._head[0] < judgment_id:
+            self._head = next(self._groups, None)
+        if self._head is None or self._head[0] != judgment_id:
+            return []
+        rows = self._head[1]
+        self._head = next(self._groups, None)
+        return rows
+
+
+def _answers_of(judgments: QuerySet, *fields: str, kinds: Iterable[str] | None = None, chunk_size: int):
+    """The answers of these judgments as (judgment id, answer id, *fields), in judgment order."""
+    answers = Answer.objects.filter(judgment__in=judgments.values("id"))
+    if kinds is not None:
+        answers = answers.filter(kind__in=list(kinds))
+    return _values(answers.order_by("judgment_id"), "judgment_id", "id", *fields, chunk_size=chunk_size)
+
+
+def _outputs_of(judgments: QuerySet, *fields: str, chunk_size: int) -> Iterator[tuple]:
+    """The outputs of these judgments' tasks as (judgment id, position, output id, *fields), in judgment
+    order (a judgment whose task has no outputs gives none)."""
+    shown = TaskOutput.objects.filter(task__judgments__in=judgments.values("id"))
+    return _values(
+        shown.order_by("task__judgments__id"),
+        "task__judgments__id",
+        "position",
+        "output_id",
+        *(f"output__{name}" for name in fields),
+        chunk_size=chunk_size,
+    )
+
+
+def _first_output_text() -> Subquery:
+    """The text of the first output (by position) of a judgment's task; None when it has none."""
+    first = TaskOutput.objects.filter(task_id=OuterRef("task_id")).order_by("position")
+    return Subquery(first.values("output__text")[:1])
+
+
+@contextmanager
+def _one_snapshot():
+    """Every query of one export reads the same snapshot of the database. On PostgreSQL this also
+    keeps the server-side cursors inside a transaction, so rows are streamed, not first copied out."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def _username() -> str:
+    return f"rater__{get_user_model().USERNAME_FIELD}"
+
+
 def iter_judgment_rows(
     project: Project,
     *,
@@ -117,38 +206,60 @@ def iter_judgment_rows(
 ) -> Iterator[dict]:
     """One row per judgment of the project (all statuses unless `statuses` says which), oldest first."""
     _check_statuses(statuses)
-    judgments = with_answers_and_outputs(
-        _judgments(project, statuses, round_number).select_related("task__prompt", "rater").order_by("id")
-    )
-    for judgment in judgments.iterator(chunk_size=chunk_size):
-        task, prompt = judgment.task, judgment.task.prompt
-        by_id = {shown.output_id: shown.output for shown in task.shown}
-        order = (
-            judgment.display_order if sorted(judgment.display_order or []) == sorted(by_id) else list(by_id)
+    judgments = _judgments(project, statuses, round_number)
+    with _one_snapshot():
+        rows = _values(
+            judgments.order_by("id"),
+            "id",
+            "task_id",
+            "task__kind",
+            "task__prompt__external_id",
+            "task__prompt__text",
+            _username(),
+            "display_order",
+            "time_spent_ms",
+            "late",
+            "status",
+            "round_number",
+            "created_at",
+            chunk_size=chunk_size,
         )
-        yield {
-            "judgment_id": judgment.pk,
-            "task_id": task.pk,
-            "task_kind": task.kind,
-            "prompt_external_id": prompt.external_id,
-            "prompt_text": prompt.text,
-            "outputs": [
-                {
-                    "id": output_id,
-                    "text": by_id[output_id].text,
-                    "model_name": by_id[output_id].model_name,
-                    "source": by_id[output_id].source,
-                }
-                for output_id in order
-            ],
-            "rater": judgment.rater.get_username(),
-            "answers": {answer.question: answer.value for answer in judgment.answer_list},
-            "time_spent_ms": judgment.time_spent_ms,
-            "late": judgment.late,
-            "status": judgment.status,
-            "round": judgment.round_number,
-            "created_at": judgment.created_at.isoformat(),
-        }
+        answers = _Follow(_answers_of(judgments, "question", "value", chunk_size=chunk_size))
+        outputs = _Follow(_outputs_of(judgments, "text", "model_name", "source", chunk_size=chunk_size))
+        for (
+            judgment_id,
+            task_id,
+            task_kind,
+            external_id,
+            prompt_text,
+            rater,
+            display_order,
+            time_spent_ms,
+            late,
+            status,
+            round_number,
+            created_at,
+        ) in rows:
+            by_id = {
+                output_id: {"id": output_id, "text": text, "model_name": model_name, "source": source}
+                for _, _, output_id, text, model_name, source in outputs.of(judgment_id)
+            }
+            order = display_order if sorted(display_order or []) == sorted(by_id) else list(by_id)
+            yield {
+                "judgment_id": judgment_id,
+                "task_id": task_id,
+                "task_kind": task_kind,
+                "prompt_external_id": external_id,
+                "prompt_text": prompt_text,
+                "outputs": [by_id[output_id] for output_id in order],
+                "rater": rater,
+                "answers": {question: value for _, _, question, value in answers.of(judgment_id)},
+                "time_spent_ms": time_spent_ms,
+                "late": late,
+                "status": status,
+                "round": round_number,
+                "created_at": created_at.isoformat(),
+            }
 
 
 def iter_sft_rows(
@@ -188,6 +299,9 @@ def _preferred_pairs(kind: str, value: Any, output_ids: list[int]) -> Iterator[t
                         yield better, worse
 
 
+COMPARISONS = (Answer.Kind.PAIRWISE, Answer.Kind.RANKING)
+
+
 def iter_preference_rows(
     project: Project,
     *,
@@ -197,29 +311,26 @@ def iter_preference_rows(
 ) -> Iterator[dict]:
     """`{"prompt", "chosen", "rejected"}` from the comparisons and rankings of pending or accepted judgments."""
     statuses = _training_statuses(statuses, "preference")
-    answers = (
-        Answer.objects.filter(
-            kind__in=[Answer.Kind.PAIRWISE, Answer.Kind.RANKING],
-            judgment__in=_judgments(project, statuses, round_number),
-        )
-        .select_related("judgment__task__prompt")
-        .only("kind", "value", "judgment__task__prompt__context", "judgment__task__prompt__text")
-        .prefetch_related(
-            Prefetch(
-                "judgment__task__task_outputs",
-                queryset=TaskOutput.objects.select_related("output").only("task_id", "output__text"),
-                to_attr="shown",
-            )
-        )
-        .order_by("judgment_id", "id")
+    judgments = _judgments(project, statuses, round_number).filter(
+        Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind__in=COMPARISONS))
     )
-    for answer in answers.iterator(chunk_size=chunk_size):
-        task = answer.judgment.task
-        text_of = {shown.output_id: shown.output.text for shown in task.shown}
-        prompt = training_prompt(task.prompt.text, task.prompt.context)
-        for better, worse in _preferred_pairs(answer.kind, answer.value, list(text_of)):
-            if better in text_of and worse in text_of:
-                yield {"prompt": prompt, "chosen": text_of[better], "rejected": text_of[worse]}
+    with _one_snapshot():
+        rows = _values(
+            judgments.order_by("id"),
+            "id",
+            "task__prompt__text",
+            "task__prompt__context",
+            chunk_size=chunk_size,
+        )
+        answers = _Follow(_answers_of(judgments, "kind", "value", kinds=COMPARISONS, chunk_size=chunk_size))
+        outputs = _Follow(_outputs_of(judgments, "text", chunk_size=chunk_size))
+        for judgment_id, text, context in rows:
+            text_of = {output_id: output_text for _, _, output_id, output_text in outputs.of(judgment_id)}
+            prompt = training_prompt(text, context)
+            for _, _, kind, value in answers.of(judgment_id):
+                for better, worse in _preferred_pairs(kind, value, list(text_of)):
+                    if better in text_of and worse in text_of:
+                        yield {"prompt": prompt, "chosen": text_of[better], "rejected": text_of[worse]}
 
 
 def iter_refiner_rows(
@@ -232,38 +343,41 @@ def iter_refiner_rows(
     """One row per pending or accepted judgment with both a fix and written feedback (the first of
     each): the output they are about is the task's first shown output."""
     statuses = _training_statuses(statuses, "refiner")
-    judgments = with_answers_and_outputs(
-        _judgments(project, statuses, round_number)
-        .filter(answer_rows__kind=Answer.Kind.FIX)
-        .filter(answer_rows__kind=Answer.Kind.FEEDBACK)
-        .distinct()
-        .select_related("task__prompt")
-        .order_by("id"),
-        answer_kinds=[Answer.Kind.FIX, Answer.Kind.FEEDBACK],
-    )
-    for judgment in judgments.iterator(chunk_size=chunk_size):
-        first = {}
-        for answer in judgment.answer_list:
-            if isinstance(answer.value, str) and answer.value.strip():
-                first.setdefault(answer.kind, answer.value)
-        prompt, shown = judgment.task.prompt, judgment.task.shown
-        if len(first) < 2 or not shown:
-            continue
-        data = prompt.data if isinstance(prompt.data, dict) else {}
-        tests = data.get("tests")
-        is_code = isinstance(tests, str) and bool(tests.strip())
-        yield {
-            "kind": "code" if is_code else "text",
-            "prompt": str(data.get("prompt") or "")
-            if is_code
-            else training_prompt(prompt.text, prompt.context),
-            "text": prompt.text,
-            "test": tests if is_code else "",
-            "entry_point": data.get("entry_point") if is_code else None,
-            "output": shown[0].output.text,
-            "feedback": first[Answer.Kind.FEEDBACK],
-            "refinement": first[Answer.Kind.FIX],
-        }
+    kinds = (Answer.Kind.FIX, Answer.Kind.FEEDBACK)
+    judgments = _judgments(project, statuses, round_number)
+    for kind in kinds:
+        judgments = judgments.filter(Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind=kind)))
+    with _one_snapshot():
+        rows = _values(
+            judgments.order_by("id").annotate(first_output=_first_output_text()),
+            "id",
+            "task__prompt__text",
+            "task__prompt__context",
+            "task__prompt__data",
+            "first_output",
+            chunk_size=chunk_size,
+        )
+        answers = _Follow(_answers_of(judgments, "kind", "value", kinds=kinds, chunk_size=chunk_size))
+        for judgment_id, text, context, data, output in rows:
+            first = {}
+            for _, _, kind, value in answers.of(judgment_id):
+                if isinstance(value, str) and value.strip():
+                    first.setdefault(kind, value)
+            if len(first) < 2 or output is None:
+                continue
+            data = data if isinstance(data, dict) else {}
+            tests = data.get("tests")
+            is_code = isinstance(tests, str) and bool(tests.strip())
+            yield {
+                "kind": "code" if is_code else "text",
+                "prompt": str(data.get("prompt") or "") if is_code else training_prompt(text, context),
+                "text": text,
+                "test": tests if is_code else "",
+                "entry_point": data.get("entry_point") if is_code else None,
+                "output": output,
+                "feedback": first[Answer.Kind.FEEDBACK],
+                "refinement": first[Answer.Kind.FIX],
+            }
 
 
 # ---------------------------------------------------------------- (QA)²
@@ -299,36 +413,45 @@ def iter_qa2_rows(
 ) -> Iterator[dict]:
     """One row per pending or accepted judgment of a single-answer, non-gold task, oldest first."""
     statuses = _training_statuses(statuses, "qa2")
-    judgments = with_answers_and_outputs(
-        _judgments(project, statuses, round_number)
-        .filter(task__kind=Task.Kind.SINGLE, task__is_gold=False)
-        .select_related("task__prompt", "rater")
-        .order_by("id")
+    judgments = _judgments(project, statuses, round_number).filter(
+        task__kind=Task.Kind.SINGLE, task__is_gold=False
     )
-    for judgment in judgments.iterator(chunk_size=chunk_size):
-        answers = {answer.question: answer.value for answer in judgment.answer_list}
-        rubric = answers.get(templates_qa2.ASSUMPTION_QUESTION)
-        rubric = rubric if isinstance(rubric, dict) else {}
-        flagged = templates_qa2.ASSUMPTION_FLAG in (rubric.get("flags") or [])
-        score = answers.get(templates_qa2.ACCEPTABLE_QUESTION)
-        score = score.get(templates_qa2.ACCEPTABLE_QUESTION) if isinstance(score, dict) else None
-        explanation = answers.get(templates_qa2.EXPLANATION_QUESTION)
-        shown = judgment.task.shown
-        yield {
-            "judgment_id": judgment.pk,
-            "prompt_external_id": judgment.task.prompt.external_id,
-            "question": judgment.task.prompt.text,
-            "answer": shown[0].output.text if shown else "",
-            "all_assumptions_valid": QA2_HAS_INVALID if flagged else QA2_ALL_VALID,
-            "questionable_assumption": (rubric.get("notes") or {}).get(templates_qa2.ASSUMPTION_FLAG, "")
-            if flagged
-            else "",
-            "acceptable": None if score is None else score == 1,
-            "explanation": explanation if isinstance(explanation, str) else "",
-            "rater": judgment.rater.get_username(),
-            "status": judgment.status,
-            "round": judgment.round_number,
-        }
+    with _one_snapshot():
+        rows = _values(
+            judgments.order_by("id").annotate(first_output=_first_output_text()),
+            "id",
+            "task__prompt__external_id",
+            "task__prompt__text",
+            "first_output",
+            _username(),
+            "status",
+            "round_number",
+            chunk_size=chunk_size,
+        )
+        answers_of = _Follow(_answers_of(judgments, "question", "value", chunk_size=chunk_size))
+        for judgment_id, external_id, question, output, rater, status, round_number in rows:
+            answers = {name: value for _, _, name, value in answers_of.of(judgment_id)}
+            rubric = answers.get(templates_qa2.ASSUMPTION_QUESTION)
+            rubric = rubric if isinstance(rubric, dict) else {}
+            flagged = templates_qa2.ASSUMPTION_FLAG in (rubric.get("flags") or [])
+            score = answers.get(templates_qa2.ACCEPTABLE_QUESTION)
+            score = score.get(templates_qa2.ACCEPTABLE_QUESTION) if isinstance(score, dict) else None
+            explanation = answers.get(templates_qa2.EXPLANATION_QUESTION)
+            yield {
+                "judgment_id": judgment_id,
+                "prompt_external_id": external_id,
+                "question": question,
+                "answer": "" if output is None else output,
+                "all_assumptions_valid": QA2_HAS_INVALID if flagged else QA2_ALL_VALID,
+                "questionable_assumption": (rubric.get("notes") or {}).get(templates_qa2.ASSUMPTION_FLAG, "")
+                if flagged
+                else "",
+                "acceptable": None if score is None else score == 1,
+                "explanation": explanation if isinstance(explanation, str) else "",
+                "rater": rater,
+                "status": status,
+                "round": round_number,
+            }
 
 
 def export_rows(

@@ -242,21 +242,33 @@ def test_judgments_of_other_projects_are_not_exported(project, other_project, si
     assert [row["rater"] for row in iter_judgment_rows(project)] == ["bob"]
 
 
-def test_rows_are_read_from_the_database_chunk_by_chunk(project, bob, django_user_model):
-    tasks = make_tasks(project, 6, prefix="c")
-    for task in tasks:
-        judge(task, bob, {"fix": ("fix", f"Fix {task.pk}")})
+@pytest.mark.parametrize("kind", ["judgments", "sft", "preference", "refiner"])
+def test_an_export_reads_a_fixed_number_of_queries_however_many_judgments(project, bob, alice, kind):
+    """Judgments, answers and outputs each come from one ordered query, read chunk by chunk through
+    a cursor: no query per judgment or per chunk, and so no model instances or prefetches."""
 
-    rows = iter_judgment_rows(project, chunk_size=2)
-    with CaptureQueriesContext(connection) as first:
-        next(rows)
-    with CaptureQueriesContext(connection) as rest:
-        remaining = list(rows)
+    def queries(n):
+        for task in make_tasks(project, n, kind="pairwise", prefix=f"c{n}-"):
+            left = output_ids(task)[0]
+            for rater in (bob, alice):
+                judge(
+                    task,
+                    rater,
+                    {
+                        "fix": ("fix", f"Fix {task.pk}"),
+                        "feedback": ("feedback", "Shorter."),
+                        "preference": ("pairwise", {"preferred": left, "strength": "better"}),
+                    },
+                )
+        with CaptureQueriesContext(connection) as context:
+            rows = list(export_rows(project, kind=kind, chunk_size=2))
+        return len(rows), len(context.captured_queries)
 
-    assert len(remaining) == 5
-    # The first row needs only the first chunk's prefetches; later chunks run their own.
-    assert len(first.captured_queries) <= 3
-    assert len(rest.captured_queries) >= 4
+    few_rows, few_queries = queries(2)
+    many_rows, many_queries = queries(10)
+
+    assert many_rows == 6 * few_rows > 0
+    assert many_queries == few_queries <= 6
 
 
 # ------------------------------------------------------------------ writers
