@@ -596,31 +596,96 @@ def export_schema(kind: str):
     raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})", field="kind")
 
 
-def write_parquet(
-    rows: Iterable[dict], path_or_stream: str | Path | IO[bytes], *, kind: str, batch_size: int = 1000
-) -> int:
-    """Write rows to a parquet file a record batch at a time (memory: one batch). Returns the row count."""
+PARQUET_BATCH_ROWS = 5000  # rows per parquet row group: what a parquet export holds in memory
+
+
+def _record_batches(rows: Iterable[dict], *, kind: str, batch_size: int):
+    """Rows as record batches of the kind's schema, `batch_size` rows at a time."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     schema = export_schema(kind)
     json_columns = JSON_COLUMNS[kind]
+    batch: list[dict] = []
+    for row in rows:
+        if json_columns:
+            row = {**row, **{name: json.dumps(row[name], ensure_ascii=False) for name in json_columns}}
+        batch.append(row)
+        if len(batch) >= batch_size:
+            yield pa.RecordBatch.from_pylist(batch, schema=schema)
+            batch = []
+    if batch:
+        yield pa.RecordBatch.from_pylist(batch, schema=schema)
+
+
+def write_parquet(
+    rows: Iterable[dict],
+    path_or_stream: str | Path | IO[bytes],
+    *,
+    kind: str,
+    batch_size: int = PARQUET_BATCH_ROWS,
+) -> int:
+    """Write rows to a parquet file a row group at a time (memory: one batch). Returns the row count."""
+    import pyarrow.parquet as pq
+
     where = str(path_or_stream) if isinstance(path_or_stream, Path) else path_or_stream
     count = 0
-    batch: list[dict] = []
-    with pq.ParquetWriter(where, schema) as writer:
-        for row in rows:
-            if json_columns:
-                row = {**row, **{name: json.dumps(row[name], ensure_ascii=False) for name in json_columns}}
-            batch.append(row)
-            if len(batch) >= batch_size:
-                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-                count += len(batch)
-                batch = []
-        if batch:
-            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-            count += len(batch)
+    with pq.ParquetWriter(where, export_schema(kind)) as writer:
+        for batch in _record_batches(rows, kind=kind, batch_size=batch_size):
+            writer.write_batch(batch)
+            count += batch.num_rows
     return count
+
+
+class _Outbox:
+    """A write-only binary stream that keeps what is written until it is taken: the sink a parquet
+    writer writes into while the bytes it has written so far are sent on."""
+
+    closed = False
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        self._parts.append(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+def parquet_chunks(rows: Iterable[dict], *, kind: str, batch_size: int | None = None) -> Iterator[bytes]:
+    """A parquet file as the bytes of one row group after another, each handed on as soon as it is
+    written (the footer, which indexes them, comes last): memory holds one batch of rows, however
+    many there are."""
+    import pyarrow.parquet as pq
+
+    outbox = _Outbox()
+    writer = pq.ParquetWriter(outbox, export_schema(kind))
+    try:
+        for batch in _record_batches(rows, kind=kind, batch_size=batch_size or PARQUET_BATCH_ROWS):
+            writer.write_batch(batch)
+            if data := outbox.take():
+                yield data
+    finally:
+        writer.close()
+    yield outbox.take()
 
 
 MEDIA_TYPES = {

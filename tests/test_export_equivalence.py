@@ -162,8 +162,11 @@ def _files(rows, kind):
     csv = io.StringIO(newline="")
     exporting.write_csv(rows, csv, kind=kind)
     parquet = io.BytesIO()
-    exporting.write_parquet(rows, parquet, kind=kind)
-    return jsonl.getvalue(), csv.getvalue(), pq.read_table(io.BytesIO(parquet.getvalue())).to_pylist()
+    exporting.write_parquet(rows, parquet, kind=kind, batch_size=4)
+    streamed = b"".join(exporting.parquet_chunks(rows, kind=kind, batch_size=4))
+    table = pq.read_table(io.BytesIO(parquet.getvalue())).to_pylist()
+    assert pq.read_table(io.BytesIO(streamed)).to_pylist() == table
+    return jsonl.getvalue(), csv.getvalue(), table
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 500])
