@@ -26,16 +26,19 @@ from __future__ import annotations
 
 import csv
 import json
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from itertools import groupby
+from json.encoder import c_make_encoder, encode_basestring
 from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
+from django.db import connection, connections, transaction
+from django.db.models import Exists, JSONField, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models.sql.constants import MULTI
 
 from annotation import templates_qa2
 from annotation.errors import ApplicationError
@@ -124,54 +127,200 @@ def _check_statuses(statuses: Iterable[str] | None) -> None:
 # from its indexes instead of sorting them all.
 
 
-def _values(queryset: QuerySet, *fields: str, chunk_size: int) -> Iterator[tuple]:
-    return queryset.values_list(*fields).iterator(chunk_size=chunk_size)
+class _Rows:
+    """The rows of `queryset.values_list(*fields)` as lists, read chunk by chunk through a server-side
+    cursor. On PostgreSQL a thread fetches the next chunk while this one is used, so the database
+    works while Python does; it holds at most two chunks besides the one being read."""
+
+    AHEAD = 2
+
+    def __init__(self, queryset: QuerySet, fields: tuple[str, ...], *, chunk_size: int):
+        query = queryset.values_list(*fields)
+        compiler = query.query.get_compiler(using=query.db)
+        self._connection = connections[query.db]
+        self._chunks = _closable(compiler.execute_sql(MULTI, chunked_fetch=True, chunk_size=chunk_size))
+        selected = [column[0] for column in compiler.select[: compiler.col_count]] if compiler.select else []
+        self._converters = [
+            (position, _converter(converters, expression, self._connection))
+            for position, (converters, expression) in compiler.get_converters(selected).items()
+        ]
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        if self._connection.vendor == "postgresql":
+            self._queue = queue.Queue(maxsize=self.AHEAD)
+            self._thread = threading.Thread(target=self._fetch, name="export-read-ahead", daemon=True)
+            self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            for chunk in self._chunks:
+                if self._stop.is_set():
+                    break
+                self._queue.put(chunk)
+        except BaseException as error:  # handed to the reader, who raises it
+            self._queue.put(_Failed(error))
+        finally:
+            self._chunks.close()
+            self._queue.put(_DONE)
+
+    def _fetched(self) -> Iterator[list]:
+        if self._queue is None:
+            yield from self._chunks
+            return
+        while (chunk := self._queue.get()) is not _DONE:
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            yield chunk
+
+    def __iter__(self) -> Iterator[list]:
+        converters = self._converters
+        for chunk in self._fetched():
+            if not converters:
+                yield from chunk
+                continue
+            for row in chunk:
+                row = list(row)
+                for position, convert in converters:
+                    row[position] = convert(row[position])
+                yield row
+
+    def close(self) -> None:
+        """Stop reading (at once, or after the chunk being fetched) and close the cursor."""
+        if self._thread is None:
+            self._chunks.close()
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
 
 
-def _grouped(rows: Iterator[tuple]) -> Iterator[tuple[int, list[tuple]]]:
-    """Rows ordered by their first value (a judgment id) as (judgment id, its rows sorted by the second
-    value: an answer's id, an output's position)."""
-    for judgment_id, group in groupby(rows, key=itemgetter(0)):
-        yield judgment_id, sorted(group, key=itemgetter(1))
+def _closable(chunks: Iterable[list]) -> Iterator[list]:
+    yield from chunks  # closing this closes the cursor's own generator (an empty query has none)
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_DONE = object()
+
+
+_scan_json = json.JSONDecoder().scan_once
+
+
+def json_value(text: Any) -> Any:
+    """JSON text as its value, as JSONField.from_db_value reads it (text that is not JSON stays as it
+    is), without json.loads's per-call overhead: the decoder's scanner reads the one value."""
+    if text is None or not isinstance(text, str):
+        return text
+    try:
+        value, end = _scan_json(text, 0)
+    except (StopIteration, json.JSONDecodeError):
+        end = -1
+    if end == len(text):
+        return value
+    try:  # leading or trailing space, or not JSON: the slow path says which
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _converter(converters: list, expression, connection):
+    """The database-to-Python converters of one selected column, as one function of the value.
+    A JSONField's own (no custom decoder) becomes `json_value`."""
+    functions = [
+        None
+        if getattr(converter, "__func__", None) is JSONField.from_db_value
+        and converter.__self__.decoder is None
+        else converter
+        for converter in converters
+    ]
+    if functions == [None]:
+        return json_value
+
+    def convert(value):
+        for function in functions:
+            value = json_value(value) if function is None else function(value, expression, connection)
+        return value
+
+    return convert
+
+
+class _Reader:
+    """The row streams of one export, read inside one snapshot of the database; closed together."""
+
+    def __init__(self, chunk_size: int):
+        self._chunk_size = chunk_size
+        self._open: list[_Rows] = []
+
+    def rows(self, queryset: QuerySet, *fields: str) -> _Rows:
+        rows = _Rows(queryset, fields, chunk_size=self._chunk_size)
+        self._open.append(rows)
+        return rows
+
+    def __enter__(self) -> _Reader:
+        self._snapshot = _one_snapshot()
+        self._snapshot.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            for rows in reversed(self._open):
+                rows.close()
+        finally:
+            self._snapshot.__exit__(*exc_info)
 
 
 class _Follow:
-    """Follows a grouped stream alongside the judgments, which come in the same (id) order."""
+    """Follows a stream of rows ordered by their first value (a judgment id) alongside the judgments,
+    which come in the same order."""
 
-    def __init__(self, rows: Iterator[tuple]):
-        self._groups = _grouped(rows)
-        self._head: tuple[int, list[tuple]] | None = next(self._groups, None)
+    def __init__(self, rows: Iterable[list]):
+        self._rows = iter(rows)
+        self._next = next(self._rows, None)
 
-    def of(self, judgment_id: int) -> list[tuple]:
-        """The rows of this judgment ([] when it has none); earlier judgments' rows are passed over."""
-        while self._head is not None and self._head[0] < judgment_id:
-            self._head = next(self._groups, None)
-        if self._head is None or self._head[0] != judgment_id:
-            return []
-        rows = self._head[1]
-        self._head = next(self._groups, None)
-        return rows
+    def of(self, judgment_id: int) -> list[list]:
+        """This judgment's rows, sorted by their second value (an answer's id, an output's position);
+        [] when it has none. Earlier judgments' rows are passed over."""
+        row, rows = self._next, self._rows
+        while row is not None and row[0] < judgment_id:
+            row = next(rows, None)
+        group = []
+        while row is not None and row[0] == judgment_id:
+            group.append(row)
+            row = next(rows, None)
+        self._next = row
+        if len(group) > 1:
+            group.sort(key=itemgetter(1))
+        return group
 
 
-def _answers_of(judgments: QuerySet, *fields: str, kinds: Iterable[str] | None = None, chunk_size: int):
+def _answers_of(
+    read: _Reader, judgments: QuerySet, *fields: str, kinds: Iterable[str] | None = None
+) -> _Rows:
     """The answers of these judgments as (judgment id, answer id, *fields), in judgment order."""
     answers = Answer.objects.filter(judgment__in=judgments.values("id"))
     if kinds is not None:
         answers = answers.filter(kind__in=list(kinds))
-    return _values(answers.order_by("judgment_id"), "judgment_id", "id", *fields, chunk_size=chunk_size)
+    return read.rows(answers.order_by("judgment_id"), "judgment_id", "id", *fields)
 
 
-def _outputs_of(judgments: QuerySet, *fields: str, chunk_size: int) -> Iterator[tuple]:
+def _outputs_of(read: _Reader, judgments: QuerySet, *fields: str) -> _Rows:
     """The outputs of these judgments' tasks as (judgment id, position, output id, *fields), in judgment
     order (a judgment whose task has no outputs gives none)."""
     shown = TaskOutput.objects.filter(task__judgments__in=judgments.values("id"))
-    return _values(
+    return read.rows(
         shown.order_by("task__judgments__id"),
         "task__judgments__id",
         "position",
         "output_id",
         *(f"output__{name}" for name in fields),
-        chunk_size=chunk_size,
     )
 
 
@@ -207,8 +356,8 @@ def iter_judgment_rows(
     """One row per judgment of the project (all statuses unless `statuses` says which), oldest first."""
     _check_statuses(statuses)
     judgments = _judgments(project, statuses, round_number)
-    with _one_snapshot():
-        rows = _values(
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
             judgments.order_by("id"),
             "id",
             "task_id",
@@ -222,10 +371,9 @@ def iter_judgment_rows(
             "status",
             "round_number",
             "created_at",
-            chunk_size=chunk_size,
         )
-        answers = _Follow(_answers_of(judgments, "question", "value", chunk_size=chunk_size))
-        outputs = _Follow(_outputs_of(judgments, "text", "model_name", "source", chunk_size=chunk_size))
+        answers = _Follow(_answers_of(read, judgments, "question", "value"))
+        outputs = _Follow(_outputs_of(read, judgments, "text", "model_name", "source"))
         for (
             judgment_id,
             task_id,
@@ -271,14 +419,15 @@ def iter_sft_rows(
 ) -> Iterator[dict]:
     """`{"prompt", "completion"}` for every fix written on a pending or accepted judgment."""
     statuses = _training_statuses(statuses, "sft")
-    fixes = (
-        Answer.objects.filter(kind=Answer.Kind.FIX, judgment__in=_judgments(project, statuses, round_number))
-        .order_by("judgment_id", "id")
-        .values_list("value", "judgment__task__prompt__context", "judgment__task__prompt__text")
-    )
-    for value, context, text in fixes.iterator(chunk_size=chunk_size):
-        if isinstance(value, str) and value.strip():
-            yield {"prompt": training_prompt(text, context), "completion": value}
+    fixes = Answer.objects.filter(
+        kind=Answer.Kind.FIX, judgment__in=_judgments(project, statuses, round_number)
+    ).order_by("judgment_id", "id")
+    with _Reader(chunk_size) as read:
+        for value, context, text in read.rows(
+            fixes, "value", "judgment__task__prompt__context", "judgment__task__prompt__text"
+        ):
+            if isinstance(value, str) and value.strip():
+                yield {"prompt": training_prompt(text, context), "completion": value}
 
 
 def _preferred_pairs(kind: str, value: Any, output_ids: list[int]) -> Iterator[tuple[int, int]]:
@@ -314,16 +463,15 @@ def iter_preference_rows(
     judgments = _judgments(project, statuses, round_number).filter(
         Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind__in=COMPARISONS))
     )
-    with _one_snapshot():
-        rows = _values(
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
             judgments.order_by("id"),
             "id",
             "task__prompt__text",
             "task__prompt__context",
-            chunk_size=chunk_size,
         )
-        answers = _Follow(_answers_of(judgments, "kind", "value", kinds=COMPARISONS, chunk_size=chunk_size))
-        outputs = _Follow(_outputs_of(judgments, "text", chunk_size=chunk_size))
+        answers = _Follow(_answers_of(read, judgments, "kind", "value", kinds=COMPARISONS))
+        outputs = _Follow(_outputs_of(read, judgments, "text"))
         for judgment_id, text, context in rows:
             text_of = {output_id: output_text for _, _, output_id, output_text in outputs.of(judgment_id)}
             prompt = training_prompt(text, context)
@@ -347,17 +495,16 @@ def iter_refiner_rows(
     judgments = _judgments(project, statuses, round_number)
     for kind in kinds:
         judgments = judgments.filter(Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind=kind)))
-    with _one_snapshot():
-        rows = _values(
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
             judgments.order_by("id").annotate(first_output=_first_output_text()),
             "id",
             "task__prompt__text",
             "task__prompt__context",
             "task__prompt__data",
             "first_output",
-            chunk_size=chunk_size,
         )
-        answers = _Follow(_answers_of(judgments, "kind", "value", kinds=kinds, chunk_size=chunk_size))
+        answers = _Follow(_answers_of(read, judgments, "kind", "value", kinds=kinds))
         for judgment_id, text, context, data, output in rows:
             first = {}
             for _, _, kind, value in answers.of(judgment_id):
@@ -416,8 +563,8 @@ def iter_qa2_rows(
     judgments = _judgments(project, statuses, round_number).filter(
         task__kind=Task.Kind.SINGLE, task__is_gold=False
     )
-    with _one_snapshot():
-        rows = _values(
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
             judgments.order_by("id").annotate(first_output=_first_output_text()),
             "id",
             "task__prompt__external_id",
@@ -426,9 +573,8 @@ def iter_qa2_rows(
             _username(),
             "status",
             "round_number",
-            chunk_size=chunk_size,
         )
-        answers_of = _Follow(_answers_of(judgments, "question", "value", chunk_size=chunk_size))
+        answers_of = _Follow(_answers_of(read, judgments, "question", "value"))
         for judgment_id, external_id, question, output, rater, status, round_number in rows:
             answers = {name: value for _, _, name, value in answers_of.of(judgment_id)}
             rubric = answers.get(templates_qa2.ASSUMPTION_QUESTION)
@@ -482,17 +628,46 @@ def export_rows(
     return make(project, statuses=statuses, round_number=round_number, chunk_size=chunk_size)
 
 
+def _json_text():
+    """`json.dumps(value, ensure_ascii=False)`, with its encoder made once instead of on every call
+    (json.dumps builds one per call when given options). The same text: the same C encoder, the
+    same separators; only the circular-reference check, which export rows never need, is left out."""
+    encoder = json.JSONEncoder(ensure_ascii=False)
+    if c_make_encoder is None:
+        return encoder.encode
+    iterencode = c_make_encoder(
+        None, encoder.default, encode_basestring, None, ": ", ", ", False, False, True
+    )
+
+    def dumps(value: Any) -> str:
+        if isinstance(value, str):
+            return encode_basestring(value)
+        return "".join(iterencode(value, 0))
+
+    return dumps
+
+
+json_text = _json_text()
+
+
 def jsonl_lines(rows: Iterable[dict]) -> Iterator[str]:
     for row in rows:
-        yield json.dumps(row, ensure_ascii=False) + "\n"
+        yield json_text(row) + "\n"
 
 
-def write_jsonl(rows: Iterable[dict], stream: IO[str]) -> int:
-    """Write rows as JSON lines to a text stream, one at a time. Returns how many were written."""
+def write_jsonl(rows: Iterable[dict], stream: IO[str], *, lines_per_write: int = 1000) -> int:
+    """Write rows as JSON lines to a text stream, a thousand lines a write. Returns how many."""
     count = 0
+    pending: list[str] = []
     for line in jsonl_lines(rows):
-        stream.write(line)
-        count += 1
+        pending.append(line)
+        if len(pending) >= lines_per_write:
+            stream.write("".join(pending))
+            count += len(pending)
+            pending = []
+    if pending:
+        stream.write("".join(pending))
+        count += len(pending)
     return count
 
 
@@ -608,7 +783,7 @@ def _record_batches(rows: Iterable[dict], *, kind: str, batch_size: int):
     batch: list[dict] = []
     for row in rows:
         if json_columns:
-            row = {**row, **{name: json.dumps(row[name], ensure_ascii=False) for name in json_columns}}
+            row = {**row, **{name: json_text(row[name]) for name in json_columns}}
         batch.append(row)
         if len(batch) >= batch_size:
             yield pa.RecordBatch.from_pylist(batch, schema=schema)

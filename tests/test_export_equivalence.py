@@ -4,12 +4,15 @@ judgments (tests/export_reference.py), on a project that holds every shape an ex
 
 import io
 import itertools
+import json
+import threading
 
 import pyarrow.parquet as pq
 import pytest
+from django.db.models import JSONField
 
 from annotation import exporting, templates_qa2
-from annotation.models import Output, Prompt, Task, TaskOutput
+from annotation.models import Judgment, Output, Prompt, Task, TaskOutput
 from annotation.services.projects import project_create_from_template
 from tests import export_reference as reference
 from tests.factories import make_tasks, output_ids
@@ -203,3 +206,43 @@ def test_the_fixture_holds_the_shapes_each_kind_meets(rich):
     preference = _rows(reference, rich, "preference", None, None, 500)
     assert len(preference) > 10
     assert len(_rows(reference, rich, "sft", None, None, 500)) > 5
+
+
+def test_an_export_left_half_read_stops_its_readers_and_leaves_the_connection_usable(rich):
+    threads = threading.active_count()
+    rows = exporting.export_rows(rich, kind="judgments", chunk_size=2)
+    first = next(rows)
+    rows.close()
+
+    assert threading.active_count() == threads  # no read-ahead thread left behind
+    assert Judgment.objects.get(pk=first["judgment_id"]).project_id == rich.pk
+    assert len(list(exporting.export_rows(rich, kind="judgments", chunk_size=2))) > 1
+
+
+VALUES = [
+    None,
+    True,
+    0,
+    -12,
+    2**70,
+    1.5,
+    1e100,
+    -0.0,
+    "",
+    'naïve café ✓ \u2028 \x00 \x1f \\ " / \t\n',
+    [],
+    {},
+    {"b": [1, {"a": None}], "a": "=1+1", "ü": [[3], [1, 2]]},
+]
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_json_text_is_json_dumps(value):
+    assert exporting.json_text(value) == json.dumps(value, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "text", [*(json.dumps(value) for value in VALUES), " 1", "1 ", "[1] [2]", "not json", "", "{", "NaN"]
+)
+def test_json_value_reads_json_text_as_the_json_field_does(text):
+    assert repr(exporting.json_value(text)) == repr(JSONField().from_db_value(text, None, None))
