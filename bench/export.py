@@ -1,7 +1,7 @@
 """Export benchmark: every export kind, as JSONL and as parquet, from a project of 1M judgments.
 
     python bench/export.py [--judgments 1000000] [--kinds judgments,sft,preference,refiner,qa2]
-                           [--formats jsonl,parquet] [--reuse] [--keep]
+                           [--formats jsonl,parquet] [--baseline] [--reuse] [--keep]
                            [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench_export]
 
 It drops and re-creates the bench database, migrates it and seeds it with SQL (INSERT ... SELECT
@@ -11,12 +11,15 @@ written feedback on every one; a fix on two in five; statuses and rounds mixed),
 project of as many judgments for the qa2 kind. --reuse keeps a database seeded before, of the
 same size.
 
-Each export runs in its own process, `manage.py export_judgments PROJECT --kind K --format F -o FILE`,
-and the table gives its rows, wall seconds (the process's start included), rows per second and
-peak RSS (the child's own ru_maxrss, from wait4). Then a parquet download of the judgments
-through Django's request handler (the test client, in a child process, reading the response as a
-server would): seconds to its first byte and to its last, and its peak RSS. The database is
-dropped at the end unless --keep.
+Each export runs in its own process (Django set up, the rows read by annotation.exporting and
+written to a file, as `manage.py export_judgments` does, less its system checks), and the table
+gives its rows, wall seconds (the process's start included), rows per second, CPU seconds and
+peak RSS (the child's own, from wait4). With --baseline each export is also read as ORM objects
+with prefetches (tests/export_reference.py, what the exports did before), for a ratio. Then a
+parquet download of the judgments through Django's request handler (the test client, in a child
+process, reading the response as a server sends it): seconds to its first byte and to its last,
+and its peak RSS. Wall seconds depend on what else the machine runs; CPU seconds less so. The
+database is dropped at the end unless --keep.
 """
 # ruff: noqa: E402
 
@@ -228,8 +231,9 @@ def seed(judgments: int) -> dict[str, int]:
 # Measuring: each export in a child process
 
 
-def run_child(argv: list[str], env: dict) -> tuple[float, int, str, str]:
-    """Run a child to its end: (wall seconds, its peak RSS in bytes, its standard output and error)."""
+def run_child(argv: list[str], env: dict) -> tuple[float, float, int, str, str]:
+    """Run a child to its end: (wall seconds, its CPU seconds, its peak RSS in bytes, its standard
+    output and error)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
@@ -241,7 +245,7 @@ def run_child(argv: list[str], env: dict) -> tuple[float, int, str, str]:
         stdout, stderr = (stream.read().decode(errors="replace") for stream in (out, err))
     if child.returncode:
         raise SystemExit(f"{' '.join(argv[1:])} failed:\n{stderr}")
-    return seconds, usage.ru_maxrss * 1024, stdout, stderr
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, stdout, stderr
 
 
 def reset_database(url: str, *, create: bool = True) -> None:
@@ -267,6 +271,27 @@ def drop_database(url: str) -> None:
     connections.close_all()
     reset_database(url, create=False)
     print(f"dropped {urlparse(url).path.lstrip('/')}", file=sys.stderr)
+
+
+def export(reading: str, project_id: int, kind: str, fmt: str, target: str) -> None:
+    """(In a child process.) One export to a file, read by annotation.exporting or, for the baseline,
+    as ORM objects with prefetches one judgment at a time (tests/export_reference.py, what the
+    exports did before); both written by annotation.exporting's writers, as export_judgments does."""
+    import django
+
+    django.setup()
+    from annotation import exporting
+    from annotation.models import Project
+    from tests import export_reference
+
+    module = export_reference if reading == "orm" else exporting
+    rows = module.export_rows(Project.objects.get(pk=project_id), kind=kind)
+    if fmt == "parquet":
+        count = exporting.write_parquet(rows, target, kind=kind)
+    else:
+        with open(target, "w", encoding="utf-8") as stream:
+            count = exporting.write_jsonl(rows, stream)
+    print(f"Wrote {count} {kind} rows", file=sys.stderr)
 
 
 def download(project_id: int, kind: str) -> None:
@@ -307,13 +332,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--reuse", action="store_true", help="use the bench database as seeded before")
     parser.add_argument("--keep", action="store_true", help="keep the bench database afterwards")
-    parser.add_argument("--download", metavar="PROJECT:KIND", help=argparse.SUPPRESS)  # the child's part
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time the ORM-object reading (tests/export_reference.py) of each export: slow at 1M",
+    )
+    parser.add_argument("--download", metavar="PROJECT:KIND", help=argparse.SUPPRESS)  # a child's part
+    parser.add_argument("--export", metavar="READING:PROJECT:KIND:FORMAT:FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     os.environ.update(DATABASE_URL=args.database_url, DEBUG="0", DJANGO_SETTINGS_MODULE="config.settings")
     if args.download:
         project_id, kind = args.download.split(":")
         download(int(project_id), kind)
+        return 0
+    if args.export:
+        reading, project_id, kind, fmt, target = args.export.split(":", 4)
+        export(reading, int(project_id), kind, fmt, target)
         return 0
     if urlparse(args.database_url).scheme not in {"postgres", "postgresql"}:
         parser.error("--database-url must be a postgres:// URL")
@@ -341,31 +376,32 @@ def main(argv: list[str] | None = None) -> int:
 
     connections.close_all()
 
+    def measure(argv: list[str], target: Path) -> tuple[int, float, float, int, int]:
+        seconds, cpu, rss, _, err = run_child(argv, env)
+        rows = int(re.search(r"Wrote (\d+) ", err).group(1))
+        size = target.stat().st_size
+        target.unlink()
+        return rows, seconds, cpu, rss, size
+
+    load = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for kind in args.kinds.split(","):
             for fmt in args.formats.split(","):
                 target = Path(folder) / f"{kind}.{fmt}"
-                seconds, rss, _, err = run_child(
-                    [
-                        sys.executable,
-                        "manage.py",
-                        "export_judgments",
-                        str(projects[kind]),
-                        "--kind",
-                        kind,
-                        "--format",
-                        fmt,
-                        "--output",
-                        str(target),
-                    ],
-                    env,
-                )
-                rows = int(re.search(r"Wrote (\d+) ", err).group(1))
-                results.append((kind, fmt, rows, seconds, rss, target.stat().st_size))
+
+                def child(reading: str) -> list[str]:
+                    where = f"{reading}:{projects[kind]}:{kind}:{fmt}:{target}"  # noqa: B023
+                    return [sys.executable, __file__, "--database-url", args.database_url, "--export", where]
+
+                rows, seconds, cpu, rss, size = measure(child("values"), target)
+                orm = None
+                if args.baseline:
+                    orm = measure(child("orm"), target)
+                    assert orm[0] == rows, (kind, fmt, orm[0], rows)
+                results.append((kind, fmt, rows, seconds, cpu, rss, size, orm))
                 print(f"  {kind} {fmt}: {rows} rows in {seconds:.1f} s", file=sys.stderr)
-                target.unlink()
-        seconds, rss, out, _ = run_child(
+        seconds, cpu, rss, out, _ = run_child(
             [
                 sys.executable,
                 __file__,
@@ -377,14 +413,25 @@ def main(argv: list[str] | None = None) -> int:
             env,
         )
         streamed = json.loads(out.strip().splitlines()[-1])
-    print(f"\nexports of {args.judgments} judgments per project (PostgreSQL, one process each)\n")
-    print("| kind | format | rows | seconds | rows/s | peak RSS MB | file MB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for kind, fmt, rows, seconds_, rss_, size in results:
-        print(
-            f"| {kind} | {fmt} | {rows} | {seconds_:.1f} | {rows / seconds_:,.0f} | {rss_ / 2**20:.0f} |"
-            f" {size / 2**20:.1f} |"
+    print(
+        f"\nexports of {args.judgments} judgments per project (PostgreSQL; one process each, its start"
+        f" included; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after)\n"
+    )
+    header = "| kind | format | rows | seconds | rows/s | CPU s | peak RSS MB | file MB |"
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|"
+    if args.baseline:
+        header += " ORM-object reading: seconds | CPU s | peak RSS MB | ratio |"
+        rule += "---:|---:|---:|---:|"
+    print(header)
+    print(rule)
+    for kind, fmt, rows, seconds_, cpu_, rss_, size, orm in results:
+        line = (
+            f"| {kind} | {fmt} | {rows} | {seconds_:.1f} | {rows / seconds_:,.0f} | {cpu_:.1f} |"
+            f" {rss_ / 2**20:.0f} | {size / 2**20:.1f} |"
         )
+        if orm:
+            line += f" {orm[1]:.1f} | {orm[2]:.1f} | {orm[3] / 2**20:.0f} | {orm[1] / seconds_:.1f}x |"
+        print(line)
     print(
         f"\nparquet download of judgments (Django's handler, streamed): {streamed['rows']} rows,"
         f" {streamed['bytes'] / 2**20:.1f} MB; first byte after {streamed['first_byte_s']:.2f} s,"
