@@ -169,6 +169,10 @@ def _files(rows, kind):
     streamed = b"".join(exporting.parquet_chunks(rows, kind=kind, batch_size=4))
     table = pq.read_table(io.BytesIO(parquet.getvalue())).to_pylist()
     assert pq.read_table(io.BytesIO(streamed)).to_pylist() == table
+    as_json = exporting.JSON_COLUMNS[kind]
+    assert table == [
+        {**row, **{name: json.dumps(row[name], ensure_ascii=False) for name in as_json}} for row in rows
+    ]
     return jsonl.getvalue(), csv.getvalue(), table
 
 
