@@ -311,17 +311,17 @@ def _answers_of(
     return read.rows(answers.order_by("judgment_id"), "judgment_id", "id", *fields)
 
 
-def _outputs_of(read: _Reader, judgments: QuerySet, *fields: str) -> _Rows:
+def _outputs_of(read: _Reader, judgments: QuerySet, *fields: str) -> Iterator[list]:
     """The outputs of these judgments' tasks as (judgment id, position, output id, *fields), in judgment
     order (a judgment whose task has no outputs gives none)."""
-    shown = TaskOutput.objects.filter(task__judgments__in=judgments.values("id"))
-    return read.rows(
-        shown.order_by("task__judgments__id"),
-        "task__judgments__id",
-        "position",
-        "output_id",
-        *(f"output__{name}" for name in fields),
+    rows = read.rows(
+        judgments.order_by("id"),
+        "id",
+        "task__task_outputs__position",
+        "task__task_outputs__output_id",
+        *(f"task__task_outputs__output__{name}" for name in fields),
     )
+    return (row for row in rows if row[2] is not None)  # (an outer join: a task without outputs)
 
 
 def _first_output_text() -> Subquery:
@@ -339,6 +339,9 @@ def _one_snapshot():
         if outermost and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                # Compiling a plan to machine code pays off for one big query run to its end, not
+                # for cursors read a chunk at a time: it cost more than it saved here.
+                cursor.execute("SET LOCAL jit = off")
         yield
 
 
@@ -460,9 +463,8 @@ def iter_preference_rows(
 ) -> Iterator[dict]:
     """`{"prompt", "chosen", "rejected"}` from the comparisons and rankings of pending or accepted judgments."""
     statuses = _training_statuses(statuses, "preference")
-    judgments = _judgments(project, statuses, round_number).filter(
-        Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind__in=COMPARISONS))
-    )
+    base = _judgments(project, statuses, round_number)
+    judgments = base.filter(Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind__in=COMPARISONS)))
     with _Reader(chunk_size) as read:
         rows = read.rows(
             judgments.order_by("id"),
@@ -470,7 +472,7 @@ def iter_preference_rows(
             "task__prompt__text",
             "task__prompt__context",
         )
-        answers = _Follow(_answers_of(read, judgments, "kind", "value", kinds=COMPARISONS))
+        answers = _Follow(_answers_of(read, base, "kind", "value", kinds=COMPARISONS))
         outputs = _Follow(_outputs_of(read, judgments, "text"))
         for judgment_id, text, context in rows:
             text_of = {output_id: output_text for _, _, output_id, output_text in outputs.of(judgment_id)}
