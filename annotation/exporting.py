@@ -128,8 +128,8 @@ def _check_statuses(statuses: Iterable[str] | None) -> None:
 
 
 class _Rows:
-    """The rows of `queryset.values_list(*fields)` as lists, read chunk by chunk through a server-side
-    cursor. On PostgreSQL a thread fetches the next chunk while this one is used, so the database
+    """The rows of `queryset.values_list(*fields)`, read chunk by chunk through a server-side cursor,
+    with JSON columns left as their text (decode them with `json_value`). On PostgreSQL a thread fetches the next chunk while this one is used, so the database
     works while Python does; it holds at most two chunks besides the one being read."""
 
     AHEAD = 2
@@ -141,8 +141,9 @@ class _Rows:
         self._chunks = _closable(compiler.execute_sql(MULTI, chunked_fetch=True, chunk_size=chunk_size))
         selected = [column[0] for column in compiler.select[: compiler.col_count]] if compiler.select else []
         self._converters = [
-            (position, _converter(converters, expression, self._connection))
+            (position, convert)
             for position, (converters, expression) in compiler.get_converters(selected).items()
+            if (convert := _converter(converters, expression, self._connection)) is not None
         ]
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
@@ -232,21 +233,20 @@ def json_value(text: Any) -> Any:
 
 
 def _converter(converters: list, expression, connection):
-    """The database-to-Python converters of one selected column, as one function of the value.
-    A JSONField's own (no custom decoder) becomes `json_value`."""
+    """The database-to-Python converters of one selected column as one function of the value, less
+    a JSONField's own (the reader decodes JSON text with `json_value` where it uses it); None when
+    there are no others."""
     functions = [
-        None
-        if getattr(converter, "__func__", None) is JSONField.from_db_value
-        and converter.__self__.decoder is None
-        else converter
+        converter
         for converter in converters
+        if getattr(converter, "__func__", None) is not JSONField.from_db_value
     ]
-    if functions == [None]:
-        return json_value
+    if not functions:
+        return None
 
     def convert(value):
         for function in functions:
-            value = json_value(value) if function is None else function(value, expression, connection)
+            value = function(value, expression, connection)
         return value
 
     return convert
@@ -395,6 +395,7 @@ def iter_judgment_rows(
                 output_id: {"id": output_id, "text": text, "model_name": model_name, "source": source}
                 for _, _, output_id, text, model_name, source in outputs.of(judgment_id)
             }
+            display_order = json_value(display_order)
             order = display_order if sorted(display_order or []) == sorted(by_id) else list(by_id)
             yield {
                 "judgment_id": judgment_id,
@@ -404,7 +405,7 @@ def iter_judgment_rows(
                 "prompt_text": prompt_text,
                 "outputs": [by_id[output_id] for output_id in order],
                 "rater": rater,
-                "answers": {question: value for _, _, question, value in answers.of(judgment_id)},
+                "answers": {question: json_value(value) for _, _, question, value in answers.of(judgment_id)},
                 "time_spent_ms": time_spent_ms,
                 "late": late,
                 "status": status,
@@ -429,6 +430,7 @@ def iter_sft_rows(
         for value, context, text in read.rows(
             fixes, "value", "judgment__task__prompt__context", "judgment__task__prompt__text"
         ):
+            value = json_value(value)
             if isinstance(value, str) and value.strip():
                 yield {"prompt": training_prompt(text, context), "completion": value}
 
@@ -478,7 +480,7 @@ def iter_preference_rows(
             text_of = {output_id: output_text for _, _, output_id, output_text in outputs.of(judgment_id)}
             prompt = training_prompt(text, context)
             for _, _, kind, value in answers.of(judgment_id):
-                for better, worse in _preferred_pairs(kind, value, list(text_of)):
+                for better, worse in _preferred_pairs(kind, json_value(value), list(text_of)):
                     if better in text_of and worse in text_of:
                         yield {"prompt": prompt, "chosen": text_of[better], "rejected": text_of[worse]}
 
@@ -509,11 +511,13 @@ def iter_refiner_rows(
         answers = _Follow(_answers_of(read, judgments, "kind", "value", kinds=kinds))
         for judgment_id, text, context, data, output in rows:
             first = {}
-            for _, _, kind, value in answers.of(judgment_id):
+            for _, _, kind, raw in answers.of(judgment_id):
+                value = json_value(raw)
                 if isinstance(value, str) and value.strip():
                     first.setdefault(kind, value)
             if len(first) < 2 or output is None:
                 continue
+            data = json_value(data)
             data = data if isinstance(data, dict) else {}
             tests = data.get("tests")
             is_code = isinstance(tests, str) and bool(tests.strip())
@@ -578,7 +582,7 @@ def iter_qa2_rows(
         )
         answers_of = _Follow(_answers_of(read, judgments, "question", "value"))
         for judgment_id, external_id, question, output, rater, status, round_number in rows:
-            answers = {name: value for _, _, name, value in answers_of.of(judgment_id)}
+            answers = {name: json_value(value) for _, _, name, value in answers_of.of(judgment_id)}
             rubric = answers.get(templates_qa2.ASSUMPTION_QUESTION)
             rubric = rubric if isinstance(rubric, dict) else {}
             flagged = templates_qa2.ASSUMPTION_FLAG in (rubric.get("flags") or [])
