@@ -18,8 +18,10 @@ CSV is for people, who open it in a spreadsheet: nested values (outputs, answers
 and a cell a spreadsheet would run as a formula is escaped (see `csv_cell`). JSONL and parquet
 hold the text verbatim.
 
-Rows are generated from `.iterator(chunk_size=...)` querysets and written as they come, so an
-export holds one chunk of judgments in memory whatever the project's size.
+Rows are made from a few queries of plain values (no model instances), each ordered by judgment
+id and read a chunk at a time through a server-side cursor, merged in one pass, and written as
+they come: an export holds a few chunks in memory whatever the project's size. Parquet is written
+a row group at a time, and a download sends each row group as soon as it is written.
 """
 
 from __future__ import annotations
