@@ -10,7 +10,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install services demo test test-postgres test-sqlite lint bench-queue bench-request bench-engine bench-round clean
+.PHONY: install services demo test test-postgres test-sqlite lint bench-queue bench-request bench-export bench-engine bench-round clean
 
 install: $(VENV)/.installed
 
@@ -68,6 +68,9 @@ bench-queue: install
 
 bench-request: install
 	$(BIN)/python bench/request_cpu.py
+
+bench-export: install
+	$(BIN)/python bench/export.py
 
 bench-engine: install
 	$(BIN)/python bench/engine.py

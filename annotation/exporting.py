@@ -18,19 +18,29 @@ CSV is for people, who open it in a spreadsheet: nested values (outputs, answers
 and a cell a spreadsheet would run as a formula is escaped (see `csv_cell`). JSONL and parquet
 hold the text verbatim.
 
-Rows are generated from `.iterator(chunk_size=...)` querysets and written as they come, so an
-export holds one chunk of judgments in memory whatever the project's size.
+Rows are made from a few queries of plain values (no model instances), each ordered by judgment
+id and read a chunk at a time through a server-side cursor, merged in one pass, and written as
+they come: an export holds a few chunks in memory whatever the project's size. Parquet is written
+a row group at a time, and a download sends each row group as soon as it is written.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import queue
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from json.encoder import c_make_encoder, encode_basestring
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
-from django.db.models import Prefetch, QuerySet
+from django.contrib.auth import get_user_model
+from django.db import connection, connections, transaction
+from django.db.models import Exists, JSONField, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models.sql.constants import MULTI
 
 from annotation import templates_qa2
 from annotation.errors import ApplicationError
@@ -40,7 +50,7 @@ from annotation.questions import ranking_groups
 KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
 FORMATS = ("jsonl", "csv", "parquet")
 STATUSES = tuple(Judgment.Status.values)
-CHUNK_SIZE = 500
+CHUNK_SIZE = 2000  # rows a server-side cursor hands over at a time
 # Columns holding nested answers, written as JSON text in parquet (their shape varies by question).
 JSON_COLUMNS = {"judgments": ("answers",), "sft": (), "preference": (), "qa2": (), "refiner": ()}
 
@@ -88,7 +98,8 @@ def _training_statuses(statuses: Iterable[str] | None, kind: str) -> tuple[str, 
 def with_answers_and_outputs(judgments: QuerySet, *, answer_kinds: Iterable[str] | None = None) -> QuerySet:
     """Judgments with their answers as `answer_list` (oldest first; only those of `answer_kinds` when
     given) and their task's outputs as `task.shown` (TaskOutput rows with their output, in position
-    order), each prefetched once per chunk. to_attr gives plain lists: no queryset is cloned per row."""
+    order), each prefetched once per chunk. to_attr gives plain lists: no queryset is cloned per row.
+    (For a few judgments at a time; the exports below read plain values instead.)"""
     answers = Answer.objects.order_by("id")
     if answer_kinds is not None:
         answers = answers.filter(kind__in=list(answer_kinds))
@@ -108,6 +119,238 @@ def _check_statuses(statuses: Iterable[str] | None) -> None:
             raise ExportError(f"status must be among {', '.join(STATUSES)} (got {status!r})", field="status")
 
 
+# ---------------------------------------------------------------- reading plain values, in order
+#
+# An export reads a few queries of plain values, each ordered by judgment id and read through a
+# server-side cursor (`.iterator()`), and merges them in one pass: the judgments, their answers and
+# their tasks' outputs. No model instance is built and nothing is prefetched, and memory holds one
+# cursor chunk of each query, whatever the project's size. Within a judgment, answers (by id) and
+# outputs (by position) are put in order here, so the database can read them in judgment order
+# from its indexes instead of sorting them all.
+
+
+class _Rows:
+    """The rows of `queryset.values_list(*fields)`, read chunk by chunk through a server-side cursor,
+    with JSON columns left as their text (decode them with `json_value`). On PostgreSQL a thread fetches the next chunk while this one is used, so the database
+    works while Python does; it holds at most two chunks besides the one being read."""
+
+    AHEAD = 2
+
+    def __init__(self, queryset: QuerySet, fields: tuple[str, ...], *, chunk_size: int):
+        query = queryset.values_list(*fields)
+        compiler = query.query.get_compiler(using=query.db)
+        self._connection = connections[query.db]
+        self._chunks = _closable(compiler.execute_sql(MULTI, chunked_fetch=True, chunk_size=chunk_size))
+        selected = [column[0] for column in compiler.select[: compiler.col_count]] if compiler.select else []
+        self._converters = [
+            (position, convert)
+            for position, (converters, expression) in compiler.get_converters(selected).items()
+            if (convert := _converter(converters, expression, self._connection)) is not None
+        ]
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        if self._connection.vendor == "postgresql":
+            self._queue = queue.Queue(maxsize=self.AHEAD)
+            self._thread = threading.Thread(target=self._fetch, name="export-read-ahead", daemon=True)
+            self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            for chunk in self._chunks:
+                if self._stop.is_set():
+                    break
+                self._queue.put(chunk)
+        except BaseException as error:  # handed to the reader, who raises it
+            self._queue.put(_Failed(error))
+        finally:
+            self._chunks.close()
+            self._queue.put(_DONE)
+
+    def _fetched(self) -> Iterator[list]:
+        if self._queue is None:
+            yield from self._chunks
+            return
+        while (chunk := self._queue.get()) is not _DONE:
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            yield chunk
+
+    def __iter__(self) -> Iterator[list]:
+        converters = self._converters
+        for chunk in self._fetched():
+            if not converters:
+                yield from chunk
+                continue
+            for row in chunk:
+                row = list(row)
+                for position, convert in converters:
+                    row[position] = convert(row[position])
+                yield row
+
+    def close(self) -> None:
+        """Stop reading (at once, or after the chunk being fetched) and close the cursor."""
+        if self._thread is None:
+            self._chunks.close()
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+def _closable(chunks: Iterable[list]) -> Iterator[list]:
+    yield from chunks  # closing this closes the cursor's own generator (an empty query has none)
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_DONE = object()
+
+
+_scan_json = json.JSONDecoder().scan_once
+
+
+def json_value(text: Any) -> Any:
+    """JSON text as its value, as JSONField.from_db_value reads it (text that is not JSON stays as it
+    is), without json.loads's per-call overhead: the decoder's scanner reads the one value."""
+    if text is None or not isinstance(text, str):
+        return text
+    try:
+        value, end = _scan_json(text, 0)
+    except (StopIteration, json.JSONDecodeError):
+        end = -1
+    if end == len(text):
+        return value
+    try:  # leading or trailing space, or not JSON: the slow path says which
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _converter(converters: list, expression, connection):
+    """The database-to-Python converters of one selected column as one function of the value, less
+    a JSONField's own (the reader decodes JSON text with `json_value` where it uses it); None when
+    there are no others."""
+    functions = [
+        converter
+        for converter in converters
+        if getattr(converter, "__func__", None) is not JSONField.from_db_value
+    ]
+    if not functions:
+        return None
+
+    def convert(value):
+        for function in functions:
+            value = function(value, expression, connection)
+        return value
+
+    return convert
+
+
+class _Reader:
+    """The row streams of one export, read inside one snapshot of the database; closed together."""
+
+    def __init__(self, chunk_size: int):
+        self._chunk_size = chunk_size
+        self._open: list[_Rows] = []
+
+    def rows(self, queryset: QuerySet, *fields: str) -> _Rows:
+        rows = _Rows(queryset, fields, chunk_size=self._chunk_size)
+        self._open.append(rows)
+        return rows
+
+    def __enter__(self) -> _Reader:
+        self._snapshot = _one_snapshot()
+        self._snapshot.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            for rows in reversed(self._open):
+                rows.close()
+        finally:
+            self._snapshot.__exit__(*exc_info)
+
+
+class _Follow:
+    """Follows a stream of rows ordered by their first value (a judgment id) alongside the judgments,
+    which come in the same order."""
+
+    def __init__(self, rows: Iterable[list]):
+        self._rows = iter(rows)
+        self._next = next(self._rows, None)
+
+    def of(self, judgment_id: int) -> list[list]:
+        """This judgment's rows, sorted by their second value (an answer's id, an output's position);
+        [] when it has none. Earlier judgments' rows are passed over."""
+        row, rows = self._next, self._rows
+        while row is not None and row[0] < judgment_id:
+            row = next(rows, None)
+        group = []
+        while row is not None and row[0] == judgment_id:
+            group.append(row)
+            row = next(rows, None)
+        self._next = row
+        if len(group) > 1:
+            group.sort(key=itemgetter(1))
+        return group
+
+
+def _answers_of(
+    read: _Reader, judgments: QuerySet, *fields: str, kinds: Iterable[str] | None = None
+) -> _Rows:
+    """The answers of these judgments as (judgment id, answer id, *fields), in judgment order."""
+    answers = Answer.objects.filter(judgment__in=judgments.values("id"))
+    if kinds is not None:
+        answers = answers.filter(kind__in=list(kinds))
+    return read.rows(answers.order_by("judgment_id"), "judgment_id", "id", *fields)
+
+
+def _outputs_of(read: _Reader, judgments: QuerySet, *fields: str) -> Iterator[list]:
+    """The outputs of these judgments' tasks as (judgment id, position, output id, *fields), in judgment
+    order (a judgment whose task has no outputs gives none)."""
+    rows = read.rows(
+        judgments.order_by("id"),
+        "id",
+        "task__task_outputs__position",
+        "task__task_outputs__output_id",
+        *(f"task__task_outputs__output__{name}" for name in fields),
+    )
+    return (row for row in rows if row[2] is not None)  # (an outer join: a task without outputs)
+
+
+def _first_output_text() -> Subquery:
+    """The text of the first output (by position) of a judgment's task; None when it has none."""
+    first = TaskOutput.objects.filter(task_id=OuterRef("task_id")).order_by("position")
+    return Subquery(first.values("output__text")[:1])
+
+
+@contextmanager
+def _one_snapshot():
+    """Every query of one export reads the same snapshot of the database. On PostgreSQL this also
+    keeps the server-side cursors inside a transaction, so rows are streamed, not first copied out."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                # Compiling a plan to machine code pays off for one big query run to its end, not
+                # for cursors read a chunk at a time: it cost more than it saved here.
+                cursor.execute("SET LOCAL jit = off")
+        yield
+
+
+def _username() -> str:
+    return f"rater__{get_user_model().USERNAME_FIELD}"
+
+
 def iter_judgment_rows(
     project: Project,
     *,
@@ -117,38 +360,60 @@ def iter_judgment_rows(
 ) -> Iterator[dict]:
     """One row per judgment of the project (all statuses unless `statuses` says which), oldest first."""
     _check_statuses(statuses)
-    judgments = with_answers_and_outputs(
-        _judgments(project, statuses, round_number).select_related("task__prompt", "rater").order_by("id")
-    )
-    for judgment in judgments.iterator(chunk_size=chunk_size):
-        task, prompt = judgment.task, judgment.task.prompt
-        by_id = {shown.output_id: shown.output for shown in task.shown}
-        order = (
-            judgment.display_order if sorted(judgment.display_order or []) == sorted(by_id) else list(by_id)
+    judgments = _judgments(project, statuses, round_number)
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
+            judgments.order_by("id"),
+            "id",
+            "task_id",
+            "task__kind",
+            "task__prompt__external_id",
+            "task__prompt__text",
+            _username(),
+            "display_order",
+            "time_spent_ms",
+            "late",
+            "status",
+            "round_number",
+            "created_at",
         )
-        yield {
-            "judgment_id": judgment.pk,
-            "task_id": task.pk,
-            "task_kind": task.kind,
-            "prompt_external_id": prompt.external_id,
-            "prompt_text": prompt.text,
-            "outputs": [
-                {
-                    "id": output_id,
-                    "text": by_id[output_id].text,
-                    "model_name": by_id[output_id].model_name,
-                    "source": by_id[output_id].source,
-                }
-                for output_id in order
-            ],
-            "rater": judgment.rater.get_username(),
-            "answers": {answer.question: answer.value for answer in judgment.answer_list},
-            "time_spent_ms": judgment.time_spent_ms,
-            "late": judgment.late,
-            "status": judgment.status,
-            "round": judgment.round_number,
-            "created_at": judgment.created_at.isoformat(),
-        }
+        answers = _Follow(_answers_of(read, judgments, "question", "value"))
+        outputs = _Follow(_outputs_of(read, judgments, "text", "model_name", "source"))
+        for (
+            judgment_id,
+            task_id,
+            task_kind,
+            external_id,
+            prompt_text,
+            rater,
+            display_order,
+            time_spent_ms,
+            late,
+            status,
+            round_number,
+            created_at,
+        ) in rows:
+            by_id = {
+                output_id: {"id": output_id, "text": text, "model_name": model_name, "source": source}
+                for _, _, output_id, text, model_name, source in outputs.of(judgment_id)
+            }
+            display_order = json_value(display_order)
+            order = display_order if sorted(display_order or []) == sorted(by_id) else list(by_id)
+            yield {
+                "judgment_id": judgment_id,
+                "task_id": task_id,
+                "task_kind": task_kind,
+                "prompt_external_id": external_id,
+                "prompt_text": prompt_text,
+                "outputs": [by_id[output_id] for output_id in order],
+                "rater": rater,
+                "answers": {question: json_value(value) for _, _, question, value in answers.of(judgment_id)},
+                "time_spent_ms": time_spent_ms,
+                "late": late,
+                "status": status,
+                "round": round_number,
+                "created_at": created_at.isoformat(),
+            }
 
 
 def iter_sft_rows(
@@ -160,14 +425,16 @@ def iter_sft_rows(
 ) -> Iterator[dict]:
     """`{"prompt", "completion"}` for every fix written on a pending or accepted judgment."""
     statuses = _training_statuses(statuses, "sft")
-    fixes = (
-        Answer.objects.filter(kind=Answer.Kind.FIX, judgment__in=_judgments(project, statuses, round_number))
-        .order_by("judgment_id", "id")
-        .values_list("value", "judgment__task__prompt__context", "judgment__task__prompt__text")
-    )
-    for value, context, text in fixes.iterator(chunk_size=chunk_size):
-        if isinstance(value, str) and value.strip():
-            yield {"prompt": training_prompt(text, context), "completion": value}
+    fixes = Answer.objects.filter(
+        kind=Answer.Kind.FIX, judgment__in=_judgments(project, statuses, round_number)
+    ).order_by("judgment_id", "id")
+    with _Reader(chunk_size) as read:
+        for value, context, text in read.rows(
+            fixes, "value", "judgment__task__prompt__context", "judgment__task__prompt__text"
+        ):
+            value = json_value(value)
+            if isinstance(value, str) and value.strip():
+                yield {"prompt": training_prompt(text, context), "completion": value}
 
 
 def _preferred_pairs(kind: str, value: Any, output_ids: list[int]) -> Iterator[tuple[int, int]]:
@@ -188,6 +455,9 @@ def _preferred_pairs(kind: str, value: Any, output_ids: list[int]) -> Iterator[t
                         yield better, worse
 
 
+COMPARISONS = (Answer.Kind.PAIRWISE, Answer.Kind.RANKING)
+
+
 def iter_preference_rows(
     project: Project,
     *,
@@ -197,29 +467,24 @@ def iter_preference_rows(
 ) -> Iterator[dict]:
     """`{"prompt", "chosen", "rejected"}` from the comparisons and rankings of pending or accepted judgments."""
     statuses = _training_statuses(statuses, "preference")
-    answers = (
-        Answer.objects.filter(
-            kind__in=[Answer.Kind.PAIRWISE, Answer.Kind.RANKING],
-            judgment__in=_judgments(project, statuses, round_number),
+    base = _judgments(project, statuses, round_number)
+    judgments = base.filter(Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind__in=COMPARISONS)))
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
+            judgments.order_by("id"),
+            "id",
+            "task__prompt__text",
+            "task__prompt__context",
         )
-        .select_related("judgment__task__prompt")
-        .only("kind", "value", "judgment__task__prompt__context", "judgment__task__prompt__text")
-        .prefetch_related(
-            Prefetch(
-                "judgment__task__task_outputs",
-                queryset=TaskOutput.objects.select_related("output").only("task_id", "output__text"),
-                to_attr="shown",
-            )
-        )
-        .order_by("judgment_id", "id")
-    )
-    for answer in answers.iterator(chunk_size=chunk_size):
-        task = answer.judgment.task
-        text_of = {shown.output_id: shown.output.text for shown in task.shown}
-        prompt = training_prompt(task.prompt.text, task.prompt.context)
-        for better, worse in _preferred_pairs(answer.kind, answer.value, list(text_of)):
-            if better in text_of and worse in text_of:
-                yield {"prompt": prompt, "chosen": text_of[better], "rejected": text_of[worse]}
+        answers = _Follow(_answers_of(read, base, "kind", "value", kinds=COMPARISONS))
+        outputs = _Follow(_outputs_of(read, judgments, "text"))
+        for judgment_id, text, context in rows:
+            text_of = {output_id: output_text for _, _, output_id, output_text in outputs.of(judgment_id)}
+            prompt = training_prompt(text, context)
+            for _, _, kind, value in answers.of(judgment_id):
+                for better, worse in _preferred_pairs(kind, json_value(value), list(text_of)):
+                    if better in text_of and worse in text_of:
+                        yield {"prompt": prompt, "chosen": text_of[better], "rejected": text_of[worse]}
 
 
 def iter_refiner_rows(
@@ -232,38 +497,42 @@ def iter_refiner_rows(
     """One row per pending or accepted judgment with both a fix and written feedback (the first of
     each): the output they are about is the task's first shown output."""
     statuses = _training_statuses(statuses, "refiner")
-    judgments = with_answers_and_outputs(
-        _judgments(project, statuses, round_number)
-        .filter(answer_rows__kind=Answer.Kind.FIX)
-        .filter(answer_rows__kind=Answer.Kind.FEEDBACK)
-        .distinct()
-        .select_related("task__prompt")
-        .order_by("id"),
-        answer_kinds=[Answer.Kind.FIX, Answer.Kind.FEEDBACK],
-    )
-    for judgment in judgments.iterator(chunk_size=chunk_size):
-        first = {}
-        for answer in judgment.answer_list:
-            if isinstance(answer.value, str) and answer.value.strip():
-                first.setdefault(answer.kind, answer.value)
-        prompt, shown = judgment.task.prompt, judgment.task.shown
-        if len(first) < 2 or not shown:
-            continue
-        data = prompt.data if isinstance(prompt.data, dict) else {}
-        tests = data.get("tests")
-        is_code = isinstance(tests, str) and bool(tests.strip())
-        yield {
-            "kind": "code" if is_code else "text",
-            "prompt": str(data.get("prompt") or "")
-            if is_code
-            else training_prompt(prompt.text, prompt.context),
-            "text": prompt.text,
-            "test": tests if is_code else "",
-            "entry_point": data.get("entry_point") if is_code else None,
-            "output": shown[0].output.text,
-            "feedback": first[Answer.Kind.FEEDBACK],
-            "refinement": first[Answer.Kind.FIX],
-        }
+    kinds = (Answer.Kind.FIX, Answer.Kind.FEEDBACK)
+    judgments = _judgments(project, statuses, round_number)
+    for kind in kinds:
+        judgments = judgments.filter(Exists(Answer.objects.filter(judgment_id=OuterRef("id"), kind=kind)))
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
+            judgments.order_by("id").annotate(first_output=_first_output_text()),
+            "id",
+            "task__prompt__text",
+            "task__prompt__context",
+            "task__prompt__data",
+            "first_output",
+        )
+        answers = _Follow(_answers_of(read, judgments, "kind", "value", kinds=kinds))
+        for judgment_id, text, context, data, output in rows:
+            first = {}
+            for _, _, kind, raw in answers.of(judgment_id):
+                value = json_value(raw)
+                if isinstance(value, str) and value.strip():
+                    first.setdefault(kind, value)
+            if len(first) < 2 or output is None:
+                continue
+            data = json_value(data)
+            data = data if isinstance(data, dict) else {}
+            tests = data.get("tests")
+            is_code = isinstance(tests, str) and bool(tests.strip())
+            yield {
+                "kind": "code" if is_code else "text",
+                "prompt": str(data.get("prompt") or "") if is_code else training_prompt(text, context),
+                "text": text,
+                "test": tests if is_code else "",
+                "entry_point": data.get("entry_point") if is_code else None,
+                "output": output,
+                "feedback": first[Answer.Kind.FEEDBACK],
+                "refinement": first[Answer.Kind.FIX],
+            }
 
 
 # ---------------------------------------------------------------- (QA)²
@@ -299,36 +568,44 @@ def iter_qa2_rows(
 ) -> Iterator[dict]:
     """One row per pending or accepted judgment of a single-answer, non-gold task, oldest first."""
     statuses = _training_statuses(statuses, "qa2")
-    judgments = with_answers_and_outputs(
-        _judgments(project, statuses, round_number)
-        .filter(task__kind=Task.Kind.SINGLE, task__is_gold=False)
-        .select_related("task__prompt", "rater")
-        .order_by("id")
+    judgments = _judgments(project, statuses, round_number).filter(
+        task__kind=Task.Kind.SINGLE, task__is_gold=False
     )
-    for judgment in judgments.iterator(chunk_size=chunk_size):
-        answers = {answer.question: answer.value for answer in judgment.answer_list}
-        rubric = answers.get(templates_qa2.ASSUMPTION_QUESTION)
-        rubric = rubric if isinstance(rubric, dict) else {}
-        flagged = templates_qa2.ASSUMPTION_FLAG in (rubric.get("flags") or [])
-        score = answers.get(templates_qa2.ACCEPTABLE_QUESTION)
-        score = score.get(templates_qa2.ACCEPTABLE_QUESTION) if isinstance(score, dict) else None
-        explanation = answers.get(templates_qa2.EXPLANATION_QUESTION)
-        shown = judgment.task.shown
-        yield {
-            "judgment_id": judgment.pk,
-            "prompt_external_id": judgment.task.prompt.external_id,
-            "question": judgment.task.prompt.text,
-            "answer": shown[0].output.text if shown else "",
-            "all_assumptions_valid": QA2_HAS_INVALID if flagged else QA2_ALL_VALID,
-            "questionable_assumption": (rubric.get("notes") or {}).get(templates_qa2.ASSUMPTION_FLAG, "")
-            if flagged
-            else "",
-            "acceptable": None if score is None else score == 1,
-            "explanation": explanation if isinstance(explanation, str) else "",
-            "rater": judgment.rater.get_username(),
-            "status": judgment.status,
-            "round": judgment.round_number,
-        }
+    with _Reader(chunk_size) as read:
+        rows = read.rows(
+            judgments.order_by("id").annotate(first_output=_first_output_text()),
+            "id",
+            "task__prompt__external_id",
+            "task__prompt__text",
+            "first_output",
+            _username(),
+            "status",
+            "round_number",
+        )
+        answers_of = _Follow(_answers_of(read, judgments, "question", "value"))
+        for judgment_id, external_id, question, output, rater, status, round_number in rows:
+            answers = {name: json_value(value) for _, _, name, value in answers_of.of(judgment_id)}
+            rubric = answers.get(templates_qa2.ASSUMPTION_QUESTION)
+            rubric = rubric if isinstance(rubric, dict) else {}
+            flagged = templates_qa2.ASSUMPTION_FLAG in (rubric.get("flags") or [])
+            score = answers.get(templates_qa2.ACCEPTABLE_QUESTION)
+            score = score.get(templates_qa2.ACCEPTABLE_QUESTION) if isinstance(score, dict) else None
+            explanation = answers.get(templates_qa2.EXPLANATION_QUESTION)
+            yield {
+                "judgment_id": judgment_id,
+                "prompt_external_id": external_id,
+                "question": question,
+                "answer": "" if output is None else output,
+                "all_assumptions_valid": QA2_HAS_INVALID if flagged else QA2_ALL_VALID,
+                "questionable_assumption": (rubric.get("notes") or {}).get(templates_qa2.ASSUMPTION_FLAG, "")
+                if flagged
+                else "",
+                "acceptable": None if score is None else score == 1,
+                "explanation": explanation if isinstance(explanation, str) else "",
+                "rater": rater,
+                "status": status,
+                "round": round_number,
+            }
 
 
 def export_rows(
@@ -359,17 +636,46 @@ def export_rows(
     return make(project, statuses=statuses, round_number=round_number, chunk_size=chunk_size)
 
 
+def _json_text():
+    """`json.dumps(value, ensure_ascii=False)`, with its encoder made once instead of on every call
+    (json.dumps builds one per call when given options). The same text: the same C encoder, the
+    same separators; only the circular-reference check, which export rows never need, is left out."""
+    encoder = json.JSONEncoder(ensure_ascii=False)
+    if c_make_encoder is None:
+        return encoder.encode
+    iterencode = c_make_encoder(
+        None, encoder.default, encode_basestring, None, ": ", ", ", False, False, True
+    )
+
+    def dumps(value: Any) -> str:
+        if isinstance(value, str):
+            return encode_basestring(value)
+        return "".join(iterencode(value, 0))
+
+    return dumps
+
+
+json_text = _json_text()
+
+
 def jsonl_lines(rows: Iterable[dict]) -> Iterator[str]:
     for row in rows:
-        yield json.dumps(row, ensure_ascii=False) + "\n"
+        yield json_text(row) + "\n"
 
 
-def write_jsonl(rows: Iterable[dict], stream: IO[str]) -> int:
-    """Write rows as JSON lines to a text stream, one at a time. Returns how many were written."""
+def write_jsonl(rows: Iterable[dict], stream: IO[str], *, lines_per_write: int = 1000) -> int:
+    """Write rows as JSON lines to a text stream, a thousand lines a write. Returns how many."""
     count = 0
+    pending: list[str] = []
     for line in jsonl_lines(rows):
-        stream.write(line)
-        count += 1
+        pending.append(line)
+        if len(pending) >= lines_per_write:
+            stream.write("".join(pending))
+            count += len(pending)
+            pending = []
+    if pending:
+        stream.write("".join(pending))
+        count += len(pending)
     return count
 
 
@@ -473,31 +779,107 @@ def export_schema(kind: str):
     raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})", field="kind")
 
 
-def write_parquet(
-    rows: Iterable[dict], path_or_stream: str | Path | IO[bytes], *, kind: str, batch_size: int = 1000
-) -> int:
-    """Write rows to a parquet file a record batch at a time (memory: one batch). Returns the row count."""
+PARQUET_BATCH_ROWS = 5000  # rows per parquet row group: what a parquet export holds in memory
+
+
+def _record_batches(rows: Iterable[dict], *, kind: str, batch_size: int):
+    """Rows as record batches of the kind's schema, `batch_size` rows at a time, built column by
+    column (RecordBatch.from_pylist, row by row, takes several times as long)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     schema = export_schema(kind)
     json_columns = JSON_COLUMNS[kind]
+    columns = [(field.name, field.type, field.name in json_columns) for field in schema]
+
+    def record_batch(batch: list[dict]):
+        arrays = [
+            pa.array(
+                [json_text(row[name]) for row in batch] if as_json else [row[name] for row in batch],
+                type=type_,
+            )
+            for name, type_, as_json in columns
+        ]
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= batch_size:
+            yield record_batch(batch)
+            batch = []
+    if batch:
+        yield record_batch(batch)
+
+
+def write_parquet(
+    rows: Iterable[dict],
+    path_or_stream: str | Path | IO[bytes],
+    *,
+    kind: str,
+    batch_size: int = PARQUET_BATCH_ROWS,
+) -> int:
+    """Write rows to a parquet file a row group at a time (memory: one batch). Returns the row count."""
+    import pyarrow.parquet as pq
+
     where = str(path_or_stream) if isinstance(path_or_stream, Path) else path_or_stream
     count = 0
-    batch: list[dict] = []
-    with pq.ParquetWriter(where, schema) as writer:
-        for row in rows:
-            if json_columns:
-                row = {**row, **{name: json.dumps(row[name], ensure_ascii=False) for name in json_columns}}
-            batch.append(row)
-            if len(batch) >= batch_size:
-                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-                count += len(batch)
-                batch = []
-        if batch:
-            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-            count += len(batch)
+    with pq.ParquetWriter(where, export_schema(kind)) as writer:
+        for batch in _record_batches(rows, kind=kind, batch_size=batch_size):
+            writer.write_batch(batch)
+            count += batch.num_rows
     return count
+
+
+class _Outbox:
+    """A write-only binary stream that keeps what is written until it is taken: the sink a parquet
+    writer writes into while the bytes it has written so far are sent on."""
+
+    closed = False
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        self._parts.append(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+def parquet_chunks(rows: Iterable[dict], *, kind: str, batch_size: int | None = None) -> Iterator[bytes]:
+    """A parquet file as the bytes of one row group after another, each handed on as soon as it is
+    written (the footer, which indexes them, comes last): memory holds one batch of rows, however
+    many there are."""
+    import pyarrow.parquet as pq
+
+    outbox = _Outbox()
+    writer = pq.ParquetWriter(outbox, export_schema(kind))
+    try:
+        for batch in _record_batches(rows, kind=kind, batch_size=batch_size or PARQUET_BATCH_ROWS):
+            writer.write_batch(batch)
+            if data := outbox.take():
+                yield data
+    finally:
+        writer.close()
+    yield outbox.take()
 
 
 MEDIA_TYPES = {

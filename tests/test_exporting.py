@@ -7,10 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from annotation import exporting
 from annotation.exporting import (
     ExportError,
     export_rows,
@@ -242,21 +243,33 @@ def test_judgments_of_other_projects_are_not_exported(project, other_project, si
     assert [row["rater"] for row in iter_judgment_rows(project)] == ["bob"]
 
 
-def test_rows_are_read_from_the_database_chunk_by_chunk(project, bob, django_user_model):
-    tasks = make_tasks(project, 6, prefix="c")
-    for task in tasks:
-        judge(task, bob, {"fix": ("fix", f"Fix {task.pk}")})
+@pytest.mark.parametrize("kind", ["judgments", "sft", "preference", "refiner"])
+def test_an_export_reads_a_fixed_number_of_queries_however_many_judgments(project, bob, alice, kind):
+    """Judgments, answers and outputs each come from one ordered query, read chunk by chunk through
+    a cursor: no query per judgment or per chunk, and so no model instances or prefetches."""
 
-    rows = iter_judgment_rows(project, chunk_size=2)
-    with CaptureQueriesContext(connection) as first:
-        next(rows)
-    with CaptureQueriesContext(connection) as rest:
-        remaining = list(rows)
+    def queries(n):
+        for task in make_tasks(project, n, kind="pairwise", prefix=f"c{n}-"):
+            left = output_ids(task)[0]
+            for rater in (bob, alice):
+                judge(
+                    task,
+                    rater,
+                    {
+                        "fix": ("fix", f"Fix {task.pk}"),
+                        "feedback": ("feedback", "Shorter."),
+                        "preference": ("pairwise", {"preferred": left, "strength": "better"}),
+                    },
+                )
+        with CaptureQueriesContext(connection) as context:
+            rows = list(export_rows(project, kind=kind, chunk_size=2))
+        return len(rows), len(context.captured_queries)
 
-    assert len(remaining) == 5
-    # The first row needs only the first chunk's prefetches; later chunks run their own.
-    assert len(first.captured_queries) <= 3
-    assert len(rest.captured_queries) >= 4
+    few_rows, few_queries = queries(2)
+    many_rows, many_queries = queries(10)
+
+    assert many_rows == 6 * few_rows > 0
+    assert many_queries == few_queries <= 6
 
 
 # ------------------------------------------------------------------ writers
@@ -428,7 +441,7 @@ def test_jsonl_export_is_streamed_as_an_attachment(singles, alice, bob):
     ]
 
 
-def test_parquet_export_is_a_file_download(pair, alice, bob):
+def test_parquet_export_is_streamed_and_reads_back_whole(pair, alice, bob):
     judge(pair, bob, {"preference": ("pairwise", {"preferred": output_ids(pair)[1], "strength": "better"})})
 
     response = client_for(alice).get(
@@ -436,13 +449,46 @@ def test_parquet_export_is_a_file_download(pair, alice, bob):
     )
 
     assert response.status_code == 200
-    assert isinstance(response, FileResponse)
+    assert isinstance(response, StreamingHttpResponse)
+    assert response["Content-Type"] == "application/vnd.apache.parquet"
     assert response["Content-Disposition"] == 'attachment; filename="summaries-preference-round0.parquet"'
-    assert pq.read_table(io.BytesIO(b"".join(response.streaming_content))).num_rows == 0  # round 0 has none
+    empty = pq.read_table(io.BytesIO(b"".join(response.streaming_content)))  # round 0 has none
+    assert empty.num_rows == 0 and empty.column_names == ["prompt", "chosen", "rejected"]
 
     response = client_for(alice).get(url(pair.project), {"kind": "preference", "format": "parquet"})
+    assert isinstance(response, StreamingHttpResponse)
     assert pq.read_table(io.BytesIO(b"".join(response.streaming_content))).to_pylist() == [
         {"prompt": "Summarise post 0.", "chosen": "Output 1 for post 0.", "rejected": "Output 0 for post 0."}
+    ]
+
+
+def test_parquet_download_sends_its_first_bytes_before_the_last_row_is_read(project, alice, bob, monkeypatch):
+    tasks = make_tasks(project, 7, prefix="st")
+    for task in tasks:
+        judge(task, bob, {"fix": ("fix", f"Fixed {task.prompt.external_id}.")})
+    read = []
+    export_rows = exporting.export_rows
+
+    def counted(*args, **kwargs):
+        for row in export_rows(*args, **kwargs):
+            read.append(row)
+            yield row
+
+    monkeypatch.setattr(exporting, "export_rows", counted)
+    monkeypatch.setattr(exporting, "PARQUET_BATCH_ROWS", 2)
+
+    response = client_for(alice).get(url(project), {"kind": "sft", "format": "parquet"})
+    chunks = iter(response.streaming_content)
+    first = next(chunks)
+
+    assert first.startswith(b"PAR1")  # the file's opening magic and its first row group
+    assert len(read) == 2  # one row group's rows read, the other five not yet
+    body = first + b"".join(chunks)
+    assert len(read) == 7
+    parquet = pq.ParquetFile(io.BytesIO(body))
+    assert parquet.metadata.num_row_groups == 4  # 2 + 2 + 2 + 1
+    assert parquet.read().to_pylist() == [
+        {"prompt": f"Summarise post {i}.", "completion": f"Fixed st{i}."} for i in range(7)
     ]
 
 

@@ -18,7 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploaded
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
-from annotation import downloads, exporting
+from annotation import exporting
 from annotation.models import Output, Prompt, Task
 from tests.factories import make_tasks
 from tests.factories import write_judgment as judge
@@ -123,34 +123,6 @@ def _vendor():
     from django.db import connection
 
     return connection.vendor
-
-
-# ------------------------------------------------------------------ export: the API's parquet download
-
-
-@pytest.mark.django_db
-def test_parquet_download_on_a_full_disk_answers_507_and_closes_its_spool(project, alice, bob, monkeypatch):
-    judged(project, bob)
-    spools = []
-    real_spool = downloads.tempfile.SpooledTemporaryFile
-
-    def spool(*args, **kwargs):
-        spools.append(real_spool(*args, **kwargs))
-        return spools[-1]
-
-    def full(rows, target, **kwargs):
-        target.write(b"PAR1")
-        raise OSError(errno.ENOSPC, "[Errno 28] Error writing bytes to file. Detail: No space left on device")
-
-    monkeypatch.setattr(downloads.tempfile, "SpooledTemporaryFile", spool)
-    monkeypatch.setattr(exporting, "write_parquet", full)
-    response = client_for(alice).get(f"/api/v1/projects/{project.pk}/export/", {"format": "parquet"})
-    assert response.status_code == 507
-    assert response.json() == {
-        "detail": "the server has no space left on its disk to store this; nothing was saved",
-        "code": "no_space",
-    }
-    assert spools and spools[0].closed
 
 
 # ------------------------------------------------------------------ import: the upload

@@ -14,7 +14,7 @@ HTML pages (annotation.views.server_error):
   CONN_HEALTH_CHECKS checks a kept one before its next request), so the worker reconnects by
   itself once the database is back: no restart of the web processes is needed.
 - `no_space`, 507 Insufficient Storage: a file could not be written for lack of disk space (an
-  upload spooled to disk, an export being built), or the database server's disk is full (its
+  upload spooled to disk), or the database server's disk is full (its
   transaction was rolled back). What was half-written was removed; nothing refers to it.
 """
 
