@@ -18,6 +18,7 @@ from annotation.services.leases import lease_acquire
 from feedback_loop.models import Adapter, Refinement, Round
 from tests.loop.conftest import POSTS, make_feedback
 from tests.loop.processes import (
+    WarmStarter,
     celery_beat,
     celery_worker,
     free_port,
@@ -112,12 +113,18 @@ def test_a_worker_killed_in_the_middle_of_each_step_leaves_a_round_that_finishes
 ):
     project = round_to_come
     env = worker_env(broker=redis_db_14, artifacts=artifacts, **LOOP_ENV)
-    logs = [tmp_path / "beat.log"] + [tmp_path / f"worker-{i}.log" for i in range(6)]
+    logs = [tmp_path / "beat.log", tmp_path / "starter.log"] + [
+        tmp_path / f"worker-{i}.log" for i in range(6)
+    ]
     beat = celery_beat(env, logs[0], tmp_path / "beat-schedule")
+    # The first worker is the demo's command as is; the ones after it are forked with the model
+    # libraries already imported, so that each replacement does not spend seconds importing them.
+    starter = WarmStarter(env, logs[1])
     workers = []
     try:
         for number, step in enumerate(["refining", "selecting", "training", "evaluating", "generating"]):
-            workers.append(celery_worker(env, logs[number + 1]))
+            log = logs[number + 2]
+            workers.append(celery_worker(env, log) if number == 0 else starter.celery_worker(log))
 
             def in_the_middle(step=step):
                 round = _round(project)
@@ -130,7 +137,7 @@ def test_a_worker_killed_in_the_middle_of_each_step_leaves_a_round_that_finishes
             wait_for(in_the_middle, timeout=90, what=f"the round to be {step}")
             workers[-1].kill()
             assert _round(project).state == step  # killed in the middle: the step is not done
-        workers.append(celery_worker(env, logs[-1]))
+        workers.append(starter.celery_worker(logs[-1]))
         wait_for(lambda: _round(project).state in Round.TERMINAL, timeout=90, what="the round to finish")
         time.sleep(2 * STALE)  # a late duplicate of any step would act by now
         _assert_finished_once(project, bob)
@@ -142,6 +149,7 @@ def test_a_worker_killed_in_the_middle_of_each_step_leaves_a_round_that_finishes
         for process in [beat, *workers]:
             if process.alive():
                 process.stop()
+        starter.close()
 
 
 def test_redis_stopped_and_restarted_empty_during_a_round_loses_nothing(
