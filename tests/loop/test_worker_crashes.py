@@ -8,6 +8,7 @@ by beat, re-sends a step whose worker or message is gone.
 """
 
 import itertools
+import re
 import time
 
 import pytest
@@ -39,6 +40,8 @@ LOOP_ENV = {
     "CELERY_VISIBILITY_TIMEOUT": "10",
     "REFINERY_WEBHOOKS_MAX_ATTEMPTS": "1",
 }
+# Celery's line for a task that returned, in the worker's log.
+TRAIN_ENDED = re.compile(r"Task feedback_loop\.train\[[^\]]+\] (succeeded|raised|retry)")
 STEPS = ["pending", "refining", "selecting", "training", "evaluating", "generating", "done"]
 
 
@@ -79,6 +82,10 @@ def round_to_come(transactional_db, project, bob, loop_config):
         project=project, url="http://127.0.0.1:9/hook", events=[Webhook.Event.ROUND_STATE_CHANGED]
     )
     return project
+
+
+def _trainings_ended(log):
+    return len(TRAIN_ENDED.findall(log.read_text(errors="replace")))
 
 
 def _round(project):
@@ -168,10 +175,15 @@ def test_redis_stopped_and_restarted_empty_during_a_round_loses_nothing(
             timeout=90,
             what="the round to train",
         )
+        trainings_ended = _trainings_ended(logs[2])
         redis.stop()
         # The worker finishes its step with the broker down: the next step's message cannot be sent.
         wait_for(lambda: _round(project).state != "training", timeout=60, what="training to end")
-        time.sleep(2)
+        wait_for(
+            lambda: _trainings_ended(logs[2]) > trainings_ended,
+            timeout=60,
+            what="the worker to end its training task (and its hand-over) without the broker",
+        )
         redis = redis_server(port, tmp_path / "redis", logs[0])  # a fresh one: every queued message is gone
         wait_for(lambda: _round(project).state in Round.TERMINAL, timeout=120, what="the round to finish")
         time.sleep(2 * STALE)
