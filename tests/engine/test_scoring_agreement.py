@@ -98,7 +98,7 @@ def backends(tiny_model_dir):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     remote = OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}", "tiny", max_retries=0)
     try:

@@ -6,6 +6,7 @@ it started, as when its machine dies.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -100,14 +101,99 @@ class Process:
             pass
 
 
+QUIET_WORKER = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
 def celery_worker(env: dict[str, str], log: Path) -> Process:
     """The demo's worker (both queues, one task at a time), quiet on the broker: no gossip, mingle or
     heartbeat events for a test to wait through."""
     return Process(
-        [*worker_command(), "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        [*worker_command(), *QUIET_WORKER],
         env=env,
         log=log,
     )
+
+
+class ForkedProcess:
+    """A worker forked by a WarmStarter: in a session of its own, like a Process, but the child of
+    the starter, which reaps it when it ends."""
+
+    def __init__(self, pid: int, log: Path) -> None:
+        self.pid = pid
+        self.log = log
+
+    def alive(self) -> bool:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie waits for its reaper
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children at once: no clean-up, no acknowledgement."""
+        self._signal(signal.SIGKILL)
+        wait_for(lambda: not self.alive(), timeout=10, what=f"process {self.pid} to die")
+
+    def stop(self, timeout: float = 20) -> None:
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive():
+            self.kill()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:  # not yet the leader of its session: the process alone
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+class WarmStarter:
+    """Starts the demo's worker command (as celery_worker does) in processes forked from one that
+    imported torch, transformers and peft once (tests/loop/warm_start.py): a test that kills and
+    replaces worker after worker does not wait for each one to import them again."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self._file = open(log, "ab")  # noqa: SIM115 - closed in close()
+        self.popen = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("warm_start.py"))],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._file,
+            text=True,
+            start_new_session=True,
+        )
+        self._log = log
+        self._ready = False
+
+    def celery_worker(self, log: Path) -> ForkedProcess:
+        if not self._ready:  # the imports run while the test does something else
+            if self.popen.stdout.readline().strip() != "ready":
+                raise AssertionError(f"the warm starter did not start: see {self._log}")
+            self._ready = True
+        command = worker_command()
+        assert command[1:3] == ["-m", "celery"], command
+        argv = ["celery", *command[3:], *QUIET_WORKER]
+        self.popen.stdin.write(json.dumps({"argv": argv, "log": str(log), "cwd": str(REPO)}) + "\n")
+        self.popen.stdin.flush()
+        return ForkedProcess(int(self.popen.stdout.readline()), log)
+
+    def close(self) -> None:
+        """End the starter (its stdin closed); the workers it forked live on until stopped."""
+        self.popen.stdin.close()
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self.popen.stdout.close()
+        self._file.close()
 
 
 def celery_beat(env: dict[str, str], log: Path, schedule: Path) -> Process:

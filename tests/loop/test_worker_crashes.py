@@ -8,6 +8,7 @@ by beat, re-sends a step whose worker or message is gone.
 """
 
 import itertools
+import re
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from annotation.services.leases import lease_acquire
 from feedback_loop.models import Adapter, Refinement, Round
 from tests.loop.conftest import POSTS, make_feedback
 from tests.loop.processes import (
+    WarmStarter,
     celery_beat,
     celery_worker,
     free_port,
@@ -38,6 +40,8 @@ LOOP_ENV = {
     "CELERY_VISIBILITY_TIMEOUT": "10",
     "REFINERY_WEBHOOKS_MAX_ATTEMPTS": "1",
 }
+# Celery's line for a task that returned, in the worker's log.
+TRAIN_ENDED = re.compile(r"Task feedback_loop\.train\[[^\]]+\] (succeeded|raised|retry)")
 STEPS = ["pending", "refining", "selecting", "training", "evaluating", "generating", "done"]
 
 
@@ -80,6 +84,10 @@ def round_to_come(transactional_db, project, bob, loop_config):
     return project
 
 
+def _trainings_ended(log):
+    return len(TRAIN_ENDED.findall(log.read_text(errors="replace")))
+
+
 def _round(project):
     return Round.objects.filter(project=project).first()
 
@@ -112,12 +120,18 @@ def test_a_worker_killed_in_the_middle_of_each_step_leaves_a_round_that_finishes
 ):
     project = round_to_come
     env = worker_env(broker=redis_db_14, artifacts=artifacts, **LOOP_ENV)
-    logs = [tmp_path / "beat.log"] + [tmp_path / f"worker-{i}.log" for i in range(6)]
+    logs = [tmp_path / "beat.log", tmp_path / "starter.log"] + [
+        tmp_path / f"worker-{i}.log" for i in range(6)
+    ]
     beat = celery_beat(env, logs[0], tmp_path / "beat-schedule")
+    # The first worker is the demo's command as is; the ones after it are forked with the model
+    # libraries already imported, so that each replacement does not spend seconds importing them.
+    starter = WarmStarter(env, logs[1])
     workers = []
     try:
         for number, step in enumerate(["refining", "selecting", "training", "evaluating", "generating"]):
-            workers.append(celery_worker(env, logs[number + 1]))
+            log = logs[number + 2]
+            workers.append(celery_worker(env, log) if number == 0 else starter.celery_worker(log))
 
             def in_the_middle(step=step):
                 round = _round(project)
@@ -130,7 +144,7 @@ def test_a_worker_killed_in_the_middle_of_each_step_leaves_a_round_that_finishes
             wait_for(in_the_middle, timeout=90, what=f"the round to be {step}")
             workers[-1].kill()
             assert _round(project).state == step  # killed in the middle: the step is not done
-        workers.append(celery_worker(env, logs[-1]))
+        workers.append(starter.celery_worker(logs[-1]))
         wait_for(lambda: _round(project).state in Round.TERMINAL, timeout=90, what="the round to finish")
         time.sleep(2 * STALE)  # a late duplicate of any step would act by now
         _assert_finished_once(project, bob)
@@ -142,6 +156,7 @@ def test_a_worker_killed_in_the_middle_of_each_step_leaves_a_round_that_finishes
         for process in [beat, *workers]:
             if process.alive():
                 process.stop()
+        starter.close()
 
 
 def test_redis_stopped_and_restarted_empty_during_a_round_loses_nothing(
@@ -160,10 +175,15 @@ def test_redis_stopped_and_restarted_empty_during_a_round_loses_nothing(
             timeout=90,
             what="the round to train",
         )
+        trainings_ended = _trainings_ended(logs[2])
         redis.stop()
         # The worker finishes its step with the broker down: the next step's message cannot be sent.
         wait_for(lambda: _round(project).state != "training", timeout=60, what="training to end")
-        time.sleep(2)
+        wait_for(
+            lambda: _trainings_ended(logs[2]) > trainings_ended,
+            timeout=60,
+            what="the worker to end its training task (and its hand-over) without the broker",
+        )
         redis = redis_server(port, tmp_path / "redis", logs[0])  # a fresh one: every queued message is gone
         wait_for(lambda: _round(project).state in Round.TERMINAL, timeout=120, what="the round to finish")
         time.sleep(2 * STALE)
