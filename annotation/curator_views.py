@@ -20,7 +20,6 @@ from annotation import (
     downloads,
     exporting,
     importing,
-    plots,
     quality,
     selectors,
     templates_qa2,
@@ -52,15 +51,17 @@ def _export_links(project: Project) -> list[dict]:
 @login_required
 def dashboard(request, project_id: int):
     project = _curated_project(request, project_id)
+    figures = quality.dashboard_figures(project)
     context = {
         "project": project,
         "section": "dashboard",
         "progress": selectors.project_progress(project),
-        "review_counts": quality.review_counts(project),
-        "agreement": quality.project_agreement(project),
-        "plots": plots.distribution_plots(quality.score_distributions(project)),
+        # Cached until a judgment, review or question changes them (annotation.quality).
+        "review_counts": figures.review_counts,
+        "agreement": figures.agreement,
+        "plots": figures.plots,
         # Only projects asking the (QA)² template's questions have this panel.
-        "qa2": quality.qa2_summary(project) if templates_qa2.is_qa2_project(project.questions) else None,
+        "qa2": figures.qa2,
         "active_raters": Membership.objects.filter(
             project=project, is_active=True, role=Membership.Role.RATER
         ).count(),

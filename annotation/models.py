@@ -10,7 +10,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
 from annotation.questions import (
@@ -431,3 +434,66 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.event_id} to webhook {self.webhook_id}"
+
+
+class StatsVersion(models.Model):
+    """A counter per project that every change to what its statistics count moves on: the
+    dashboard's and raters page's figures are cached under it (annotation.quality), so a new
+    judgment, a review, a gold answer or a new question makes the next page view recompute them.
+
+    Written only by `stats_changed` (an UPDATE of this row alone, never a save of a stale copy),
+    so the counter never goes back to a value a cached figure was stored under. It keeps the
+    project id without a foreign key: bumping it while a project's judgments are deleted in
+    cascade must not stop the project itself from being deleted.
+    """
+
+    project_id = models.BigIntegerField(primary_key=True)
+    version = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"statistics of project {self.project_id}: version {self.version}"
+
+
+def stats_changed(project_id: int) -> None:
+    """Move the project's statistics on: figures cached under the old version are not read again.
+
+    In the caller's transaction, so the new version is seen exactly when the change is. Callers
+    make it their transaction's last write where they can: the row is the one every submission
+    in the project updates, and it stays locked until the transaction commits.
+    """
+    if StatsVersion.objects.filter(project_id=project_id).update(version=F("version") + 1):
+        return
+    try:
+        with transaction.atomic():
+            StatsVersion.objects.create(project_id=project_id, version=1)
+    except IntegrityError:  # created beside us since
+        StatsVersion.objects.filter(project_id=project_id).update(version=F("version") + 1)
+
+
+def stats_version(project_id: int) -> int:
+    """The project's statistics version: one primary-key read."""
+    return StatsVersion.objects.filter(project_id=project_id).values_list("version", flat=True).first() or 0
+
+
+# Rows saved or deleted one at a time (the admin, the API, a submission's new judgment) move the
+# statistics on here; bulk updates (a curator's review) call stats_changed themselves. Answers
+# change only with their judgment.
+@receiver(post_save, sender=Judgment, dispatch_uid="stats_judgment_saved")
+@receiver(post_save, sender=Task, dispatch_uid="stats_task_saved")
+def _judgment_or_task_saved(sender, instance, **kwargs) -> None:
+    stats_changed(instance.project_id)
+
+
+@receiver(post_delete, sender=Judgment, dispatch_uid="stats_judgment_deleted")
+@receiver(post_delete, sender=Task, dispatch_uid="stats_task_deleted")
+def _judgment_or_task_deleted(sender, instance, origin=None, **kwargs) -> None:
+    # A delete sends this once per row, cascades included: one update per project and delete call.
+    done = origin.__dict__.setdefault("_stats_changed", set()) if origin is not None else set()
+    if instance.project_id not in done:
+        done.add(instance.project_id)
+        stats_changed(instance.project_id)
+
+
+@receiver(post_save, sender=Project, dispatch_uid="stats_project_saved")
+def _project_saved(sender, instance, **kwargs) -> None:
+    stats_changed(instance.pk)  # its questions say what is measured

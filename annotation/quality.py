@@ -35,16 +35,26 @@ Per rater (see `rater_stats`):
 
 (QA)² projects (annotation.templates_qa2) also get `qa2_summary`: acceptability by the raters'
 majority view of each question's assumption, and agreement on flagging it, a nominal variable.
+
+The pages read these figures through `dashboard_figures` and `rater_stats`, cached in the "stats"
+cache under the project's statistics version (annotation.models.StatsVersion): a page view on a
+project of a million judgments reads one row and the cache; whatever changes what the figures
+count (a new judgment, a review, a gold answer, the questions) moves the version on, and the next
+view recomputes them. Memberships and usernames are read live, never cached.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.cache import caches
 from django.db.models import Count
 
 from annotation.agreement import (
@@ -58,9 +68,29 @@ from annotation.agreement import (
     pair_agreements,
     variable_agreement,
 )
-from annotation.models import TRAINING_STATUSES, Answer, Judgment, Membership, Project, TaskOutput
+from annotation.models import (
+    TRAINING_STATUSES,
+    Answer,
+    Judgment,
+    Membership,
+    Project,
+    TaskOutput,
+    stats_version,
+)
+from annotation.plots import distribution_plots
 from annotation.questions import QuestionsConfigError, validate_questions_config
-from annotation.templates_qa2 import ACCEPTABLE_QUESTION, ASSUMPTION_FLAG, ASSUMPTION_QUESTION
+from annotation.templates_qa2 import (
+    ACCEPTABLE_QUESTION,
+    ASSUMPTION_FLAG,
+    ASSUMPTION_QUESTION,
+    is_qa2_project,
+)
+
+logger = logging.getLogger(__name__)
+
+# Part of every cache key: changed when the cached figures change shape, so that a shared cache
+# never hands one release's objects to another.
+FIGURES_FORMAT = 1
 
 
 def project_variables(project: Project) -> list[Variable]:
@@ -217,21 +247,14 @@ def _gold_results(project: Project) -> dict[int, list[bool]]:
     return results
 
 
-def rater_stats(project: Project) -> list[RaterStats]:
-    """A row per member of the project and per other user who judged in it, by username."""
+def rater_figures(project: Project) -> dict[int, RaterStats]:
+    """{rater id: their figures} for every user who judged in the project (no names or roles)."""
     stats: dict[int, RaterStats] = {}
-    for membership in Membership.objects.filter(project=project).select_related("user"):
-        stats[membership.user_id] = RaterStats(
-            user_id=membership.user_id,
-            username=membership.user.get_username(),
-            role=membership.role,
-            is_active=membership.is_active,
-        )
     times: dict[int, list[int]] = defaultdict(list)
-    for rater_id, username, time_spent in Judgment.objects.filter(project=project).values_list(
-        "rater_id", "rater__username", "time_spent_ms"
+    for rater_id, time_spent in Judgment.objects.filter(project=project).values_list(
+        "rater_id", "time_spent_ms"
     ):
-        row = stats.setdefault(rater_id, RaterStats(user_id=rater_id, username=username))
+        row = stats.setdefault(rater_id, RaterStats(user_id=rater_id, username=""))
         row.judgments += 1
         if time_spent is not None:
             times[rater_id].append(time_spent)
@@ -251,7 +274,26 @@ def rater_stats(project: Project) -> list[RaterStats]:
                 row.matching_items += pair.matches
                 if pair.kappa is not None:
                     row.kappas.append(pair.kappa)
-    return sorted(stats.values(), key=lambda row: row.username.lower())
+    return stats
+
+
+def rater_stats(project: Project) -> list[RaterStats]:
+    """A row per member of the project and per other user who judged in it, by username.
+
+    The figures are cached (see the module's docstring); memberships and names are read live.
+    """
+    figures = cached_figures(project, "raters", lambda: rater_figures(project))
+    rows: dict[int, RaterStats] = {}
+    for membership in Membership.objects.filter(project=project).select_related("user"):
+        row = figures.get(membership.user_id) or RaterStats(user_id=membership.user_id, username="")
+        row.username = membership.user.get_username()
+        row.role, row.is_active = membership.role, membership.is_active
+        rows[membership.user_id] = row
+    others = [rater_id for rater_id in figures if rater_id not in rows]
+    for user in get_user_model().objects.filter(pk__in=others):
+        rows[user.pk] = figures[user.pk]
+        rows[user.pk].username = user.get_username()
+    return sorted(rows.values(), key=lambda row: row.username.lower())
 
 
 def review_counts(project: Project) -> dict[str, int]:
@@ -370,3 +412,54 @@ def qa2_summary(project: Project, *, statuses: Iterable[str] | None = TRAINING_S
                 group.judgments += 1
                 group.acceptable += score
     return summary
+
+
+# ---------------------------------------------------------------- cached figures
+
+
+_MISSING = object()
+
+
+def cached_figures(project: Project, name: str, compute: Callable[[], Any]) -> Any:
+    """`compute()`, cached under the project's statistics version (read first, in one query).
+
+    A version read before a change is never stored with figures older than it: figures computed
+    after a change are at worst stored under the version before it, which nothing reads again.
+    A cache that cannot be reached is skipped (the figures are computed), never an error page.
+    """
+    key = f"stats:{FIGURES_FORMAT}:{project.pk}:{stats_version(project.pk)}:{name}"
+    cache = caches["stats"]
+    try:
+        value = cache.get(key, _MISSING)
+    except Exception:  # e.g. Redis down: the page still shows, computed
+        logger.warning("statistics cache unreadable; computing %s of project %s", name, project.pk)
+        return compute()
+    if value is _MISSING:
+        value = compute()
+        try:
+            cache.set(key, value, settings.STATS_CACHE_SECONDS)
+        except Exception:
+            logger.warning("statistics cache unwritable; %s of project %s not cached", name, project.pk)
+    return value
+
+
+@dataclass
+class DashboardFigures:
+    review_counts: dict[str, int]
+    agreement: list[VariableAgreement]
+    plots: list[tuple[Variable, str]]  # a PNG data URI per variable (annotation.plots)
+    qa2: Qa2Summary | None  # only for projects asking the (QA)² template's questions
+
+
+def dashboard_compute(project: Project) -> DashboardFigures:
+    return DashboardFigures(
+        review_counts=review_counts(project),
+        agreement=project_agreement(project),
+        plots=distribution_plots(score_distributions(project)),
+        qa2=qa2_summary(project) if is_qa2_project(project.questions) else None,
+    )
+
+
+def dashboard_figures(project: Project) -> DashboardFigures:
+    """The dashboard's review counts, agreement, score distributions and (QA)² panel, cached."""
+    return cached_figures(project, "dashboard", lambda: dashboard_compute(project))
