@@ -55,7 +55,7 @@ def dashboard(request, project_id: int):
     context = {
         "project": project,
         "section": "dashboard",
-        "progress": selectors.project_progress(project),
+        "progress": figures.progress,
         # Cached until a judgment, review or question changes them (annotation.quality).
         "review_counts": figures.review_counts,
         "agreement": figures.agreement,

@@ -39,7 +39,7 @@ majority view of each question's assumption, and agreement on flagging it, a nom
 The pages read these figures through `dashboard_figures` and `rater_stats`, cached in the "stats"
 cache under the project's statistics version (annotation.models.StatsVersion): a page view on a
 project of a million judgments reads one row and the cache; whatever changes what the figures
-count (a new judgment, a review, a gold answer, the questions) moves the version on, and the next
+count (a new judgment, a review, a gold answer, new tasks, the questions) moves the version on, and the next
 view recomputes them. Memberships and usernames are read live, never cached.
 """
 
@@ -79,6 +79,7 @@ from annotation.models import (
 )
 from annotation.plots import distribution_plots
 from annotation.questions import QuestionsConfigError, validate_questions_config
+from annotation.selectors import project_progress
 from annotation.templates_qa2 import (
     ACCEPTABLE_QUESTION,
     ASSUMPTION_FLAG,
@@ -445,6 +446,7 @@ def cached_figures(project: Project, name: str, compute: Callable[[], Any]) -> A
 
 @dataclass
 class DashboardFigures:
+    progress: dict  # annotation.selectors.project_progress
     review_counts: dict[str, int]
     agreement: list[VariableAgreement]
     plots: list[tuple[Variable, str]]  # a PNG data URI per variable (annotation.plots)
@@ -453,6 +455,7 @@ class DashboardFigures:
 
 def dashboard_compute(project: Project) -> DashboardFigures:
     return DashboardFigures(
+        progress=project_progress(project),
         review_counts=review_counts(project),
         agreement=project_agreement(project),
         plots=distribution_plots(score_distributions(project)),
@@ -461,5 +464,5 @@ def dashboard_compute(project: Project) -> DashboardFigures:
 
 
 def dashboard_figures(project: Project) -> DashboardFigures:
-    """The dashboard's review counts, agreement, score distributions and (QA)² panel, cached."""
+    """The dashboard's progress, review counts, agreement, score distributions and (QA)² panel, cached."""
     return cached_figures(project, "dashboard", lambda: dashboard_compute(project))

@@ -197,3 +197,16 @@ def test_an_unreachable_cache_still_shows_the_dashboard(krippendorff, alice, mon
 
     monkeypatch.setattr(caches["stats"], "get", down)
     assert alpha_shown(curator_client(project, alice), project) == "0.815"
+
+
+def test_imported_tasks_change_the_cached_progress(krippendorff, alice, computed):
+    from annotation.importing import OutputRow, PromptRow
+    from annotation.services.prompts import prompts_import
+
+    project, _ = krippendorff
+    client = curator_client(project, alice)
+    assert client.get(f"/projects/{project.pk}/dashboard/").context["progress"]["tasks"] == 12
+    row = PromptRow(line=1, external_id="new", text="Summarise this.", outputs=[OutputRow(text="An output.")])
+    prompts_import(project=project, rows=[row], make_tasks="single")
+    assert client.get(f"/projects/{project.pk}/dashboard/").context["progress"]["tasks"] == 13
+    assert computed["dashboard"] == 2

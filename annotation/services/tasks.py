@@ -14,7 +14,7 @@ from typing import Any
 from django.db import transaction
 
 from annotation.errors import EnqueueError
-from annotation.models import Output, Project, Prompt, Task, TaskOutput
+from annotation.models import Output, Project, Prompt, Task, TaskOutput, stats_changed
 from annotation.questions import questions_for
 
 # How many outputs a task of each kind shows (ranking: from 2 to 10).
@@ -89,6 +89,7 @@ def task_create(*, project: Project, drafts: Sequence[TaskDraft]) -> list[Task]:
             ],
             batch_size=BATCH_SIZE,
         )
+        stats_changed(project.pk)  # the dashboard's progress counts tasks
     return tasks
 
 
