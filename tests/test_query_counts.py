@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.cache import caches
 from django.db import connection
 from django.test import Client
@@ -144,7 +144,10 @@ def world(db, django_user_model) -> World:
     from tests.loop_ui.conftest import make_adapter, make_round
 
     root = django_user_model.objects.create_superuser("root", password="pw-root-123")
-    alice = django_user_model.objects.create_user("alice", password="pw-alice-123")
+    alice = django_user_model.objects.create_user("alice", password="pw-alice-123", is_staff=True)
+    alice.user_permissions.set(
+        Permission.objects.filter(content_type__app_label__in=["annotation", "feedback_loop"])
+    )
     bob = django_user_model.objects.create_user("bob", password="pw-bob-123")
     project = Project.objects.create(name="Summaries", questions=QUESTIONS, overlap=3, gold_rate=0.0)
     for user, role in ((alice, "curator"), (bob, "rater"), (root, "admin")):
@@ -252,6 +255,7 @@ READINGS: dict[str, Reading] = {
     "task-list": Reading(lambda w: reverse("task-list") + f"?project={w.project.pk}"),
     "task-detail": Reading(lambda w: reverse("task-detail", args=[_first("annotation.Task")(w).pk])),
     "judgment-list": Reading(lambda w: reverse("judgment-list") + f"?project={w.project.pk}"),
+    "judgment-list[rater]": Reading(lambda w: reverse("judgment-list"), user="bob"),
     "judgment-detail": Reading(
         lambda w: reverse("judgment-detail", args=[_first("annotation.Judgment")(w).pk])
     ),
@@ -325,6 +329,11 @@ def _admin_readings() -> dict[str, Reading]:
         if model._meta.model_name == "user":
             readings[f"{info}_password_change"] = Reading(
                 lambda w, get=obj_url: get(w, "admin:auth_user_password_change"), user="root"
+            )
+        if model._meta.app_label in ("annotation", "feedback_loop"):
+            # Curators are staff, not superusers: their lists are cut to the projects they curate.
+            readings[f"{info}_changelist[curator]"] = Reading(
+                lambda w, n=f"{info}_changelist": reverse(n), user="alice"
             )
     readings["admin:app_list"] = Reading(
         lambda w: reverse("admin:app_list", args=["annotation"]), user="root"
