@@ -10,7 +10,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install services demo test test-postgres test-sqlite lint bench-queue bench-engine bench-round clean
+.PHONY: install services demo test test-postgres test-sqlite lint bench-queue bench-request bench-engine bench-round clean
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,9 @@ test: services lint test-postgres test-sqlite
 
 bench-queue: install
 	$(BIN)/python bench/queue.py
+
+bench-request: install
+	$(BIN)/python bench/request_cpu.py
 
 bench-engine: install
 	$(BIN)/python bench/engine.py

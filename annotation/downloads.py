@@ -25,9 +25,15 @@ def export_response(project, rows, *, kind: str, fmt: str, round_number: int | N
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
     # Parquet writes its footer last, so the file is finished before it is sent.
+    # Past PARQUET_SPOOL_BYTES it spills to an unnamed temporary file, gone once closed: a full disk
+    # closes it here and answers 507 (annotation.api.errors), with nothing left behind.
     spool = tempfile.SpooledTemporaryFile(max_size=PARQUET_SPOOL_BYTES)  # noqa: SIM115 -- FileResponse closes it
-    exporting.write_parquet(rows, spool, kind=kind)
-    spool.seek(0)
+    try:
+        exporting.write_parquet(rows, spool, kind=kind)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
     return FileResponse(
         spool, as_attachment=True, filename=filename, content_type=exporting.MEDIA_TYPES["parquet"]
     )

@@ -8,6 +8,8 @@ the curator pages turn them into form errors. `extra` holds whatever else a clie
 
 from __future__ import annotations
 
+import errno
+
 
 class ApplicationError(Exception):
     """A request the domain refuses; `str()` is the message shown to the user."""
@@ -74,3 +76,18 @@ class EnqueueError(QueueError, code="invalid"):
 
 class ProjectTemplateError(ApplicationError):
     """A project cannot be created from a template as asked; nothing was written."""
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether `exc` is a write refused for lack of disk space (or of quota): here, or on the
+    database server (PostgreSQL's disk_full, 53100, under Django's OperationalError; the
+    transaction is rolled back). pyarrow's IO errors are OSErrors that carry the system's message
+    but not always its errno."""
+    if getattr(exc.__cause__, "sqlstate", None) == "53100":
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)

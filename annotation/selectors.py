@@ -90,6 +90,16 @@ def output_ids_missing(prompt: Prompt, output_ids: Sequence[int]) -> list[int]:
     return [pk for pk in output_ids if pk not in found]
 
 
+# A task's prompt (the first row), then its outputs in order: one statement for both.
+_TASK_CONTENT = """
+    SELECT 0 AS part, NULL AS output_id, external_id, text, context, 0 AS position
+    FROM annotation_prompt WHERE id = %s
+    UNION ALL
+    SELECT 1, o.id, NULL, o.text, NULL, x.position
+    FROM annotation_output o JOIN annotation_taskoutput x ON x.output_id = o.id WHERE x.task_id = %s
+    ORDER BY 1, 6"""
+
+
 def lease_task_content(lease: Lease) -> dict:
     """The task of a lease as its rater sees it: prompt, outputs in the lease's order, questions.
 
@@ -98,16 +108,9 @@ def lease_task_content(lease: Lease) -> dict:
     task = lease.task
     project = task.project
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT external_id, text, context FROM annotation_prompt WHERE id = %s", [task.prompt_id]
-        )
-        external_id, prompt_text, prompt_context = cursor.fetchone()
-        cursor.execute(
-            "SELECT o.id, o.text FROM annotation_output o"
-            " JOIN annotation_taskoutput x ON x.output_id = o.id WHERE x.task_id = %s ORDER BY x.position",
-            [task.pk],
-        )
-        texts = dict(cursor.fetchall())
+        cursor.execute(_TASK_CONTENT, [task.prompt_id, task.pk])
+        (_, _, external_id, prompt_text, prompt_context, _), *outputs = cursor.fetchall()
+    texts = {pk: text for _, pk, _, text, _, _ in outputs}
     order = lease.display_order or list(texts)
     questions = questions_for(project.questions, task.kind)
     for question in questions:

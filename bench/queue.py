@@ -5,6 +5,7 @@
                           [--duration 30] [--think-mean 5] [--tasks N] [--overlap 3]
                           [--workers W] [--threads T]
                           [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
+                          [--restart-db-at SECONDS [--down-for 2]]
 
 It drops and re-creates the bench database, migrates it, seeds one project per mode (tasks,
 raters with API tokens), starts gunicorn on a free loopback port, and runs the raters with
@@ -23,6 +24,12 @@ the load generator itself, and the correctness counts: over-collected tasks, dup
 (task, rater) pairs, lost submissions (acknowledged but not in the database) and tasks whose
 judgment_count disagrees with their judgments. It exits 1 if any of those is not 0, or if the
 server answered 5xx.
+
+With --restart-db-at, PostgreSQL is stopped (fast: every session ends) that many seconds into each
+measured run and started again --down-for seconds later, on a private cluster the bench makes for
+itself (the shared server is never restarted). The raters must see only 503 database_unavailable
+answers meanwhile, no reset connection, and the same correctness counts of 0; the bench prints how
+long the database was away and when the 503s came.
 Everything stays on 127.0.0.1.
 """
 # ruff: noqa: E402
@@ -49,6 +56,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,6 +98,20 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)  # (endpoint, HTTP status) -> count
     transport_errors: int = 0
     out_of_work: int = 0  # raters told 204: nothing left for them
+    # Every 5xx answer: (endpoint, status, the body's "code", or the content type when it is not JSON).
+    server_errors: Counter = field(default_factory=Counter)
+    server_error_times: list[float] = field(default_factory=list)  # time.monotonic() of each 5xx
+
+    def record_server_error(self, endpoint: str, response: httpx.Response) -> None:
+        if response.status_code < 500:
+            return
+        kind = response.headers.get("content-type", "")
+        try:
+            code = response.json().get("code") if kind.startswith("application/json") else None
+        except ValueError:
+            code = None
+        self.server_errors[endpoint, response.status_code, code or f"not JSON: {kind or 'no type'}"] += 1
+        self.server_error_times.append(time.monotonic())
 
     @property
     def judgments_per_second(self) -> float:
@@ -165,6 +187,7 @@ async def _rater(
                 return
             if response.status_code != 200:
                 result.statuses["next-task", response.status_code] += not measured
+                result.record_server_error("next-task", response)
                 await _sleep_until(deadline, 0.05)
                 continue
             lease_id = response.json()["id"]
@@ -188,6 +211,7 @@ async def _rater(
                 result.submit_ms.append((time.perf_counter() - started) * 1000)
             if measured or response.status_code not in (200, 201):
                 result.statuses["submit", response.status_code] += 1
+            result.record_server_error("submit", response)
             if response.status_code in (200, 201):
                 body = response.json()
                 result.acknowledged.add((body["judgment"] if one_request else body)["id"])
@@ -321,36 +345,39 @@ def _maintenance_url(url: str) -> str:
     return urlunparse(urlparse(url)._replace(path="/postgres", query=""))
 
 
-def seed(*, mode: str, raters: int, tasks: int, overlap: int) -> tuple[int, list[str]]:
-    """A project with `tasks` single-output tasks and `raters` raters; returns (project id, tokens)."""
+def seed(
+    *, mode: str, raters: int, tasks: int, overlap: int, using: str = "default"
+) -> tuple[int, list[str]]:
+    """A project with `tasks` single-output tasks and `raters` raters, in the database `using`;
+    returns (project id, tokens)."""
     from django.contrib.auth import get_user_model
-    from django.db import connection
+    from django.db import connections
     from rest_framework.authtoken.models import Token
 
     from annotation.models import Membership, Output, Project, Prompt, Task, TaskOutput
     from annotation.questions import validate_questions_config
 
-    project = Project.objects.create(
+    project = Project.objects.using(using).create(
         name=f"bench {mode} {time.strftime('%H:%M:%S')}",
         questions=validate_questions_config(QUESTIONS),
         overlap=overlap,
         lease_seconds=600,
     )
     batch = 2000
-    prompts = Prompt.objects.bulk_create(
+    prompts = Prompt.objects.using(using).bulk_create(
         (
             Prompt(project=project, external_id=f"{mode}-{i}", text=f"Summarise post {i}.", context=POST)
             for i in range(tasks)
         ),
         batch_size=batch,
     )
-    outputs = Output.objects.bulk_create(
+    outputs = Output.objects.using(using).bulk_create(
         (Output(prompt=prompt, text=SUMMARY, model_name="bench") for prompt in prompts), batch_size=batch
     )
-    task_rows = Task.objects.bulk_create(
+    task_rows = Task.objects.using(using).bulk_create(
         (Task(project=project, prompt=prompt) for prompt in prompts), batch_size=batch
     )
-    TaskOutput.objects.bulk_create(
+    TaskOutput.objects.using(using).bulk_create(
         (
             TaskOutput(task=task, output=output, position=0)
             for task, output in zip(task_rows, outputs, strict=True)
@@ -359,10 +386,14 @@ def seed(*, mode: str, raters: int, tasks: int, overlap: int) -> tuple[int, list
     )
     User = get_user_model()
     # "!" is an unusable password: the raters only ever use their API tokens.
-    users = User.objects.bulk_create(User(username=f"{mode}-rater-{i}", password="!") for i in range(raters))
-    tokens = Token.objects.bulk_create(Token(user=user, key=Token.generate_key()) for user in users)
-    Membership.objects.bulk_create(Membership(user=user, project=project) for user in users)
-    with connection.cursor() as cursor:
+    users = User.objects.using(using).bulk_create(
+        User(username=f"{mode}-rater-{i}", password="!") for i in range(raters)
+    )
+    tokens = Token.objects.using(using).bulk_create(
+        Token(user=user, key=Token.generate_key()) for user in users
+    )
+    Membership.objects.using(using).bulk_create(Membership(user=user, project=project) for user in users)
+    with connections[using].cursor() as cursor:
         cursor.execute("ANALYZE")  # a live database has statistics; give the planner the same
     return project.pk, [token.key for token in tokens]
 
@@ -379,18 +410,19 @@ class Correctness:
         return not (self.over_collected or self.duplicates or self.lost or self.count_drift)
 
 
-def check_correctness(*, project_id: int, acknowledged: set[int]) -> Correctness:
+def check_correctness(*, project_id: int, acknowledged: set[int], using: str = "default") -> Correctness:
     from django.db.models import Count, F
 
     from annotation.models import Judgment, Project, Task
 
-    overlap = Project.objects.get(pk=project_id).overlap
-    judgments = Judgment.objects.filter(project_id=project_id, task__is_gold=False)
+    overlap = Project.objects.using(using).get(pk=project_id).overlap
+    judgments = Judgment.objects.using(using).filter(project_id=project_id, task__is_gold=False)
     over = judgments.values("task").annotate(n=Count("id")).filter(n__gt=overlap).count()
     dups = judgments.values("task", "rater").annotate(n=Count("id")).filter(n__gt=1).count()
-    stored = set(Judgment.objects.filter(project_id=project_id).values_list("pk", flat=True))
+    stored = set(Judgment.objects.using(using).filter(project_id=project_id).values_list("pk", flat=True))
     drift = (
-        Task.objects.filter(project_id=project_id)
+        Task.objects.using(using)
+        .filter(project_id=project_id)
         .annotate(n=Count("judgments"))
         .exclude(judgment_count=F("n"))
         .count()
@@ -540,10 +572,18 @@ class PostgresBackends:
         import psycopg
 
         self.name = urlparse(database_url).path.lstrip("/")
-        self.conn = psycopg.connect(_maintenance_url(database_url), autocommit=True)
+        self.url = _maintenance_url(database_url)
+        self.conn = psycopg.connect(self.url, autocommit=True)
 
     def __call__(self) -> list[int]:
-        rows = self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,))
+        import psycopg
+
+        try:
+            if self.conn.closed:  # the server restarted (--restart-db-at): connect again
+                self.conn = psycopg.connect(self.url, autocommit=True)
+            rows = self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,))
+        except psycopg.OperationalError:
+            return []  # the server is away; its processes of the moment are not counted
         return [pid for (pid,) in rows.fetchall()]
 
     def close(self) -> None:
@@ -560,6 +600,24 @@ class ModeReport:
     correctness: Correctness
     cpu: dict[str, float]  # CPU-seconds over the run, by who
     machine_busy: float  # CPU-seconds used by the whole machine over the run
+    restart: dict[str, float] | None = None  # --restart-db-at: when the database stopped and came back
+
+
+def restart_summary(report: ModeReport) -> str:
+    """The database restart of a run, as seen by the raters."""
+    times, load = report.restart, report.load
+    if not times or "back" not in times:
+        return "the database was not restarted (the run ended first)"
+    errors = [t - times["stopping"] for t in load.server_error_times]
+    answers = ", ".join(
+        f"{e} {code} {kind}: {n}" for (e, code, kind), n in sorted(load.server_errors.items())
+    )
+    return (
+        f"database down {times['back'] - times['stopping']:.2f}s (stop {times['stopped'] - times['stopping']:.2f}s, "
+        f"start {times['back'] - times['started']:.2f}s); 5xx answers: {answers or 'none'}"
+        + (f" (from {min(errors):+.2f}s to {max(errors):+.2f}s after the stop began)" if errors else "")
+        + f"; transport errors {load.transport_errors}"
+    )
 
 
 def run_mode(
@@ -588,10 +646,28 @@ def run_mode(
 
     machine: dict[str, object] = {}
 
+    restart: dict[str, float] = {}
+    restarter: threading.Thread | None = None
+
+    def restart_database() -> None:
+        time.sleep(args.restart_db_at)
+        restart["stopping"] = time.monotonic()
+        args.cluster.stop("fast")
+        restart["stopped"] = time.monotonic()
+        time.sleep(args.down_for)
+        restart["started"] = time.monotonic()
+        args.cluster.start()
+        restart["back"] = time.monotonic()
+        print(f"[{mode}] {restart_summary_line(restart)}", file=sys.stderr, flush=True)
+
     def on_start() -> None:
+        nonlocal restarter
         for meter in meters.values():
             meter.start()
         machine["before"] = psutil.cpu_times()
+        if getattr(args, "restart_db_at", None) is not None and restarter is None:
+            restarter = threading.Thread(target=restart_database, daemon=True)
+            restarter.start()
 
     load = asyncio.run(
         run_load(
@@ -610,6 +686,8 @@ def run_mode(
     )
     if "before" not in machine:  # the load ended within the warm-up (the queue ran dry)
         on_start()
+    if restarter is not None:
+        restarter.join()
     tick()
     machine_after = psutil.cpu_times()
     find_pg.close()
@@ -624,7 +702,12 @@ def run_mode(
         correctness=correctness,
         cpu={name: meter.seconds for name, meter in meters.items()},
         machine_busy=busy,
+        restart=restart or None,
     )
+
+
+def restart_summary_line(restart: dict[str, float]) -> str:
+    return f"database stopped (fast) and back after {restart['back'] - restart['stopping']:.2f}s"
 
 
 def print_table(reports: list[ModeReport], *, header: str) -> None:
@@ -700,6 +783,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile file per gunicorn worker here")
+    parser.add_argument(
+        "--restart-db-at",
+        type=float,
+        metavar="SECONDS",
+        help="stop PostgreSQL (fast) this many seconds into each measured run and start it again "
+        "--down-for seconds later; the bench then runs on a private cluster of its own (initdb on a "
+        "free port, as the postgres user when run as root), never on --database-url's server. "
+        "503 database_unavailable answers are expected then; any other 5xx fails the run",
+    )
+    parser.add_argument("--down-for", type=float, default=2.0, help="seconds the database stays down")
     args = parser.parse_args(argv)
     if urlparse(args.database_url).scheme not in {"postgres", "postgresql"}:
         parser.error("--database-url must be a postgres:// URL")
@@ -707,6 +800,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the bench measures PostgreSQL's CPU with psutil: it must run on this machine")
     worker_class = args.worker_class or ("gthread" if args.threads > 1 else "sync")
     modes = MODE_SETS.get(args.mode, [args.mode])
+    if args.restart_db_at is None:
+        return _run(args, modes, worker_class)
+    from bench.private_postgres import PrivatePostgres
+
+    args.cluster = PrivatePostgres.create()
+    args.database_url = args.cluster.url(urlparse(args.database_url).path.lstrip("/") or "refinery_bench")
+    print(f"private PostgreSQL cluster on port {args.cluster.port}", file=sys.stderr)
+    try:
+        return _run(args, modes, worker_class)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        args.cluster.close()
+
+
+def _run(args, modes: list[str], worker_class: str) -> int:
 
     print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
     reset_database(args.database_url)
@@ -770,11 +880,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_table(reports, header=header)
     failed = False
+    if args.restart_db_at is not None:
+        print()
+        for report in reports:
+            print(f"{report.load.mode}: {restart_summary(report)}")
     if not all(report.correctness.ok for report in reports):
         print("\nFAILED: a correctness count is not 0", file=sys.stderr)
         failed = True
-    if any(code >= 500 for report in reports for (_, code) in report.load.statuses):
+    expected = (503, "database_unavailable") if args.restart_db_at is not None else None
+    if any((code, kind) != expected for report in reports for (_, code, kind) in report.load.server_errors):
         print("\nFAILED: the server answered 5xx (its traceback is above)", file=sys.stderr)
+        failed = True
+    if args.restart_db_at is not None and any(report.load.transport_errors for report in reports):
+        print("\nFAILED: connections were reset across the database restart", file=sys.stderr)
         failed = True
     return 1 if failed else 0
 

@@ -303,3 +303,9 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 50 * 1024 * 1024)
+# Uploads past FILE_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) are spooled to FILE_UPLOAD_TEMP_DIR; a full
+# disk answers 507 (annotation.api.errors) and the partial file is removed at once.
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "config.uploads.TemporaryFileUploadHandler",
+]

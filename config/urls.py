@@ -25,3 +25,6 @@ urlpatterns = [
     path("", include("feedback_loop.urls")),
     path("", include("annotation.urls")),
 ]
+
+# A database that cannot be reached, or a full disk, answer 503 / 507 rather than 500.
+handler500 = "annotation.views.server_error"

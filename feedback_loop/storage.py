@@ -69,12 +69,16 @@ def artifact_fetch(local_dir: str | Path) -> Path:
     # Fetched beside its place and renamed: a half-fetched folder is never taken for a whole one.
     partial = local.with_name(local.name + ".fetching")
     shutil.rmtree(partial, ignore_errors=True)  # left by a fetch that died
-    for remote in fs.find(source):
-        target = partial / remote[len(source) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(remote, str(target))
-    local.parent.mkdir(parents=True, exist_ok=True)
-    partial.replace(local)
+    try:
+        for remote in fs.find(source):
+            target = partial / remote[len(source) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(target))
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial.replace(local)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a full disk: no half-fetched folder stays behind
+        raise
     return local
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -264,7 +265,23 @@ def _run_step(round_id: int, state: str, work: Callable[[Round, str], None]) -> 
         services.round_fail(round_id=round_id, token=token, error=str(error), retry=False)
     except Exception as error:
         logger.exception("round %s: step %s failed", round_id, state)
-        services.round_fail(round_id=round_id, token=token, error=f"{type(error).__name__}: {error}")
+        services.round_fail(round_id=round_id, token=token, error=step_error(state, error))
+
+
+def step_error(state: str, error: Exception) -> str:
+    """What a round's error says of a failed step; a full disk in so many words."""
+    said = f"{type(error).__name__}: {error}"
+    # Libraries that write with their own code say it in words (safetensors: "I/O error: No space
+    # left on device (os error 28)") rather than with an OSError.
+    if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "No space left on device" in str(error)
+    ):
+        where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+        return (
+            f"no space left on device{where} during {state}: nothing of the step was kept "
+            f"(no half-written file is used); free disk space, then retry the round ({said})"
+        )
+    return said
 
 
 def heartbeat_interval() -> float:

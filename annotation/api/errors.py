@@ -2,15 +2,33 @@
 
 Services and selectors raise annotation.errors.ApplicationError, whose `code` says why; this
 module alone decides which HTTP status each code answers with.
+
+Two failures of the machine rather than the request have codes of their own, here and on the
+HTML pages (annotation.views.server_error):
+
+- `database_unavailable`, 503 with Retry-After: the database cannot be reached (restarting, down,
+  the connection broken mid-request). Nothing of the request was committed, unless the connection
+  broke while the commit itself was under way; a retried submission is answered with the judgment
+  either way (submits are idempotent per lease). The broken connection is dropped when the
+  request ends (Django closes connections that raised and fail their usability check, and
+  CONN_HEALTH_CHECKS checks a kept one before its next request), so the worker reconnects by
+  itself once the database is back: no restart of the web processes is needed.
+- `no_space`, 507 Insufficient Storage: a file could not be written for lack of disk space (an
+  upload spooled to disk, an export being built), or the database server's disk is full (its
+  transaction was rolled back). What was half-written was removed; nothing refers to it.
 """
 
+import logging
+
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, no_space
+
+logger = logging.getLogger(__name__)
 
 # The status each domain error code answers with; any other code is a 400.
 STATUS_OF_CODE = {
@@ -24,10 +42,38 @@ STATUS_OF_CODE = {
     "lease_expired": status.HTTP_409_CONFLICT,
     "task_closed": status.HTTP_409_CONFLICT,
     "busy": status.HTTP_503_SERVICE_UNAVAILABLE,
+    "database_unavailable": status.HTTP_503_SERVICE_UNAVAILABLE,
+    "no_space": status.HTTP_507_INSUFFICIENT_STORAGE,
     # The loop's (feedback_loop.services.LoopError).
     "round_in_progress": status.HTTP_409_CONFLICT,
     "round_state": status.HTTP_409_CONFLICT,
 }
+
+
+DATABASE_UNAVAILABLE = "the database is unavailable for a moment; please try again"
+DATABASE_RETRY_AFTER = "2"  # seconds: a restarting PostgreSQL is back in about that
+NO_SPACE = "the server has no space left on its disk to store this; nothing was saved"
+
+# SQLSTATEs of a connection that is gone or cannot be made now: class 08 (connection exception),
+# and the server shutting down, crashed, or starting (57P01-57P03). Not 57014 (a query cancelled
+# by statement_timeout), which is the same class but says nothing about the connection.
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached, rather than that a query failed."""
+    if isinstance(exc, InterfaceError):  # "connection already closed"
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    cause = exc.__cause__
+    if cause is None or not type(cause).__module__.startswith("psycopg"):
+        # SQLite: a file that cannot be opened (a lock wait past its timeout is `busy`).
+        return "unable to open database file" in str(exc)
+    sqlstate = getattr(cause, "sqlstate", None)
+    # No SQLSTATE: the client library's own failure (connection refused, server closed the
+    # connection unexpectedly, lost synchronisation), which always concerns the connection.
+    return sqlstate is None or sqlstate.startswith(_UNAVAILABLE_STATES)
 
 
 def _first_message(detail, prefix=""):
@@ -70,6 +116,16 @@ def exception_handler(exc, context):
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+    if database_unavailable(exc):
+        logger.warning("database unavailable: %s", exc)
+        return Response(
+            {"detail": DATABASE_UNAVAILABLE, "code": "database_unavailable"},
+            status=STATUS_OF_CODE["database_unavailable"],
+            headers={"Retry-After": DATABASE_RETRY_AFTER},
+        )
+    if no_space(exc):
+        logger.error("no space left on device: %s", exc)
+        return Response({"detail": NO_SPACE, "code": "no_space"}, status=STATUS_OF_CODE["no_space"])
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"detail": "the request body is larger than the server accepts", "code": "too_large"},

@@ -287,9 +287,79 @@ _NEXT_HELP = (
 )
 
 
+_DATETIME = serializers.DateTimeField()
+_MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+
+
+def lease_data(lease: Lease) -> dict:
+    """LeaseSerializer(lease).data, as a plain dict built without the serializer's machinery.
+
+    The submissions' and next-task's answers are built by these functions (the serializers
+    declare the schema); tests check that both give the same.
+    """
+    return {
+        "id": lease.pk,
+        "state": str(lease.state),
+        "created_at": _DATETIME.to_representation(lease.created_at),
+        "expires_at": _DATETIME.to_representation(lease.expires_at),
+        "task": selectors.lease_task_content(lease),
+    }
+
+
+def judgment_data(judgment: Judgment, answers: dict | None = None) -> dict:
+    """JudgmentSerializer(judgment, context={"answers": answers} if given).data, as a plain dict."""
+    if answers is None:
+        answers = {answer.question: answer.value for answer in judgment.answer_rows.all()}
+    return {
+        "id": judgment.pk,
+        "project": judgment.project_id,
+        "task": judgment.task_id,
+        "rater": judgment.rater.get_username(),
+        "lease": judgment.lease_id,
+        "answers": answers,
+        "display_order": judgment.display_order,
+        "time_spent_ms": judgment.time_spent_ms,
+        "late": judgment.late,
+        "status": str(judgment.status),
+        "round_number": judgment.round_number,
+        "created_at": None
+        if judgment.created_at is None
+        else _DATETIME.to_representation(judgment.created_at),
+    }
+
+
+def submit_payload(data, query) -> dict | None:
+    """SubmitSerializer's validated data (with `next` from the query too), read directly when the
+    body is plainly valid; None otherwise, and the serializers then validate it (and say what is
+    wrong) as they always did."""
+    if type(data) is not dict or not data.keys() <= {"answers", "time_spent_ms", "next"}:
+        return None
+    answers = data.get("answers")
+    if type(answers) is not dict or json_problem(answers) is not None:
+        return None
+    payload = {"answers": answers}
+    if "time_spent_ms" in data:
+        time_spent = data["time_spent_ms"]
+        if type(time_spent) is not int or not 0 <= time_spent <= _MAX_TIME_SPENT_MS:
+            return None
+        payload["time_spent_ms"] = time_spent
+    body_next = data.get("next", False)
+    if type(body_next) is not bool:
+        return None
+    query_next = False
+    if "next" in query:
+        value = query.get("next")
+        if value in serializers.BooleanField.TRUE_VALUES:
+            query_next = True
+        elif value not in serializers.BooleanField.FALSE_VALUES:
+            return None
+    payload["next"] = body_next or query_next
+    return payload
+
+
 class SubmitSerializer(serializers.Serializer):
     answers = serializers.DictField(help_text="Answers keyed by question name (see the task's questions).")
-    time_spent_ms = serializers.IntegerField(required=False, min_value=0, max_value=24 * 3600 * 1000)
+    time_spent_ms = serializers.IntegerField(required=False, min_value=0, max_value=_MAX_TIME_SPENT_MS)
     next = serializers.BooleanField(required=False, default=False, help_text=_NEXT_HELP)
 
     def validate_answers(self, value):

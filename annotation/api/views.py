@@ -118,7 +118,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
             raise
         if lease is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(s.LeaseSerializer(lease).data)
+        return Response(s.lease_data(lease))
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Task and judgment counts")
     @action(detail=True, methods=["get"])
@@ -199,8 +199,7 @@ _SUBMIT_RESULT = PolymorphicProxySerializer(
 
 
 def _judgment_body(submission: judgments.Submission) -> dict:
-    context = {} if submission.answers is None else {"answers": submission.answers}
-    return s.JudgmentSerializer(submission.judgment, context=context).data
+    return s.judgment_data(submission.judgment, submission.answers)
 
 
 def _submit_status(submission: judgments.Submission) -> int:
@@ -236,22 +235,28 @@ class LeaseViewSet(viewsets.GenericViewSet):
     # JSON only: `answers` is an object keyed by question, which a form cannot carry.
     @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def submit(self, request, pk=None):
-        payload = s.SubmitSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
+        # A plainly valid request is read directly (its `next` says the query's too); any other
+        # goes through the serializers, which say what is wrong, if anything.
+        payload = s.submit_payload(request.data, request.query_params)
+        checked = payload is not None
+        if not checked:
+            body = s.SubmitSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            payload = body.validated_data
         fields = {
             "lease_id": _lease_id(pk),
             "rater": request.user,
-            "answers": payload.validated_data["answers"],
-            "time_spent_ms": payload.validated_data.get("time_spent_ms"),
+            "answers": payload["answers"],
+            "time_spent_ms": payload.get("time_spent_ms"),
         }
-        if not (payload.validated_data["next"] or _query(request, s.SubmitQuerySerializer)["next"]):
+        if not (payload["next"] or (not checked and _query(request, s.SubmitQuerySerializer)["next"])):
             submission = judgments.judgment_submit(**fields)
             return Response(_judgment_body(submission), status=_submit_status(submission))
         result = judgments.judgment_submit_and_next(**fields)
         error = result.next_error
         body = {
             "judgment": _judgment_body(result.submission),
-            "next": None if result.next_lease is None else s.LeaseSerializer(result.next_lease).data,
+            "next": None if result.next_lease is None else s.lease_data(result.next_lease),
             "next_error": None if error is None else {"detail": str(error), "code": error.code},
         }
         return Response(body, status=_submit_status(result.submission))

@@ -9,8 +9,8 @@ the queue cannot deadlock with itself:
 - `judgment_submit` locks the task row, then the lease row.
 - `lease_skip` locks only the lease row.
 - `judgment_submit` then records a `judgment.submitted` webhook event (annotation.webhooks):
-  one indexed read when the project has no webhooks; otherwise delivery rows, whose foreign key
-  takes a key-share lock on webhook rows. Nothing that locks webhook rows locks tasks or leases,
+  nothing when the project has no active webhook (probed in the same statement that locks the
+  lease); otherwise delivery rows, whose foreign key takes a key-share lock on webhook rows. Nothing that locks webhook rows locks tasks or leases,
   so the order above still holds. The deliveries are sent only after the commit.
 Every change to a task's judgment count, and every lease written for it, happens while its row
 is locked, so a fresh count read under that lock is exact.
@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from annotation.errors import LeaseNotFound, NotAMember, QueueError
 from annotation.models import Lease, Project, Task
+from annotation.rows import columns, fetch_rows, json_param, model_from_row
 
 # How many locked-but-full candidates lease_acquire steps over before giving up on a request.
 MAX_CANDIDATES = 20
@@ -44,16 +45,18 @@ MAX_CANDIDATES = 20
 # bench/queue.py). They run on PostgreSQL and SQLite alike; `{lock}` becomes a row-lock clause
 # on PostgreSQL and nothing on SQLite, whose transactions are serialised instead.
 
+
 # The rater's active membership, with its project, locking only the membership row.
-_PROJECT_OF_MEMBER = """
-    SELECT p.* FROM annotation_project p JOIN annotation_membership m ON m.project_id = p.id
+_PROJECT_OF_MEMBER = f"""
+    SELECT {columns(Project, "p")} FROM annotation_project p
+    JOIN annotation_membership m ON m.project_id = p.id
     WHERE m.user_id = %s AND m.project_id = %s AND m.is_active = %s
-    {lock}"""
+    {{lock}}"""
 
 # The live leases the rater already holds in the project, oldest first, on tasks still open (a
 # curator may have closed one since: it no longer counts, and the rater is handed another task).
-_HELD_LEASES = """
-    SELECT l.* FROM annotation_lease l JOIN annotation_task t ON t.id = l.task_id
+_HELD_LEASES = f"""
+    SELECT {columns(Lease, "l")} FROM annotation_lease l JOIN annotation_task t ON t.id = l.task_id
     WHERE l.rater_id = %s AND t.project_id = %s AND l.state = %s AND l.expires_at > %s
     AND t.status = %s
     ORDER BY l.id LIMIT %s"""
@@ -64,8 +67,8 @@ _HELD_LEASES = """
 # live leases are excluded by the caller). The rater's lease is read by a scalar subquery, a
 # probe of the (task, rater) index per task visited: written as NOT EXISTS, PostgreSQL plans an
 # anti-join that may read all of the rater's leases for every task it visits.
-_CANDIDATES = """
-    SELECT t.*,
+_CANDIDATES = f"""
+    SELECT {columns(Task, "t")},
         (SELECT l.id FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s)
         AS own_lease_id
     FROM annotation_task t
@@ -74,25 +77,33 @@ _CANDIDATES = """
         (SELECT l.state FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s),
         %(active)s
     ) = %(active)s
-    {room}
-    {exclude}
+    {{room}}
+    {{exclude}}
     ORDER BY t.priority, t.id LIMIT %(limit)s
-    {lock}"""
+    {{lock}}"""
 _ROOM = """AND t.judgment_count < %(overlap)s AND t.judgment_count + (
         SELECT COUNT(*) FROM annotation_lease l
         WHERE l.task_id = t.id AND l.state = %(active)s AND l.expires_at > %(now)s
     ) < %(overlap)s"""
 
-# A locked task's live leases, read afresh (see _room_left).
-_LIVE_LEASES = """
-    SELECT COUNT(*) FROM annotation_lease
-    WHERE task_id = %s AND state = %s AND expires_at > %s AND id <> %s"""
+# A locked task's live leases, read afresh (see room_left), with its output ids in order: one
+# row per output (a single row with a null id for a task without outputs).
+_LIVE_LEASES_AND_OUTPUTS = """
+    SELECT c.live, x.output_id FROM (
+        SELECT COUNT(*) AS live FROM annotation_lease
+        WHERE task_id = %s AND state = %s AND expires_at > %s AND id <> %s
+    ) c LEFT JOIN annotation_taskoutput x ON x.task_id = %s
+    ORDER BY x.position"""
 
 # The task of a rater's lease, locking only the task row.
-TASK_OF_LEASE = """
-    SELECT t.* FROM annotation_task t JOIN annotation_lease l ON l.task_id = t.id
+TASK_OF_LEASE = f"""
+    SELECT {columns(Task, "t")} FROM annotation_task t JOIN annotation_lease l ON l.task_id = t.id
     WHERE l.id = %s AND l.rater_id = %s
-    {lock}"""
+    {{lock}}"""
+
+_INSERT_LEASE = """
+    INSERT INTO annotation_lease (task_id, rater_id, state, created_at, expires_at, display_order)
+    VALUES (%s, %s, %s, %s, %s, %s) RETURNING id"""
 
 
 def row_lock(clause: str) -> str:
@@ -135,7 +146,13 @@ def _candidate_tasks(
         exclude=exclude_sql,
         lock="FOR UPDATE OF t SKIP LOCKED" if skip_locked else "",
     )
-    return list(Task.objects.raw(sql, params))
+    width = len(Task._meta.concrete_fields)
+    tasks = []
+    for row in fetch_rows(sql, params):
+        task = model_from_row(Task, row)
+        task.own_lease_id = row[width]
+        tasks.append(task)
+    return tasks
 
 
 def room_left(task: Task, *, overlap: int, now: datetime, exclude_lease: int | None = None) -> int:
@@ -143,15 +160,20 @@ def room_left(task: Task, *, overlap: int, now: datetime, exclude_lease: int | N
 
     The leases are counted by a statement of its own, run once the task is locked, so that it
     sees leases committed while we waited for the lock. The task's judgment_count is current: it
-    only changes under that lock, and a row read FOR UPDATE is its latest version.
+    only changes under that lock, and a row read FOR UPDATE is its latest version. The same
+    statement reads the task's output ids, kept as `task.output_ids` for `_write_lease`.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_LIVE_LEASES, [task.pk, Lease.State.ACTIVE, db_now(now), exclude_lease or 0])
-        (live,) = cursor.fetchone()
-    return overlap - task.judgment_count - live
+    rows = fetch_rows(
+        _LIVE_LEASES_AND_OUTPUTS, [task.pk, Lease.State.ACTIVE, db_now(now), exclude_lease or 0, task.pk]
+    )
+    task.output_ids = [output_id for _, output_id in rows if output_id is not None]
+    return overlap - task.judgment_count - rows[0][0]
 
 
 def task_output_ids(task: Task) -> list[int]:
+    found = getattr(task, "output_ids", None)
+    if found is not None:
+        return list(found)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT output_id FROM annotation_taskoutput WHERE task_id = %s ORDER BY position", [task.pk]
@@ -167,9 +189,25 @@ def _write_lease(task: Task, *, rater: AbstractBaseUser, project: Project, now: 
         random.shuffle(output_ids)  # side order randomised per lease, and recorded
     expires_at = now + project.lease_time
     if task.own_lease_id is None:
-        return Lease.objects.create(
-            task=task, rater=rater, created_at=now, expires_at=expires_at, display_order=output_ids
+        # Written in SQL, as the reads are: Lease.objects.create cost as much as the reads.
+        state = Lease.State.ACTIVE
+        display_order = json_param(Lease, "display_order", output_ids)
+        ((lease_id,),) = fetch_rows(
+            _INSERT_LEASE, [task.pk, rater.pk, state, db_now(now), db_now(expires_at), display_order]
         )
+        lease = Lease(
+            id=lease_id,
+            task_id=task.pk,
+            rater_id=rater.pk,
+            state=state,
+            created_at=now,
+            expires_at=expires_at,
+            display_order=output_ids,
+        )
+        lease._state.adding = False
+        lease._state.db = connection.alias
+        lease.task = task
+        return lease
     # A rater whose earlier lease on this task ran out (never submitted) gets it renewed, unless
     # they submitted or skipped it since the candidate query's snapshot was taken.
     renewed = Lease.objects.filter(pk=task.own_lease_id, state=Lease.State.ACTIVE).update(
@@ -195,21 +233,20 @@ def lease_acquire(
     now = now or timezone.now()
     project_id = project if isinstance(project, int) else project.pk
     with transaction.atomic():
-        found = list(
-            Project.objects.raw(
-                _PROJECT_OF_MEMBER.format(lock=row_lock("FOR UPDATE OF m")), [rater.pk, project_id, True]
-            )
+        found = fetch_rows(
+            _PROJECT_OF_MEMBER.format(lock=row_lock("FOR UPDATE OF m")), [rater.pk, project_id, True]
         )
         if not found:
             raise NotAMember("you are not a rater of this project")
-        project = found[0]
+        project = model_from_row(Project, found[0])
         # Read under the membership lock: a parallel request of the same rater has committed.
         limit = project.max_pending_per_rater
-        held = list(
-            Lease.objects.raw(
+        held = [
+            model_from_row(Lease, row)
+            for row in fetch_rows(
                 _HELD_LEASES, [rater.pk, project.pk, Lease.State.ACTIVE, db_now(now), Task.Status.OPEN, limit]
             )
-        )
+        ]
         if len(held) >= limit:
             held[0].task.project = project
             return held[0]

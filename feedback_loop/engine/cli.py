@@ -49,10 +49,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    partial.replace(path)
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk, or a row that failed: no half file either
+        raise
 
 
 def _require(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str) -> None:

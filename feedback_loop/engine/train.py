@@ -22,7 +22,9 @@ What it does, in order (see `train_lora`):
 4. Every `save_every_steps` optimizer steps, a checkpoint (adapter, optimizer, RNG state, step)
    goes to `output_dir/checkpoints/`; `train_lora` called again on the same folder resumes from it.
 5. At the end, `output_dir` holds the adapter (`save_pretrained`), `training_config.json`,
-   `metrics.json` and `adapter.sha256` (written last: its presence marks a finished run).
+   `metrics.json` and `adapter.sha256` (moved in last: its presence marks a finished run). They are
+   written in `output_dir/.saving/` first and moved into place once all are whole, so a full disk
+   leaves no half-written adapter, only the checkpoints a retry resumes from.
 
 Several GPUs on one machine: `torchrun --nproc_per_node N -m feedback_loop.engine.train ...` (see
 `distributed_rank_and_size`). Every process plans the same batches; each takes every N-th row of
@@ -61,6 +63,7 @@ IGNORE_INDEX = -100  # label of tokens that carry no loss (the value PyTorch's c
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what PEFT needs to load the adapter
 CHECKSUM_FILE = "adapter.sha256"
 CHECKPOINTS_DIR = "checkpoints"
+STAGING_DIR = ".saving"  # in the output folder: the finished adapter's files, until all are written
 MEGA_BATCH = 50  # group_by_length sorts within this many batches: little padding, still random batches
 
 
@@ -513,8 +516,12 @@ def adapter_checksum(adapter_dir: str | Path) -> str:
 
 def _write_json_atomically(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # Settings that do not change the trained weights: a run may resume under different values.
@@ -586,7 +593,11 @@ def _save_checkpoint(
     tmp = folder / f"tmp-step-{state['step']:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(state, tmp / "state.pt")
+    try:
+        torch.save(state, tmp / "state.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: the previous checkpoint stays whole
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in folder.glob("step-*"):
@@ -891,27 +902,41 @@ def _finish(
     rank,
     world,
 ) -> TrainingResult:
-    """Process 0 writes the adapter, training_config.json, metrics.json, then adapter.sha256 (last: it
-    marks the run finished) and drops the checkpoints; the other processes wait for it."""
+    """Process 0 writes the adapter, training_config.json, metrics.json and adapter.sha256 into a
+    staging folder inside `output_dir` (the same filesystem), then moves them into place, the
+    checksum last (its presence marks the run finished), and drops the checkpoints; the other
+    processes wait for it. A write that fails (a full disk) removes the staging folder and leaves
+    `output_dir` as it was: the checkpoints are kept, and no adapter file is half-written."""
     if rank != 0:
         _wait_for_rank_zero()
         return TrainingResult(adapter_dir=output_dir, metrics=metrics, checksum=adapter_checksum(output_dir))
-    # Trainable tokens save their own rows; the whole grown embedding need not be saved with them.
-    peft_model.save_pretrained(output_dir, save_embedding_layers=False if config.added_tokens else "auto")
-    if config.added_tokens:
-        tokenizer.save_pretrained(output_dir)
-    described = {
-        "run": run,
-        "target_modules": sorted(
-            {name.split(".")[-1] for name in peft_model.peft_config["default"].target_modules}
-        ),
-        "versions": _library_versions(),
-    }
-    _write_json_atomically(output_dir / "training_config.json", described)
-    _write_json_atomically(output_dir / "metrics.json", metrics)
-    checksum = adapter_checksum(output_dir)
-    (output_dir / (CHECKSUM_FILE + ".tmp")).write_text(f"{checksum}  adapter\n", encoding="utf-8")
-    os.replace(output_dir / (CHECKSUM_FILE + ".tmp"), output_dir / CHECKSUM_FILE)
+    staging = output_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # left by a process killed while saving
+    try:
+        staging.mkdir()
+        # Trainable tokens save their own rows; the whole grown embedding need not be saved with them.
+        peft_model.save_pretrained(staging, save_embedding_layers=False if config.added_tokens else "auto")
+        if config.added_tokens:
+            tokenizer.save_pretrained(staging)
+        described = {
+            "run": run,
+            "target_modules": sorted(
+                {name.split(".")[-1] for name in peft_model.peft_config["default"].target_modules}
+            ),
+            "versions": _library_versions(),
+        }
+        _write_json_atomically(staging / "training_config.json", described)
+        _write_json_atomically(staging / "metrics.json", metrics)
+        checksum = adapter_checksum(staging)
+        (staging / CHECKSUM_FILE).write_text(f"{checksum}  adapter\n", encoding="utf-8")
+        # Renames within one folder take no space: once every file is written, nothing can fail here.
+        for written in sorted(staging.iterdir(), key=lambda path: path.name == CHECKSUM_FILE):
+            target = output_dir / written.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     if world > 1:
         _wait_for_rank_zero()

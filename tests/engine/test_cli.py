@@ -263,3 +263,15 @@ def test_select_reads_mbpp_rows_and_writes_code_training_pairs_in_the_evaluation
     assert read_jsonl(sft) == [
         {"prompt": generation_prompt(task), "completion": "def add(a, b):\n    return a + b\n"}
     ]
+
+
+def test_write_jsonl_that_meets_a_full_disk_leaves_neither_file(tmp_path):
+    import errno
+
+    def rows():
+        yield {"prompt": "a"}
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        write_jsonl(tmp_path / "out.jsonl", rows())
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,7 @@ from feedback_loop.engine.train import (
     train_lora,
 )
 from feedback_loop.engine.types import SFTExample
+from tests.engine.conftest import REPO_ROOT
 
 SUBJECTS = ["The cat", "The dog", "A bird", "My friend", "The teacher", "A child"]
 OBJECTS = ["the house", "a red ball", "the small book", "the garden", "the door", "a short story"]
@@ -244,3 +245,66 @@ def test_training_from_a_parent_adapter_starts_from_its_weights(tiny_model_dir, 
     # The parent is part of what the run is: the same folder refuses another starting point.
     with pytest.raises(ValueError):
         train_lora(tiny_model_dir, examples, tmp_path / "child", frozen, progress=False)
+
+
+def _adapter_files_left(folder):
+    """What a failed save must not leave: anything in the folder but the checkpoints to resume from."""
+    return sorted(p.name for p in folder.iterdir() if p.name != "checkpoints")
+
+
+def test_a_full_disk_while_saving_leaves_no_half_adapter_and_the_retry_resumes(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import errno
+
+    import peft.peft_model
+
+    examples = make_examples(6)
+    config = LoRATrainingConfig(epochs=1, batch_size=2, max_length=128, save_every_steps=1)
+    out = tmp_path / "out"
+    real_save = peft.peft_model.safe_save_file
+
+    def half_written_then_full(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as f:  # what a full disk leaves: the first bytes of the file
+            f.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", half_written_then_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        train_lora(tiny_model_dir, examples, out, config, progress=False)
+    assert _adapter_files_left(out) == []
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # kept, to resume
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real_save)
+    result = train_lora(tiny_model_dir, examples, out, config, progress=False)
+    assert (result.metrics["steps_this_run"], result.metrics["steps"]) == (1, 3)  # resumed at step 2
+    assert (out / "adapter.sha256").read_text().split()[0] == adapter_checksum(out) == result.checksum
+    assert not (out / ".saving").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_real_full_disk_while_saving_leaves_no_adapter_file(tiny_model_dir, tmp_path):
+    """The adapter's folder on a 64 KiB tmpfs: the weights (about 130 KB) do not fit."""
+    import os
+    import sys
+
+    from tests.full_disk import full_disk
+
+    folder, run = full_disk(tmp_path)
+    script = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from feedback_loop.engine.train import LoRATrainingConfig, train_lora\n"
+        "from feedback_loop.engine.types import SFTExample\n"
+        "examples = [SFTExample(prompt=f'Question {i}?\\nAnswer:', completion=' The cat sees.') for i in range(4)]\n"
+        "train_lora(sys.argv[1], examples, sys.argv[2], LoRATrainingConfig(batch_size=2, max_length=64), progress=False)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = run(
+        [sys.executable, "-c", script, str(tiny_model_dir), str(folder / "out")],
+        size="64k",
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode != 0
+    assert "No space left on device" in result.stderr, result.stderr[-2000:]
+    # Only the (empty) output folder: no adapter file, no README, no staging folder, no temporary file.
+    assert result.left == ["./out"]

@@ -1,6 +1,7 @@
 """A whole round on the tiny model, its Celery tasks run in-process (eager) on both databases."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 from celery import current_app
@@ -146,6 +147,39 @@ def test_a_failing_step_fails_the_round_and_retry_resumes_from_it(
     assert Adapter.objects.filter(round=round).exists()
 
 
+def test_a_full_disk_while_saving_the_adapter_fails_the_round_clearly_and_records_no_adapter(
+    transactional_db, eager, feedback_project, alice, monkeypatch
+):
+    import errno
+
+    import peft.peft_model
+
+    project, _ = feedback_project
+    real_save = peft.peft_model.safe_save_file
+
+    def full(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as f:  # the first bytes, as a full disk leaves them
+            f.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full)
+    round = services.round_start(project=project, user=alice)
+    round.refresh_from_db()
+    assert (round.state, round.failed_state) == ("failed", "training")
+    assert round.error.startswith("no space left on device writing "), round.error
+    assert "free disk space, then retry the round" in round.error
+    assert not Adapter.objects.filter(round=round).exists()
+    folder = round.adapter_dir()
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "dataset.sha256"]
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real_save)
+    services.round_retry(round=round)
+    round.refresh_from_db()
+    assert round.state == "done", round.error
+    adapter = Adapter.objects.get(round=round)
+    assert (Path(adapter.path) / "adapter.sha256").read_text().split()[0] == adapter.checksum
+
+
 def test_training_reports_its_progress_and_a_crashed_try_resumes_from_its_checkpoint(
     transactional_db, eager, feedback_project, alice, monkeypatch
 ):
@@ -208,3 +242,22 @@ def test_a_round_tells_the_projects_webhooks_each_state_change_and_the_promotion
     assert promoted.count() == (1 if round.promoted else 0)
     if round.promoted:
         assert promoted.get().payload["adapter"] == Adapter.objects.get(round=round).pk
+
+
+def test_a_full_disk_said_in_words_by_a_library_is_named_as_one():
+    from feedback_loop import tasks
+
+    class SafetensorError(Exception):
+        pass
+
+    said = tasks.step_error(
+        "training",
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    )
+    assert said.startswith("no space left on device during training: nothing of the step was kept")
+    assert said.endswith(
+        "(SafetensorError: Error while serializing: I/O error: No space left on device (os error 28))"
+    )
+    assert (
+        tasks.step_error("training", RuntimeError("CUDA out of memory")) == "RuntimeError: CUDA out of memory"
+    )

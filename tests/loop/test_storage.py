@@ -49,6 +49,31 @@ def test_a_published_adapter_is_fetched_whole_on_a_machine_that_lacks_it(shared,
     assert not folder.with_name("round-1.fetching").exists()
 
 
+def test_a_fetch_that_meets_a_full_disk_leaves_no_half_folder(shared, artifacts, monkeypatch):
+    import errno
+    import shutil
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    folder = _adapter_folder(artifacts)
+    storage.artifact_publish(folder)
+    shutil.rmtree(folder)  # another machine: nothing here
+    real_get = MemoryFileSystem.get_file
+    fetched = []
+
+    def full_after_one(self, remote, local, *args, **kwargs):
+        if fetched:
+            raise OSError(errno.ENOSPC, "No space left on device", local)
+        fetched.append(remote)
+        return real_get(self, remote, local, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "get_file", full_after_one)
+    with pytest.raises(OSError, match="No space left on device"):
+        storage.artifact_fetch(folder)
+    assert fetched, "the first file was fetched before the disk was full"
+    assert not folder.exists() and not folder.with_name("round-1.fetching").exists()
+
+
 def test_without_shared_storage_artifacts_stay_in_the_local_folder(settings, artifacts):
     settings.REFINERY_ARTIFACTS_URL = ""
     folder = _adapter_folder(artifacts)

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from annotation import exporting, importing
+from annotation.errors import no_space
 from annotation.models import Project
 
 
@@ -51,27 +52,38 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         rows = tqdm(rows, desc=f"exporting {kind}", unit=" rows", file=sys.stderr, disable=None)
 
-        if not output:
-            if fmt == "csv":
-                count = exporting.write_csv(rows, self.stdout, kind=kind)
-            else:
-                count = exporting.write_jsonl(rows, self.stdout)
-        else:
-            # Written beside the target and moved into place, so a failed export leaves no half file.
-            partial = f"{output}.partial"
-            try:
-                if fmt == "parquet":
-                    count = exporting.write_parquet(rows, partial, kind=kind)
-                elif fmt == "csv":
-                    with open(partial, "w", encoding="utf-8", newline="") as stream:
-                        count = exporting.write_csv(rows, stream, kind=kind)
-                else:
-                    with open(partial, "w", encoding="utf-8") as stream:
-                        count = exporting.write_jsonl(rows, stream)
-                os.replace(partial, output)
-            except BaseException:
-                if os.path.exists(partial):
-                    os.remove(partial)
+        try:
+            count = self._write(rows, fmt=fmt, kind=kind, output=output)
+        except OSError as error:
+            if not no_space(error):
                 raise
+            if output:
+                told = f"no space left on device writing {output}: nothing was written (the partial file was removed)"
+            else:
+                told = "no space left on device writing standard output: what it holds is incomplete"
+            raise CommandError(f"{told}. {error}") from error
         where = output or "standard output"
         self.stderr.write(f"Wrote {count} {kind} rows of project {project.name!r} to {where}.")
+
+    def _write(self, rows, *, fmt: str, kind: str, output: str | None) -> int:
+        if not output:
+            if fmt == "csv":
+                return exporting.write_csv(rows, self.stdout, kind=kind)
+            return exporting.write_jsonl(rows, self.stdout)
+        # Written beside the target and moved into place, so a failed export leaves no half file.
+        partial = f"{output}.partial"
+        try:
+            if fmt == "parquet":
+                count = exporting.write_parquet(rows, partial, kind=kind)
+            elif fmt == "csv":
+                with open(partial, "w", encoding="utf-8", newline="") as stream:
+                    count = exporting.write_csv(rows, stream, kind=kind)
+            else:
+                with open(partial, "w", encoding="utf-8") as stream:
+                    count = exporting.write_jsonl(rows, stream)
+            os.replace(partial, output)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+        return count

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 from tqdm import tqdm
 
 from annotation import importing
+from annotation.errors import no_space
 from annotation.models import Project
 from annotation.services import prompts
 
@@ -65,6 +67,12 @@ class Command(BaseCommand):
             raise CommandError(f"{file}: no such file") from error
         except importing.ImportFileError as error:
             raise CommandError(f"{label}: {error}. Nothing was imported.") from error
+        except DatabaseError as error:
+            if not no_space(error):
+                raise
+            raise CommandError(
+                f"the database server has no space left on its disk: nothing was imported. {error}"
+            ) from error
         self.stdout.write(
             f"Imported {result.prompts} prompts, {result.outputs} outputs and {result.tasks} tasks "
             f"into project {project.name!r}."
