@@ -7,6 +7,7 @@ who does not curate it gets a 403.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -56,12 +57,14 @@ def dashboard(request, project_id: int):
         "project": project,
         "section": "dashboard",
         "progress": figures.progress,
-        # Cached until a judgment, review or question changes them (annotation.quality).
+        # Cached until a review or question changes them, or raters' judgments and time (annotation.quality).
         "review_counts": figures.review_counts,
         "agreement": figures.agreement,
         "plots": figures.plots,
         # Only projects asking the (QA)² template's questions have this panel.
         "qa2": figures.qa2,
+        "freshness": figures.freshness,
+        "max_age": settings.STATS_MAX_AGE_SECONDS,
         "active_raters": Membership.objects.filter(
             project=project, is_active=True, role=Membership.Role.RATER
         ).count(),
@@ -72,10 +75,13 @@ def dashboard(request, project_id: int):
 
 
 def _raters_page(request, project, *, add_form=None, new_account=None, status=200):
+    rows, freshness = quality.rater_rows(project)
     context = {
         "project": project,
         "section": "raters",
-        "rows": quality.rater_stats(project),
+        "rows": rows,
+        "freshness": freshness,
+        "max_age": settings.STATS_MAX_AGE_SECONDS,
         "add_form": add_form or MemberAddForm(),
         "new_account": new_account,
         "tolerance": agreement.GOLD_LIKERT_TOLERANCE,

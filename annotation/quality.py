@@ -49,13 +49,15 @@ import logging
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
 from django.db.models import Count
+from django.utils import timezone
 
 from annotation.agreement import (
     TIE,
@@ -91,7 +93,7 @@ logger = logging.getLogger(__name__)
 
 # Part of every cache key: changed when the cached figures change shape, so that a shared cache
 # never hands one release's objects to another.
-FIGURES_FORMAT = 1
+FIGURES_FORMAT = 2
 
 
 def project_variables(project: Project) -> list[Variable]:
@@ -279,11 +281,16 @@ def rater_figures(project: Project) -> dict[int, RaterStats]:
 
 
 def rater_stats(project: Project) -> list[RaterStats]:
-    """A row per member of the project and per other user who judged in it, by username.
+    """A row per member of the project and per other user who judged in it, by username."""
+    return rater_rows(project)[0]
+
+
+def rater_rows(project: Project) -> tuple[list[RaterStats], Freshness]:
+    """`rater_stats` and how current its figures are.
 
     The figures are cached (see the module's docstring); memberships and names are read live.
     """
-    figures = cached_figures(project, "raters", lambda: rater_figures(project))
+    figures, freshness = cached_figures(project, "raters", lambda: rater_figures(project))
     rows: dict[int, RaterStats] = {}
     for membership in Membership.objects.filter(project=project).select_related("user"):
         row = figures.get(membership.user_id) or RaterStats(user_id=membership.user_id, username="")
@@ -294,7 +301,7 @@ def rater_stats(project: Project) -> list[RaterStats]:
     for user in get_user_model().objects.filter(pk__in=others):
         rows[user.pk] = figures[user.pk]
         rows[user.pk].username = user.get_username()
-    return sorted(rows.values(), key=lambda row: row.username.lower())
+    return sorted(rows.values(), key=lambda row: row.username.lower()), freshness
 
 
 def review_counts(project: Project) -> dict[str, int]:
@@ -418,30 +425,58 @@ def qa2_summary(project: Project, *, statuses: Iterable[str] | None = TRAINING_S
 # ---------------------------------------------------------------- cached figures
 
 
-_MISSING = object()
+@dataclass(frozen=True)
+class Freshness:
+    """How current cached figures are."""
+
+    as_of: datetime  # when the versions they were computed under were read
+    judgments_since: int = 0  # raters' submissions since (0: nothing new)
 
 
-def cached_figures(project: Project, name: str, compute: Callable[[], Any]) -> Any:
-    """`compute()`, cached under the project's statistics version (read first, in one query).
+@dataclass(frozen=True)
+class _Entry:
+    judged: int
+    curated: int
+    as_of: datetime
+    value: Any
 
-    A version read before a change is never stored with figures older than it: figures computed
-    after a change are at worst stored under the version before it, which nothing reads again.
-    A cache that cannot be reached is skipped (the figures are computed), never an error page.
+
+def _serves(entry: Any, judged: int, curated: int, now: datetime) -> bool:
+    """Whether a cache entry may be shown now: computed under the current versions, or under the
+    current curated version and an older judged one, less than STATS_MAX_AGE_SECONDS ago."""
+    if not isinstance(entry, _Entry) or entry.curated != curated or entry.judged > judged:
+        return False
+    return entry.judged == judged or now - entry.as_of < timedelta(seconds=settings.STATS_MAX_AGE_SECONDS)
+
+
+def cached_figures(project: Project, name: str, compute: Callable[[], Any]) -> tuple[Any, Freshness]:
+    """`compute()` and how current it is, cached under the project's statistics versions.
+
+    The versions are read first, in one query; they move on only after a change commits, so
+    figures computed after reading them count every change up to them (and perhaps later ones:
+    newer figures under an older version are harmless). Figures are recomputed when the curated
+    version moved on, or when the judged one did and they are STATS_MAX_AGE_SECONDS old: while
+    raters submit every second, a view recomputes at most that often, and says how old its
+    figures are. A cache that cannot be reached is skipped (the figures are computed), never an
+    error page.
     """
-    key = f"stats:{FIGURES_FORMAT}:{project.pk}:{stats_version(project.pk)}:{name}"
+    judged, curated = stats_version(project.pk)
+    now = timezone.now()
+    key = f"stats:{FIGURES_FORMAT}:{project.pk}:{name}"
     cache = caches["stats"]
     try:
-        value = cache.get(key, _MISSING)
+        entry = cache.get(key)
     except Exception:  # e.g. Redis down: the page still shows, computed
         logger.warning("statistics cache unreadable; computing %s of project %s", name, project.pk)
-        return compute()
-    if value is _MISSING:
-        value = compute()
-        try:
-            cache.set(key, value, settings.STATS_CACHE_SECONDS)
-        except Exception:
-            logger.warning("statistics cache unwritable; %s of project %s not cached", name, project.pk)
-    return value
+        return compute(), Freshness(as_of=now)
+    if _serves(entry, judged, curated, now):
+        return entry.value, Freshness(as_of=entry.as_of, judgments_since=judged - entry.judged)
+    entry = _Entry(judged=judged, curated=curated, as_of=now, value=compute())
+    try:
+        cache.set(key, entry, settings.STATS_CACHE_SECONDS)
+    except Exception:
+        logger.warning("statistics cache unwritable; %s of project %s not cached", name, project.pk)
+    return entry.value, Freshness(as_of=now)
 
 
 @dataclass
@@ -451,6 +486,7 @@ class DashboardFigures:
     agreement: list[VariableAgreement]
     plots: list[tuple[Variable, str]]  # a PNG data URI per variable (annotation.plots)
     qa2: Qa2Summary | None  # only for projects asking the (QA)² template's questions
+    freshness: Freshness | None = None  # set as the figures are read (cached_figures)
 
 
 def dashboard_compute(project: Project) -> DashboardFigures:
@@ -465,4 +501,5 @@ def dashboard_compute(project: Project) -> DashboardFigures:
 
 def dashboard_figures(project: Project) -> DashboardFigures:
     """The dashboard's progress, review counts, agreement, score distributions and (QA)² panel, cached."""
-    return cached_figures(project, "dashboard", lambda: dashboard_compute(project))
+    figures, freshness = cached_figures(project, "dashboard", lambda: dashboard_compute(project))
+    return replace(figures, freshness=freshness)

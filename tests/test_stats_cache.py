@@ -1,11 +1,20 @@
-"""The curator pages' statistics are cached under each project's statistics version: a second view
-reads the cache, and whatever changes what the figures count makes the next view recompute them."""
+"""The curator pages' statistics are cached under each project's statistics versions: a second view
+reads the cache; a curator's change makes the next view recompute, raters' new judgments once the
+figures are STATS_MAX_AGE_SECONDS old (until then the page says how old they are).
+
+The versions move on after a change commits: these tests commit (transactional database).
+"""
+
+from datetime import timedelta
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 from django.core.cache import caches
-from django.db import connection
+from django.db import connection, transaction
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from annotation import agreement, curation, models, quality
 from annotation.models import Membership, StatsVersion, stats_version
@@ -15,6 +24,8 @@ from annotation.services.projects import project_update
 from tests.curation_data import judge, likert_project
 from tests.factories import make_tasks
 from tests.test_agreement import KRIPPENDORFF_2011, NAN, curator_client, dashboard_stats
+
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
@@ -70,20 +81,82 @@ def test_a_second_dashboard_view_reads_the_cache_instead_of_the_judgments(krippe
     assert sum('"annotation_statsversion"' in sql for sql in read) == 1
 
 
-def test_a_submitted_judgment_makes_the_next_view_recompute(db, alice, bob, computed):
+def _submit(project, rater, value: int):
+    lease = lease_acquire(project=project, rater=rater)
+    return judgment_submit(lease_id=lease.pk, rater=rater, answers={"score": {"clarity": value}})
+
+
+@pytest.fixture
+def two_raters(db, alice, bob):
     project = likert_project("Two raters", overlap=2)
     Membership.objects.create(user=bob, project=project, role=Membership.Role.RATER)
-    [task] = make_tasks(project, 1)
-    judge(task, alice, {"score": {"clarity": 2}})
-    client = curator_client(project, alice)
-    assert quality.dashboard_figures(project).review_counts["pending"] == 1
+    make_tasks(project, 2)
+    return project
+
+
+def test_a_submitted_judgment_moves_the_judged_version_on_once_committed(two_raters, bob):
+    project = two_raters
     before = stats_version(project.pk)
+    with transaction.atomic():
+        _submit(project, bob, 2)
+        assert stats_version(project.pk) == before  # not before the judgment is seen
+    judged, curated = stats_version(project.pk)
+    assert (judged, curated) == (before[0] + 1, before[1])
+    # Rolled back: the version stays.
+    with pytest.raises(RuntimeError), transaction.atomic():
+        _submit(project, bob, 3)
+        raise RuntimeError
+    assert stats_version(project.pk) == (judged, curated)
 
-    lease = lease_acquire(project=project, rater=bob)
-    judgment_submit(lease_id=lease.pk, rater=bob, answers={"score": {"clarity": 2}})
 
-    assert stats_version(project.pk) > before
-    assert client.get(f"/projects/{project.pk}/dashboard/").context["review_counts"]["pending"] == 2
+@override_settings(STATS_MAX_AGE_SECONDS=0)
+def test_past_the_max_age_a_submitted_judgment_makes_the_next_view_recompute(
+    two_raters, alice, bob, computed
+):
+    project = two_raters
+    client = curator_client(project, alice)
+    assert client.get(f"/projects/{project.pk}/dashboard/").context["review_counts"]["pending"] == 0
+    _submit(project, bob, 2)
+    page = client.get(f"/projects/{project.pk}/dashboard/")
+    assert page.context["review_counts"]["pending"] == 1
+    assert b"figures-as-of" not in page.content
+    assert computed["dashboard"] == 2
+
+
+@override_settings(STATS_MAX_AGE_SECONDS=3600)
+def test_within_the_max_age_new_judgments_are_counted_but_not_recomputed(two_raters, alice, bob, computed):
+    project = two_raters
+    client = curator_client(project, alice)
+    first = client.get(f"/projects/{project.pk}/dashboard/")
+    assert first.context["review_counts"]["pending"] == 0 and b"figures-as-of" not in first.content
+    _submit(project, bob, 2)
+    _submit(project, bob, 3)
+    page = client.get(f"/projects/{project.pk}/dashboard/")
+    assert page.context["review_counts"]["pending"] == 0  # the cached figures
+    assert computed["dashboard"] == 1
+    shown = page.context["freshness"]
+    assert shown.judgments_since == 2 and shown.as_of == first.context["freshness"].as_of
+    text = page.content.decode()
+    assert f"Figures as of {timezone.localtime(shown.as_of):%H:%M:%S} (2 judgments since)" in text
+    raters = client.get(f"/projects/{project.pk}/raters/")
+    assert raters.context["freshness"].judgments_since == 0  # first computed now
+    # Once older than the max age, the next view recomputes (time moved on, not the setting).
+    later = timezone.now() + timedelta(seconds=3601)
+    with patch("annotation.quality.timezone.now", return_value=later):
+        page = client.get(f"/projects/{project.pk}/dashboard/")
+    assert page.context["review_counts"]["pending"] == 2 and computed["dashboard"] == 2
+    assert b"figures-as-of" not in page.content
+
+
+@override_settings(STATS_MAX_AGE_SECONDS=3600)
+def test_a_curators_own_change_shows_at_once_within_the_max_age(two_raters, alice, bob, computed):
+    project = two_raters
+    client = curator_client(project, alice)
+    _submit(project, bob, 2)
+    assert client.get(f"/projects/{project.pk}/dashboard/").context["review_counts"]["pending"] == 1
+    curation.judgments_review(actor=alice, judgments=project.judgments.all(), status="accepted")
+    counts = client.get(f"/projects/{project.pk}/dashboard/").context["review_counts"]
+    assert counts["pending"] == 0 and counts["accepted"] == 1
     assert computed["dashboard"] == 2
 
 
@@ -173,20 +246,19 @@ def test_a_deletion_moves_the_version_on_once_per_project(krippendorff, monkeypa
         real(project_id)
 
     monkeypatch.setattr(models, "stats_changed", counting)
-    before = stats_version(project.pk)
+    judged, curated = stats_version(project.pk)
     tasks[1].delete()  # and its four judgments, in cascade
     assert calls == [project.pk]
-    assert stats_version(project.pk) == before + 1
+    assert stats_version(project.pk) == (judged, curated + 1)
 
 
 def test_saving_a_stale_copy_of_the_project_never_takes_the_version_back(krippendorff, coders):
     project, tasks = krippendorff
     stale = type(project).objects.get(pk=project.pk)
-    before = stats_version(project.pk)
+    _, before = stats_version(project.pk)
     judge(tasks[11], coders[0], {"score": {"clarity": 3}})
     stale.save()
-    assert stats_version(project.pk) == before + 2
-    assert StatsVersion.objects.get(project_id=project.pk).version == before + 2
+    assert StatsVersion.objects.get(project_id=project.pk).curated == before + 2
 
 
 def test_an_unreachable_cache_still_shows_the_dashboard(krippendorff, alice, monkeypatch):
