@@ -2,6 +2,7 @@
 
     python bench/dashboard.py [--judgments 200000] [--overlap 3] [--raters 30] [--repeat 5]
                               [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench_pages]
+                              [--keep] [--reuse]
 
 It drops and re-creates the bench database, migrates it, seeds one likert + pairwise project
 with about --judgments judgments (written in bulk, --overlap raters per task, drawn from
@@ -9,7 +10,8 @@ with about --judgments judgments (written in bulk, --overlap raters per task, dr
 
 - computed: the statistics cache emptied before each read (every figure computed from the rows);
 - cached: the same page again (the statistics version is read, the figures come from the cache);
-- after a new judgment: the first read after one more judgment (the version moved on).
+- after a change: the first read after one more judgment written as the admin writes it (the
+  curated version moved on: recomputed whatever the figures' age).
 
 It prints the median wall time and the number of queries of each, and the rows read. The
 figures are this machine's: on a shared machine they are noisy.
@@ -135,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--keep", action="store_true", help="leave the bench database (dropped by default)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="read the project a --keep run left (no reset, no seeding)"
+    )
     args = parser.parse_args(argv)
     if urlparse(args.database_url).scheme not in {"postgres", "postgresql"}:
         parser.error("--database-url must be a postgres:// URL")
 
-    print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
-    reset_database(args.database_url)
+    if not args.reuse:
+        print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
+        reset_database(args.database_url)
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     # The test suite's settings: DEBUG off, static files by their plain names (no collectstatic).
     env = {**os.environ, "DATABASE_URL": args.database_url, "DEBUG": "0"}
@@ -153,27 +159,33 @@ def main(argv: list[str] | None = None) -> int:
     import django
 
     django.setup()
+    from django.contrib.auth import get_user_model
     from django.core.cache import caches
     from django.db import connection
     from django.test import Client
     from django.test.utils import setup_test_environment
 
-    from annotation.models import Judgment, Task
+    from annotation.models import Judgment, Project, Task
     from tests.factories import write_judgment
 
     setup_test_environment()  # the test client's response.context, and no SSL redirect
     warnings.filterwarnings("ignore", message="No directory at")  # no collectstatic: not needed here
     try:
-        project_id, curator, people = seed(
-            judgments=args.judgments, overlap=args.overlap, raters=args.raters, rng=random.Random(0)
-        )
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")
+        if args.reuse:
+            project_id = Project.objects.get(name="Bench pages").pk
+            curator = get_user_model().objects.get(username="curator")
+            people = list(get_user_model().objects.filter(username__startswith="rater").order_by("pk"))
+        else:
+            project_id, curator, people = seed(
+                judgments=args.judgments, overlap=args.overlap, raters=args.raters, rng=random.Random(0)
+            )
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
         client = Client()
         client.force_login(curator)
         print(
             f"project: {Judgment.objects.filter(project_id=project_id).count():,} judgments, "
-            f"{args.raters} raters, overlap {args.overlap}"
+            f"{len(people)} raters, overlap {args.overlap}"
         )
         print(f"{'page':<12} {'read':<22} {'median s':>9} {'queries':>8}")
         for page in ("dashboard", "raters"):
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             task = Task.objects.filter(project_id=project_id).exclude(judgments__rater=people[0]).first()
             write_judgment(task, people[0], {"quality": ("likert", {"helpful": 4, "accurate": 4})})
-            rows.append(("after a new judgment", timed(client, url, repeat=1)))
+            rows.append(("after a change", timed(client, url, repeat=1)))
             for name, (seconds, queries) in rows:
                 print(f"{page:<12} {name:<22} {seconds:>9.3f} {queries:>8}")
     finally:
