@@ -255,7 +255,15 @@ def project_agreement(
     project: Project, *, statuses: Iterable[str] | None = TRAINING_STATUSES, table: AnswerTable | None = None
 ) -> list[VariableAgreement]:
     """Agreement per variable, over the judgments that would train (pending and accepted) by default."""
-    return [variable_agreement(data) for data in reliability_data(project, statuses=statuses, table=table)]
+    return [variable_agreement(data) for data in _each_reliability_data(project, statuses, table)]
+
+
+def _each_reliability_data(project: Project, statuses: Iterable[str] | None, table: AnswerTable | None):
+    """`reliability_data`, one matrix at a time (a big project's are tens of megabytes each)."""
+    variables = project_variables(project)
+    table = answer_table(project, variables) if table is None else table
+    for variable in variables:
+        yield reliability_from_arrays(variable, *table.select(variable, statuses=statuses))
 
 
 # ---------------------------------------------------------------- score distributions
@@ -370,7 +378,7 @@ def rater_figures(project: Project) -> dict[int, RaterStats]:
             stats[rater_id].gold_checks = len(checks)
             stats[rater_id].gold_passed = sum(checks)
 
-    for data in reliability_data(project, statuses=None):
+    for data in _each_reliability_data(project, None, None):
         for pair in pair_agreements(data):
             for rater_id in (pair.rater_a, pair.rater_b):
                 row = stats[rater_id]
