@@ -350,15 +350,16 @@ def _gold_results(project: Project) -> dict[int, list[bool]]:
 
 def rater_figures(project: Project) -> dict[int, RaterStats]:
     """{rater id: their figures} for every user who judged in the project (no names or roles)."""
-    raters, times = np.zeros(0, dtype=np.int64), np.zeros(0)
+    rater_chunks, time_chunks = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT rater_id, time_spent_ms FROM annotation_judgment WHERE project_id = %s", [project.pk]
         )
         while rows := cursor.fetchmany(_CHUNK):
             ids, spent = zip(*rows, strict=True)
-            raters = np.concatenate([raters, np.array(ids, dtype=np.int64)])
-            times = np.concatenate([times, np.array(spent, dtype=float)])  # NaN: not recorded
+            rater_chunks.append(np.array(ids, dtype=np.int64))
+            time_chunks.append(np.array(spent, dtype=float))  # NaN: not recorded
+    raters, times = np.concatenate(rater_chunks), np.concatenate(time_chunks)
     order = np.lexsort((times, raters))  # by rater, then time (NaN last)
     raters, times = raters[order], times[order]
     ids, starts, counts = np.unique(raters, return_index=True, return_counts=True)
