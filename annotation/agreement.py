@@ -1,10 +1,10 @@
 """Agreement statistics over raters' values, and gold checks: pure functions, no database.
 
-Krippendorff's alpha comes from `krippendorff` and Fleiss' kappa from statsmodels (its count
-table built here with numpy). Cohen's kappa is scikit-learn's formula computed for every pair of
-raters at once: one np.bincount of all pairs' confusion matrices (`pair_agreements`), since a
-project has hundreds of rater pairs per variable; tests/test_agreement_vectorised.py holds the
-figures to scikit-learn's and statsmodels' own to 1e-9. Values are laid out as a raters × units
+Fleiss' kappa comes from statsmodels (its count table built here with numpy). Krippendorff's
+alpha is the `krippendorff` library's computation and Cohen's kappa scikit-learn's, made with
+np.bincount over all units and all rater pairs at once (a project has hundreds of thousands of
+units and hundreds of rater pairs per variable); tests/test_agreement_vectorised.py holds the
+figures to the libraries' own to 1e-9. Values are laid out as a raters × units
 matrix (ReliabilityData); annotation.quality reads them from the judgments and says what is
 measured.
 """
@@ -99,26 +99,47 @@ def _finite(value: Any) -> float | None:
 
 def krippendorff_alpha(matrix: Any, level: str, *, value_domain: list | None = None) -> float | None:
     """Krippendorff's alpha of a raters × units matrix (NaN = missing); None when undefined
-    (no unit judged twice, or a single value in the data: there is no disagreement to expect)."""
-    import krippendorff
+    (no unit judged twice, or a single value in the data: there is no disagreement to expect; or
+    a value outside `value_domain`).
 
+    The `krippendorff` library's computation (nominal, ordinal, interval), with its coincidence
+    matrix made from per-unit value counts by np.bincount and one matrix product rather than a
+    units × values × values array: a project's hundreds of thousands of units fit in a page view.
+    """
     matrix = np.asarray(matrix, dtype=float)
     if matrix.ndim != 2 or matrix.size == 0:
         return None
-    judged = (~np.isnan(matrix)).sum(axis=0)
+    present = ~np.isnan(matrix)
+    judged = present.sum(axis=0)
     pairable = matrix[:, judged >= 2]
     if pairable.size == 0 or len(np.unique(pairable[~np.isnan(pairable)])) < 2:
         return None
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            return _finite(
-                krippendorff.alpha(
-                    reliability_data=matrix, level_of_measurement=level, value_domain=value_domain
-                )
-            )
-        except ValueError:
-            return None
+    given = np.unique(matrix[present])
+    domain = given if value_domain is None else np.asarray(value_domain, dtype=float)
+    if len(domain) <= 1 or not np.isin(given, domain).all():
+        return None
+    labels = len(domain)
+    order = np.argsort(domain, kind="stable")
+    units, raters = np.nonzero(present.T)
+    index = order[np.searchsorted(domain[order], matrix[raters, units])]
+    counts = np.bincount(units * labels + index, minlength=matrix.shape[1] * labels).reshape(-1, labels)
+    weighted = counts / (np.maximum(counts.sum(axis=1), 2) - 1)[:, None]
+    coincidences = weighted.T @ counts - np.diag(weighted.sum(axis=0))
+    n_v = coincidences.sum(axis=0)
+    expected = (np.outer(n_v, n_v) - np.diag(n_v)) / (n_v.sum() - 1)
+    if level == "nominal":
+        distances = (domain[:, None] != domain[None, :]).astype(float)
+    elif level == "interval":
+        distances = (domain[:, None] - domain[None, :]) ** 2
+    elif level == "ordinal":
+        cumulative = np.concatenate([[0.0], np.cumsum(n_v)])
+        i = np.arange(labels)
+        low, high = np.minimum(i[:, None], i[None, :]), np.maximum(i[:, None], i[None, :])
+        distances = (cumulative[high + 1] - cumulative[low] - (n_v[low] + n_v[high]) / 2) ** 2
+    else:
+        raise ValueError(f"unknown level of measurement: {level}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _finite(1 - (coincidences * distances).sum() / (expected * distances).sum())
 
 
 def fleiss_table(matrix: Any) -> tuple[np.ndarray | None, int]:

@@ -79,7 +79,7 @@ def random_data(
     values = variable.domain if values is None else values
     matrix = np.full((raters, units), np.nan)
     for unit in range(units):
-        chosen = rng.choice(raters, size=rng.integers(1, overlap + 1), replace=False)
+        chosen = rng.choice(raters, size=rng.integers(1, min(overlap, raters) + 1), replace=False)
         matrix[chosen, unit] = rng.choice(values, size=len(chosen))
     return ReliabilityData(variable, list(range(10, 10 + raters)), list(range(units)), matrix)
 
@@ -141,3 +141,51 @@ def test_reliability_data_from_a_dict_lays_out_raters_and_units_in_id_order():
     data = agreement.as_reliability_data(LIKERT, values)
     assert data.raters == [3, 7] and data.units == [10, 30]
     np.testing.assert_array_equal(data.matrix, np.array([[np.nan, 4], [5, 2]]))
+
+
+def library_alpha(matrix, level, domain):
+    import krippendorff
+
+    judged = (~np.isnan(matrix)).sum(axis=0)
+    pairable = matrix[:, judged >= 2]
+    if pairable.size == 0 or len(np.unique(pairable[~np.isnan(pairable)])) < 2:
+        return None
+    try:
+        value = krippendorff.alpha(reliability_data=matrix, level_of_measurement=level, value_domain=domain)
+    except ValueError:
+        return None
+    return float(value) if np.isfinite(value) else None
+
+
+ALPHA_CASES = [
+    (LIKERT, None),
+    (PAIRWISE, None),
+    (FLAG, None),
+    (LIKERT, [3]),
+    (LIKERT, [4, 5]),
+    (PAIRWISE, [0, TIE]),
+    (LIKERT, [1, 5, 9]),  # 9 outside the scale: undefined
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("variable, values", ALPHA_CASES)
+def test_alpha_matches_the_krippendorff_library(seed, variable, values):
+    rng = np.random.default_rng(seed)
+    levels = ["ordinal", "interval"] if variable.kind == "likert" else ["nominal"]
+    for _ in range(3):
+        data = random_data(
+            rng,
+            variable,
+            raters=int(rng.integers(4, 9)),
+            units=int(rng.integers(1, 80)),
+            overlap=4,
+            values=values,
+        )
+        for level in levels:
+            want = library_alpha(data.matrix, level, variable.domain)
+            got = agreement.krippendorff_alpha(data.matrix, level, value_domain=variable.domain)
+            if want is None:
+                assert got is None
+            else:
+                assert got == pytest.approx(want, abs=1e-9, rel=0)
