@@ -12,7 +12,9 @@ import json
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import NestedObjects
 from django.core.exceptions import PermissionDenied
+from django.db import router
 from django.db.models import Count, IntegerField, OuterRef, Prefetch, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
@@ -21,7 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.text import Truncator
+from django.utils.text import Truncator, capfirst
 
 from annotation import curation, selectors
 from annotation.curation import CurationError
@@ -141,8 +143,45 @@ class LargeTextMixin:
         css = {"all": ["admin-text.css"]}
 
 
-class CuratedMixin:
-    """Rows and foreign-key choices limited to the projects the user curates (all for superusers)."""
+class DeleteSummaryMixin:
+    """A delete confirmation names the rows chosen and counts, per kind, the rows deleted with them.
+
+    Django's own page lists every row of the cascade by name: for a project, each judgment with its
+    rater's name, a page line and a query per row. The counts and the permission check are Django's.
+    """
+
+    def get_deleted_objects(self, objs, request):
+        objs = list(objs)
+        if not objs:
+            return [], {}, set(), []
+        collector = NestedObjects(using=router.db_for_write(self.model), origin=objs)
+        collector.collect(objs)
+        perms_needed = {
+            model._meta.verbose_name
+            for model in collector.model_objs
+            if self.admin_site.is_registered(model)
+            and not self.admin_site.get_model_admin(model).has_delete_permission(request)
+        }
+        model_count = {
+            model._meta.verbose_name_plural: len(rows) for model, rows in collector.model_objs.items()
+        }
+        opts = self.model._meta
+        chosen = [
+            format_html(
+                '{}: <a href="{}">{}</a>',
+                capfirst(opts.verbose_name),
+                reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]),
+                str(obj),
+            )
+            for obj in objs
+        ]
+        protected = [f"{capfirst(obj._meta.verbose_name)}: {obj}" for obj in collector.protected]
+        return chosen, model_count, perms_needed, protected
+
+
+class CuratedMixin(DeleteSummaryMixin):
+    """Rows and foreign-key choices limited to the projects the user curates (all for superusers);
+    delete confirmations that count the cascade instead of listing it."""
 
     def get_queryset(self, request):
         return _curated(super().get_queryset(request), request.user)
@@ -186,9 +225,18 @@ def _count_of(model):
 
 
 class MembershipInline(SuperuserWritesMixin, admin.TabularInline):
+    """The project's members, read-only (a row per member, with no query per row); superusers add
+    members here, and change them on the membership's own page or the raters page."""
+
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("user", "project")
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Project)

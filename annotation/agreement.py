@@ -1,18 +1,19 @@
 """Agreement statistics over raters' values, and gold checks: pure functions, no database.
 
-The statistics come from maintained libraries, never hand-written formulas: Krippendorff's alpha
-from `krippendorff`, Fleiss' kappa from statsmodels, Cohen's kappa from scikit-learn. Values are
-laid out as a raters × units matrix (ReliabilityData); annotation.quality reads them from the
-judgments and says what is measured.
+Fleiss' kappa comes from statsmodels (its count table built here with numpy). Krippendorff's
+alpha is the `krippendorff` library's computation and Cohen's kappa scikit-learn's, made with
+np.bincount over all units and all rater pairs at once (a project has hundreds of thousands of
+units and hundreds of rater pairs per variable); tests/test_agreement_vectorised.py holds the
+figures to the libraries' own to 1e-9. Values are laid out as a raters × units
+matrix (ReliabilityData); annotation.quality reads them from the judgments and says what is
+measured.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -68,13 +69,27 @@ class ReliabilityData:
 
 
 def as_reliability_data(variable: Variable, values: dict[tuple[int, int], int]) -> ReliabilityData:
-    raters = sorted({rater for rater, _ in values})
-    units = sorted({unit for _, unit in values})
-    row, column = {r: i for i, r in enumerate(raters)}, {u: j for j, u in enumerate(units)}
-    matrix = np.full((len(raters), len(units)), np.nan)
-    for (rater, unit), value in values.items():
-        matrix[row[rater], column[unit]] = value
-    return ReliabilityData(variable=variable, raters=raters, units=units, matrix=matrix)
+    """From {(rater id, unit id): value}."""
+    keys = list(values)
+    return reliability_from_arrays(
+        variable,
+        np.fromiter((rater for rater, _ in keys), dtype=np.int64, count=len(keys)),
+        np.fromiter((unit for _, unit in keys), dtype=np.int64, count=len(keys)),
+        np.fromiter(values.values(), dtype=float, count=len(keys)),
+    )
+
+
+def reliability_from_arrays(
+    variable: Variable, raters: np.ndarray, units: np.ndarray, values: np.ndarray
+) -> ReliabilityData:
+    """From parallel arrays of rater ids, unit ids and values (one value per rater and unit)."""
+    rater_ids, row = np.unique(np.asarray(raters, dtype=np.int64), return_inverse=True)
+    unit_ids, column = np.unique(np.asarray(units, dtype=np.int64), return_inverse=True)
+    matrix = np.full((len(rater_ids), len(unit_ids)), np.nan)
+    matrix[row, column] = values
+    return ReliabilityData(
+        variable=variable, raters=rater_ids.tolist(), units=unit_ids.tolist(), matrix=matrix
+    )
 
 
 def _finite(value: Any) -> float | None:
@@ -84,45 +99,70 @@ def _finite(value: Any) -> float | None:
 
 def krippendorff_alpha(matrix: Any, level: str, *, value_domain: list | None = None) -> float | None:
     """Krippendorff's alpha of a raters × units matrix (NaN = missing); None when undefined
-    (no unit judged twice, or a single value in the data: there is no disagreement to expect)."""
-    import krippendorff
+    (no unit judged twice, or a single value in the data: there is no disagreement to expect; or
+    a value outside `value_domain`).
 
+    The `krippendorff` library's computation (nominal, ordinal, interval), with its coincidence
+    matrix made from per-unit value counts by np.bincount and one matrix product rather than a
+    units × values × values array: a project's hundreds of thousands of units fit in a page view.
+    """
     matrix = np.asarray(matrix, dtype=float)
     if matrix.ndim != 2 or matrix.size == 0:
         return None
-    judged = (~np.isnan(matrix)).sum(axis=0)
+    present = ~np.isnan(matrix)
+    judged = present.sum(axis=0)
     pairable = matrix[:, judged >= 2]
     if pairable.size == 0 or len(np.unique(pairable[~np.isnan(pairable)])) < 2:
         return None
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            return _finite(
-                krippendorff.alpha(
-                    reliability_data=matrix, level_of_measurement=level, value_domain=value_domain
-                )
-            )
-        except ValueError:
-            return None
+    given = np.unique(matrix[present])
+    domain = given if value_domain is None else np.asarray(value_domain, dtype=float)
+    if len(domain) <= 1 or not np.isin(given, domain).all():
+        return None
+    labels = len(domain)
+    order = np.argsort(domain, kind="stable")
+    units, raters = np.nonzero(present.T)
+    index = order[np.searchsorted(domain[order], matrix[raters, units])]
+    counts = np.bincount(units * labels + index, minlength=matrix.shape[1] * labels).reshape(-1, labels)
+    weighted = counts / (np.maximum(counts.sum(axis=1), 2) - 1)[:, None]
+    coincidences = weighted.T @ counts - np.diag(weighted.sum(axis=0))
+    n_v = coincidences.sum(axis=0)
+    expected = (np.outer(n_v, n_v) - np.diag(n_v)) / (n_v.sum() - 1)
+    if level == "nominal":
+        distances = (domain[:, None] != domain[None, :]).astype(float)
+    elif level == "interval":
+        distances = (domain[:, None] - domain[None, :]) ** 2
+    elif level == "ordinal":
+        cumulative = np.concatenate([[0.0], np.cumsum(n_v)])
+        i = np.arange(labels)
+        low, high = np.minimum(i[:, None], i[None, :]), np.maximum(i[:, None], i[None, :])
+        distances = (cumulative[high + 1] - cumulative[low] - (n_v[low] + n_v[high]) / 2) ** 2
+    else:
+        raise ValueError(f"unknown level of measurement: {level}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _finite(1 - (coincidences * distances).sum() / (expected * distances).sum())
 
 
 def fleiss_table(matrix: Any) -> tuple[np.ndarray | None, int]:
     """Fleiss' units × categories count table, from the units judged by the modal number (≥ 2) of
-    raters, and that number of units."""
-    from statsmodels.stats.inter_rater import aggregate_raters
-
+    raters, and that number of units. The table statsmodels' aggregate_raters makes (categories:
+    the values present, ascending), counted with one np.bincount."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.ndim != 2 or matrix.size == 0:
         return None, 0
-    columns = [matrix[:, j][~np.isnan(matrix[:, j])] for j in range(matrix.shape[1])]
-    counts = Counter(len(column) for column in columns if len(column) >= 2)
-    if not counts:
+    present = ~np.isnan(matrix)
+    judged = present.sum(axis=0)
+    sizes, units = np.unique(judged[judged >= 2], return_counts=True)
+    if not len(sizes):
         return None, 0
     # Most units first, then the larger number of raters.
-    raters, _ = max(counts.items(), key=lambda item: (item[1], item[0]))
-    subjects = np.array([column for column in columns if len(column) == raters])
-    table, _categories = aggregate_raters(subjects)
-    return table, len(subjects)
+    raters = int(sizes[np.lexsort((sizes, units))[-1]])
+    chosen = matrix.T[judged == raters]
+    values = chosen[~np.isnan(chosen)]  # row by row: `raters` values per unit
+    categories, index = np.unique(values, return_inverse=True)
+    n = len(chosen)
+    rows = np.repeat(np.arange(n), raters)
+    table = np.bincount(rows * len(categories) + index, minlength=n * len(categories))
+    return table.reshape(n, len(categories)), n
 
 
 def fleiss_kappa(matrix: Any) -> tuple[float | None, int]:
@@ -161,32 +201,81 @@ class PairAgreement:
     kappa: float | None  # None below MIN_SHARED shared units, or when undefined
 
 
+def rater_pairs(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every two ratings of the same unit: rows a < b and their values, as arrays, in unit order."""
+    present = ~np.isnan(matrix)
+    units, raters = np.nonzero(present.T)  # by unit, then rater
+    values = matrix.T[units, raters]
+    firsts, seconds = [], []
+    for gap in range(1, int(present.sum(axis=0).max(initial=0))):
+        same = units[:-gap] == units[gap:]
+        firsts.append(np.nonzero(same)[0])
+        seconds.append(firsts[-1] + gap)
+    first = np.concatenate(firsts) if firsts else np.zeros(0, dtype=np.int64)
+    second = np.concatenate(seconds) if seconds else np.zeros(0, dtype=np.int64)
+    return raters[first], raters[second], values[first], values[second]
+
+
+def cohen_kappas(confusion: np.ndarray, weights: str | None) -> np.ndarray:
+    """scikit-learn's cohen_kappa_score of each confusion matrix (pairs × labels × labels),
+    NaN where it is undefined."""
+    confusion = confusion.astype(float)
+    labels = confusion.shape[-1]
+    sum0, sum1 = confusion.sum(axis=1), confusion.sum(axis=2)
+    total = sum0.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = sum0[:, :, None] * sum1[:, None, :] / total[:, None, None]
+        if weights is None:
+            w = np.ones((labels, labels))
+            np.fill_diagonal(w, 0)
+        else:
+            w = np.zeros((labels, labels)) + np.arange(labels)
+            w = np.abs(w - w.T) if weights == "linear" else (w - w.T) ** 2
+        numerator = (w * confusion).sum(axis=(1, 2))
+        denominator = (w * expected).sum(axis=(1, 2))
+        kappa = 1 - numerator / denominator
+    kappa[(total == 0) | (denominator == 0) | ~np.isfinite(kappa)] = np.nan
+    return kappa
+
+
 def pair_agreements(data: ReliabilityData) -> list[PairAgreement]:
-    """Every pair of raters who judged a unit in common, with their Cohen's kappa on those units."""
+    """Every pair of raters who judged a unit in common, with their Cohen's kappa on those units
+    (linearly weighted for likert variables), ordered by the pair's rows.
+
+    The kappas are scikit-learn's: values outside the variable's domain count as shared units but
+    not in the kappa (its `labels`), and a pair whose values leave it undefined has None.
+    """
     variable = data.variable
     weights = "linear" if variable.kind == "likert" else None
-    present = ~np.isnan(data.matrix)
-    pairs = []
-    for a, b in combinations(range(len(data.raters)), 2):
-        shared = present[a] & present[b]
-        n = int(shared.sum())
-        if n == 0:
-            continue
-        first, second = data.matrix[a, shared].astype(int), data.matrix[b, shared].astype(int)
-        kappa = (
-            cohen_kappa(first, second, labels=variable.domain, weights=weights) if n >= MIN_SHARED else None
+    first, second, a_values, b_values = rater_pairs(data.matrix)
+    if not len(first):
+        return []
+    raters = len(data.raters)
+    pair_ids, pair = np.unique(first * raters + second, return_inverse=True)
+    pairs = len(pair_ids)
+    shared = np.bincount(pair, minlength=pairs)
+    matches = np.bincount(pair, weights=a_values == b_values, minlength=pairs)
+    domain = np.asarray(variable.domain, dtype=float)
+    labels = len(domain)
+    order = np.argsort(domain)
+    a_label = order[np.clip(np.searchsorted(domain[order], a_values), 0, labels - 1)]
+    b_label = order[np.clip(np.searchsorted(domain[order], b_values), 0, labels - 1)]
+    known = (domain[a_label] == a_values) & (domain[b_label] == b_values)
+    confusion = np.bincount(
+        (pair[known] * labels + a_label[known]) * labels + b_label[known], minlength=pairs * labels * labels
+    ).reshape(pairs, labels, labels)
+    kappas = cohen_kappas(confusion, weights)
+    return [
+        PairAgreement(
+            variable=variable,
+            rater_a=data.raters[pair_id // raters],
+            rater_b=data.raters[pair_id % raters],
+            shared=int(n),
+            matches=int(m),
+            kappa=float(k) if n >= MIN_SHARED and np.isfinite(k) else None,
         )
-        pairs.append(
-            PairAgreement(
-                variable=variable,
-                rater_a=data.raters[a],
-                rater_b=data.raters[b],
-                shared=n,
-                matches=int((first == second).sum()),
-                kappa=kappa,
-            )
-        )
-    return pairs
+        for pair_id, n, m, k in zip(pair_ids.tolist(), shared, matches, kappas, strict=True)
+    ]
 
 
 def mean(values: Iterable[float | None]) -> float | None:

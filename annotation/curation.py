@@ -19,7 +19,15 @@ from django.utils import timezone
 
 from annotation import selectors
 from annotation.errors import ApplicationError
-from annotation.models import TRAINING_STATUSES, AuditEvent, Judgment, Lease, Membership, Project
+from annotation.models import (
+    TRAINING_STATUSES,
+    AuditEvent,
+    Judgment,
+    Lease,
+    Membership,
+    Project,
+    stats_changed,
+)
 
 REVIEW_ACTIONS = {
     Judgment.Status.ACCEPTED: AuditEvent.Action.ACCEPT,
@@ -63,6 +71,7 @@ def judgments_review(
     curated = set(selectors.project_list_curated(actor).values_list("pk", flat=True))
     now = timezone.now()
     changed = 0
+    touched: set[int] = set()
     with transaction.atomic():
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
@@ -97,6 +106,10 @@ def judgments_review(
                 )
                 for pk, project_id, before in rows
             )
+            touched.update(project_id for _, project_id, _ in rows)
+        # What the projects' statistics count has changed (the last writes: see stats_changed).
+        for project_id in sorted(touched):
+            stats_changed(project_id)
     return changed
 
 

@@ -7,6 +7,7 @@ who does not curate it gets a 403.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -20,7 +21,6 @@ from annotation import (
     downloads,
     exporting,
     importing,
-    plots,
     quality,
     selectors,
     templates_qa2,
@@ -52,15 +52,19 @@ def _export_links(project: Project) -> list[dict]:
 @login_required
 def dashboard(request, project_id: int):
     project = _curated_project(request, project_id)
+    figures = quality.dashboard_figures(project)
     context = {
         "project": project,
         "section": "dashboard",
-        "progress": selectors.project_progress(project),
-        "review_counts": quality.review_counts(project),
-        "agreement": quality.project_agreement(project),
-        "plots": plots.distribution_plots(quality.score_distributions(project)),
+        "progress": figures.progress,
+        # Cached until a review or question changes them, or raters' judgments and time (annotation.quality).
+        "review_counts": figures.review_counts,
+        "agreement": figures.agreement,
+        "plots": figures.plots,
         # Only projects asking the (QA)² template's questions have this panel.
-        "qa2": quality.qa2_summary(project) if templates_qa2.is_qa2_project(project.questions) else None,
+        "qa2": figures.qa2,
+        "freshness": figures.freshness,
+        "max_age": settings.STATS_MAX_AGE_SECONDS,
         "active_raters": Membership.objects.filter(
             project=project, is_active=True, role=Membership.Role.RATER
         ).count(),
@@ -71,10 +75,13 @@ def dashboard(request, project_id: int):
 
 
 def _raters_page(request, project, *, add_form=None, new_account=None, status=200):
+    rows, freshness = quality.rater_rows(project)
     context = {
         "project": project,
         "section": "raters",
-        "rows": quality.rater_stats(project),
+        "rows": rows,
+        "freshness": freshness,
+        "max_age": settings.STATS_MAX_AGE_SECONDS,
         "add_form": add_form or MemberAddForm(),
         "new_account": new_account,
         "tolerance": agreement.GOLD_LIKERT_TOLERANCE,

@@ -10,7 +10,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import connection, models, transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
 from annotation.questions import (
@@ -453,3 +455,89 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.event_id} to webhook {self.webhook_id}"
+
+
+class StatsVersion(models.Model):
+    """Two counters per project that changes to what its statistics count move on: the
+    dashboard's and raters page's figures are cached under them (annotation.quality).
+
+    - `judged` counts raters' submissions: figures younger than STATS_MAX_AGE_SECONDS are still
+      shown after it moved on, saying how many judgments came since (raters submit every second).
+    - `curated` counts every other change (a curator's review or exclusion, a gold answer, new
+      tasks, the questions, a judgment saved or deleted outside the queue): the next page view
+      recomputes, whatever the figures' age, so a curator sees their own action at once.
+
+    Written only by `stats_changed` and `stats_judged`, each after its transaction commits, in a
+    statement of its own (an increment, never a save of a stale copy): no submission holds the
+    row locked while it waits for its commit, and a version is never seen before the change
+    that moved it on. It keeps the project id without a foreign key: bumping it while a
+    project's judgments are deleted in cascade must not stop the project from being deleted.
+    """
+
+    project_id = models.BigIntegerField(primary_key=True)
+    judged = models.PositiveBigIntegerField(default=0)
+    curated = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"statistics of project {self.project_id}: {self.judged} judged, {self.curated} curated"
+
+
+_BUMP = """
+    INSERT INTO annotation_statsversion (project_id, judged, curated) VALUES (%s, %s, %s)
+    ON CONFLICT (project_id) DO UPDATE SET {column} = annotation_statsversion.{column} + 1"""
+
+
+def _bump(project_id: int, column: str) -> None:
+    """One autocommit statement (PostgreSQL and SQLite both upsert): the row is locked only
+    while it runs."""
+    first = (1, 0) if column == "judged" else (0, 1)
+    with connection.cursor() as cursor:
+        cursor.execute(_BUMP.format(column=column), [project_id, *first])
+
+
+def _after_commit(project_id: int, column: str) -> None:
+    # Once the change is committed: a view that reads the new version reads figures that count
+    # it. A view that read the old version may store figures counting it under the old one,
+    # which is harmless. robust: the change is committed whatever happens to the counter (a
+    # lost increment is made good by the project's next one).
+    transaction.on_commit(lambda: _bump(project_id, column), robust=True)
+
+
+def stats_changed(project_id: int) -> None:
+    """A change other than a rater's submission: the next page view recomputes the figures."""
+    _after_commit(project_id, "curated")
+
+
+def stats_judged(project_id: int) -> None:
+    """A rater's submission: cached figures stay shown up to STATS_MAX_AGE_SECONDS old."""
+    _after_commit(project_id, "judged")
+
+
+def stats_version(project_id: int) -> tuple[int, int]:
+    """The project's (judged, curated) statistics versions: one primary-key read."""
+    row = StatsVersion.objects.filter(project_id=project_id).values_list("judged", "curated").first()
+    return row or (0, 0)
+
+
+# Rows saved or deleted one at a time (the admin, the API, a submission's new judgment) move the
+# statistics on here; bulk updates (a curator's review) call stats_changed themselves. Answers
+# change only with their judgment.
+@receiver(post_save, sender=Judgment, dispatch_uid="stats_judgment_saved")
+@receiver(post_save, sender=Task, dispatch_uid="stats_task_saved")
+def _judgment_or_task_saved(sender, instance, **kwargs) -> None:
+    stats_changed(instance.project_id)
+
+
+@receiver(post_delete, sender=Judgment, dispatch_uid="stats_judgment_deleted")
+@receiver(post_delete, sender=Task, dispatch_uid="stats_task_deleted")
+def _judgment_or_task_deleted(sender, instance, origin=None, **kwargs) -> None:
+    # A delete sends this once per row, cascades included: one update per project and delete call.
+    done = origin.__dict__.setdefault("_stats_changed", set()) if origin is not None else set()
+    if instance.project_id not in done:
+        done.add(instance.project_id)
+        stats_changed(instance.project_id)
+
+
+@receiver(post_save, sender=Project, dispatch_uid="stats_project_saved")
+def _project_saved(sender, instance, **kwargs) -> None:
+    stats_changed(instance.pk)  # its questions say what is measured

@@ -35,17 +35,36 @@ Per rater (see `rater_stats`):
 
 (QA)² projects (annotation.templates_qa2) also get `qa2_summary`: acceptability by the raters'
 majority view of each question's assumption, and agreement on flagging it, a nominal variable.
+
+The judgments' values are read in one query per page (`answer_table`: the database takes them out
+of the answers' JSON, a row per judgment) into numpy arrays; annotation.agreement computes every
+rater pair's figures at once.
+
+The pages read these figures through `dashboard_figures` and `rater_stats`, cached in the "stats"
+cache under the project's statistics versions (annotation.models.StatsVersion): a page view on a
+project of a million judgments reads one row and the cache. A curator's change (a review, a gold
+answer, new tasks, the questions) moves the curated version on and the next view recomputes; a
+rater's new judgment moves the judged version on, and figures younger than
+STATS_MAX_AGE_SECONDS are still shown, with their time and the number of judgments since.
+Memberships and usernames are read live, never cached.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter, defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.cache import caches
+from django.db import connection
 from django.db.models import Count
+from django.utils import timezone
 
 from annotation.agreement import (
     TIE,
@@ -56,11 +75,32 @@ from annotation.agreement import (
     gold_checks,
     mean,
     pair_agreements,
+    reliability_from_arrays,
     variable_agreement,
 )
-from annotation.models import TRAINING_STATUSES, Answer, Judgment, Membership, Project, TaskOutput
+from annotation.models import (
+    TRAINING_STATUSES,
+    Answer,
+    Judgment,
+    Membership,
+    Project,
+    stats_version,
+)
+from annotation.plots import distribution_plots
 from annotation.questions import QuestionsConfigError, validate_questions_config
-from annotation.templates_qa2 import ACCEPTABLE_QUESTION, ASSUMPTION_FLAG, ASSUMPTION_QUESTION
+from annotation.selectors import project_progress
+from annotation.templates_qa2 import (
+    ACCEPTABLE_QUESTION,
+    ASSUMPTION_FLAG,
+    ASSUMPTION_QUESTION,
+    is_qa2_project,
+)
+
+logger = logging.getLogger(__name__)
+
+# Part of every cache key: changed when the cached figures change shape, so that a shared cache
+# never hands one release's objects to another.
+FIGURES_FORMAT = 2
 
 
 def project_variables(project: Project) -> list[Variable]:
@@ -80,78 +120,169 @@ def project_variables(project: Project) -> list[Variable]:
     return variables
 
 
-def _positions(project: Project, task_ids: Iterable[int]) -> dict[tuple[int, int], int]:
-    """(task id, output id) → the output's position in that task."""
-    rows = TaskOutput.objects.filter(task__project=project, task_id__in=list(task_ids)).values_list(
-        "task_id", "output_id", "position"
-    )
-    return {(task_id, output_id): position for task_id, output_id, position in rows}
+@dataclass
+class AnswerTable:
+    """Every judgment of a project with its value of each variable: parallel arrays, a row per
+    judgment (see `answer_table`)."""
+
+    raters: np.ndarray  # int64
+    tasks: np.ndarray  # int64
+    statuses: np.ndarray  # the judgments' review statuses (str objects)
+    gold: np.ndarray  # bool: on a gold task
+    values: dict[Variable, np.ndarray]  # float, NaN where the judgment gives the variable no value
+
+    def select(
+        self, variable: Variable, *, statuses: Iterable[str] | None, gold: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raters, tasks and values of the judgments giving `variable` a value."""
+        values = self.values[variable]
+        rows = (self.gold == gold) & ~np.isnan(values)
+        if statuses is not None:
+            rows &= np.isin(self.statuses, list(statuses))
+        return self.raters[rows], self.tasks[rows], values[rows]
 
 
-def _values(
-    project: Project, variables: list[Variable], *, statuses: Iterable[str] | None, gold: bool = False
-) -> dict[Variable, dict[tuple[int, int], int]]:
-    """{variable: {(rater id, task id): value}} from the project's answers."""
-    by_question: dict[str, list[Variable]] = defaultdict(list)
+def _integer_sql(answer: str, key: str) -> tuple[str, list]:
+    """SQL of the integer at `key` in an answer's value object: NULL when absent or not an integer
+    (a JSON number written without a fraction or exponent, as Python's json reads an int)."""
+    if connection.vendor == "postgresql":
+        return (
+            f"CASE WHEN jsonb_typeof({answer}.value -> %s) = 'number' AND {answer}.value ->> %s ~ '^-?[0-9]+$'"
+            f" THEN ({answer}.value ->> %s)::bigint END",
+            [key, key, key],
+        )
+    path = f'$."{key}"'
+    return f"CASE WHEN json_type({answer}.value, %s) = 'integer' THEN json_extract({answer}.value, %s) END", [
+        path,
+        path,
+    ]
+
+
+def _absent_sql(answer: str, key: str) -> tuple[str, list]:
+    """SQL: true where an answer's value has no `key`, or null there (or is not an object)."""
+    if connection.vendor == "postgresql":
+        return f"COALESCE(jsonb_typeof({answer}.value -> %s), 'null') = 'null'", [key]
+    return f"COALESCE(json_type({answer}.value, %s), 'null') = 'null'", [f'$."{key}"']
+
+
+_CHUNK = 20_000
+
+
+def answer_table(project: Project, variables: list[Variable]) -> AnswerTable:
+    """The project's judgments with each variable's value, in one query (values taken out of the
+    answers' JSON by the database), read in chunks into numpy arrays.
+
+    A likert criterion's value is its integer score; a pairwise question's is the preferred
+    output's position in the task (TaskOutput.position), TIE for no preference, and no value for
+    an output not in the task. An answer whose question changed kind since is not read.
+    """
+    questions = {variable.question: variable.kind for variable in variables}
+    joins, join_params, columns, column_params = [], [], [], []
+    for i, (question, kind) in enumerate(questions.items()):
+        joins.append(
+            f"LEFT JOIN annotation_answer a{i} ON a{i}.judgment_id = j.id AND a{i}.question = %s AND a{i}.kind = %s"
+        )
+        join_params += [question, kind]
+        if kind == "pairwise":
+            preferred, params = _integer_sql(f"a{i}", "preferred")
+            joins.append(
+                f"LEFT JOIN annotation_taskoutput o{i} ON o{i}.task_id = j.task_id AND o{i}.output_id = {preferred}"
+            )
+            join_params += params
     for variable in variables:
-        by_question[variable.question].append(variable)
-    answers = Answer.objects.filter(
-        judgment__project=project,
-        judgment__task__is_gold=gold,
-        question__in=list(by_question),
-        kind__in=[Answer.Kind.LIKERT, Answer.Kind.PAIRWISE],
+        i = list(questions).index(variable.question)
+        if variable.kind == "likert":
+            sql, params = _integer_sql(f"a{i}", variable.criterion)
+        else:
+            absent, params = _absent_sql(f"a{i}", "preferred")
+            sql = f"CASE WHEN a{i}.id IS NULL THEN NULL WHEN {absent} THEN %s ELSE o{i}.position END"
+            params = [*params, TIE]
+        columns.append(sql)
+        column_params += params
+    sql = (
+        "SELECT j.rater_id, j.task_id, j.status, t.is_gold"
+        + "".join(f", {column}" for column in columns)
+        + " FROM annotation_judgment j JOIN annotation_task t ON t.id = j.task_id "
+        + " ".join(joins)
+        + " WHERE j.project_id = %s"
     )
-    if statuses is not None:
-        answers = answers.filter(judgment__status__in=list(statuses))
-    rows = list(answers.values_list("judgment__rater_id", "judgment__task_id", "question", "kind", "value"))
-    positions = _positions(project, {task_id for _, task_id, _, kind, _ in rows if kind == "pairwise"})
-    values: dict[Variable, dict[tuple[int, int], int]] = {variable: {} for variable in variables}
-    for rater_id, task_id, question, kind, value in rows:
-        for variable in by_question[question]:
-            if variable.kind != kind:
-                continue  # the question changed kind since; its old answers are not comparable
-            if kind == "likert":
-                score = value.get(variable.criterion) if isinstance(value, dict) else None
-                if isinstance(score, int) and not isinstance(score, bool):
-                    values[variable][(rater_id, task_id)] = score
-            else:
-                preferred = value.get("preferred") if isinstance(value, dict) else None
-                if preferred is None:
-                    values[variable][(rater_id, task_id)] = TIE
-                elif (task_id, preferred) in positions:
-                    values[variable][(rater_id, task_id)] = positions[(task_id, preferred)]
-    return values
+    chunks: list[list[np.ndarray]] = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*column_params, *join_params, project.pk])
+        while rows := cursor.fetchmany(_CHUNK):
+            fields = list(zip(*rows, strict=True))
+            chunks.append(
+                [
+                    np.array(fields[0], dtype=np.int64),
+                    np.array(fields[1], dtype=np.int64),
+                    np.array(fields[2], dtype=object),
+                    np.array(fields[3], dtype=bool),
+                    *(np.array(field, dtype=float) for field in fields[4:]),
+                ]
+            )
+    width = 4 + len(variables)
+    if chunks:
+        arrays = [np.concatenate([chunk[k] for chunk in chunks]) for k in range(width)]
+    else:
+        kinds = [np.int64, np.int64, object, bool] + [float] * len(variables)
+        arrays = [np.zeros(0, dtype=kind) for kind in kinds]
+    return AnswerTable(
+        raters=arrays[0],
+        tasks=arrays[1],
+        statuses=arrays[2],
+        gold=arrays[3],
+        values=dict(zip(variables, arrays[4:], strict=True)),
+    )
 
 
 def reliability_data(
-    project: Project, variables: list[Variable] | None = None, *, statuses: Iterable[str] | None = None
+    project: Project,
+    variables: list[Variable] | None = None,
+    *,
+    statuses: Iterable[str] | None = None,
+    table: AnswerTable | None = None,
 ) -> list[ReliabilityData]:
     """A raters × tasks matrix per variable (non-gold tasks; judgments in `statuses`, or all)."""
     variables = project_variables(project) if variables is None else variables
-    values = _values(project, variables, statuses=statuses)
-    return [as_reliability_data(variable, values[variable]) for variable in variables]
+    table = answer_table(project, variables) if table is None else table
+    return [
+        reliability_from_arrays(variable, *table.select(variable, statuses=statuses))
+        for variable in variables
+    ]
 
 
 def project_agreement(
-    project: Project, *, statuses: Iterable[str] | None = TRAINING_STATUSES
+    project: Project, *, statuses: Iterable[str] | None = TRAINING_STATUSES, table: AnswerTable | None = None
 ) -> list[VariableAgreement]:
     """Agreement per variable, over the judgments that would train (pending and accepted) by default."""
-    return [variable_agreement(data) for data in reliability_data(project, statuses=statuses)]
+    return [variable_agreement(data) for data in _each_reliability_data(project, statuses, table)]
+
+
+def _each_reliability_data(project: Project, statuses: Iterable[str] | None, table: AnswerTable | None):
+    """`reliability_data`, one matrix at a time (a big project's are tens of megabytes each)."""
+    variables = project_variables(project)
+    table = answer_table(project, variables) if table is None else table
+    for variable in variables:
+        yield reliability_from_arrays(variable, *table.select(variable, statuses=statuses))
 
 
 # ---------------------------------------------------------------- score distributions
 
 
 def score_distributions(
-    project: Project, *, statuses: Iterable[str] | None = TRAINING_STATUSES
+    project: Project, *, statuses: Iterable[str] | None = TRAINING_STATUSES, table: AnswerTable | None = None
 ) -> list[tuple[Variable, dict[int, int]]]:
     """How often each value was given, per variable (gold tasks included), every value of the domain listed."""
     variables = project_variables(project)
-    counts = {variable: Counter() for variable in variables}
-    for gold in (False, True):
-        for variable, values in _values(project, variables, statuses=statuses, gold=gold).items():
-            counts[variable].update(values.values())
-    return [(v, {value: counts[v][value] for value in v.domain}) for v in variables]
+    table = answer_table(project, variables) if table is None else table
+    distributions = []
+    for variable in variables:
+        given = np.concatenate(
+            [table.select(variable, statuses=statuses, gold=gold)[2] for gold in (False, True)]
+        )
+        counts = dict(zip(*np.unique(given, return_counts=True), strict=True))
+        distributions.append((variable, {value: int(counts.get(value, 0)) for value in variable.domain}))
+    return distributions
 
 
 # ---------------------------------------------------------------- raters
@@ -217,33 +348,38 @@ def _gold_results(project: Project) -> dict[int, list[bool]]:
     return results
 
 
-def rater_stats(project: Project) -> list[RaterStats]:
-    """A row per member of the project and per other user who judged in it, by username."""
-    stats: dict[int, RaterStats] = {}
-    for membership in Membership.objects.filter(project=project).select_related("user"):
-        stats[membership.user_id] = RaterStats(
-            user_id=membership.user_id,
-            username=membership.user.get_username(),
-            role=membership.role,
-            is_active=membership.is_active,
+def rater_figures(project: Project) -> dict[int, RaterStats]:
+    """{rater id: their figures} for every user who judged in the project (no names or roles)."""
+    rater_chunks, time_chunks = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT rater_id, time_spent_ms FROM annotation_judgment WHERE project_id = %s", [project.pk]
         )
-    times: dict[int, list[int]] = defaultdict(list)
-    for rater_id, username, time_spent in Judgment.objects.filter(project=project).values_list(
-        "rater_id", "rater__username", "time_spent_ms"
-    ):
-        row = stats.setdefault(rater_id, RaterStats(user_id=rater_id, username=username))
-        row.judgments += 1
-        if time_spent is not None:
-            times[rater_id].append(time_spent)
-    for rater_id, values in times.items():
-        stats[rater_id].median_seconds = statistics.median(values) / 1000
+        while rows := cursor.fetchmany(_CHUNK):
+            ids, spent = zip(*rows, strict=True)
+            rater_chunks.append(np.array(ids, dtype=np.int64))
+            time_chunks.append(np.array(spent, dtype=float))  # NaN: not recorded
+    raters, times = np.concatenate(rater_chunks), np.concatenate(time_chunks)
+    order = np.lexsort((times, raters))  # by rater, then time (NaN last)
+    raters, times = raters[order], times[order]
+    ids, starts, counts = np.unique(raters, return_index=True, return_counts=True)
+    stats: dict[int, RaterStats] = {}
+    for rater_id, start, count in zip(ids.tolist(), starts, counts, strict=True):
+        spent = times[start : start + count]
+        spent = spent[~np.isnan(spent)]
+        stats[rater_id] = RaterStats(
+            user_id=rater_id,
+            username="",
+            judgments=int(count),
+            median_seconds=float(np.median(spent)) / 1000 if len(spent) else None,
+        )
 
     for rater_id, checks in _gold_results(project).items():
         if rater_id in stats:
             stats[rater_id].gold_checks = len(checks)
             stats[rater_id].gold_passed = sum(checks)
 
-    for data in reliability_data(project, statuses=None):
+    for data in _each_reliability_data(project, None, None):
         for pair in pair_agreements(data):
             for rater_id in (pair.rater_a, pair.rater_b):
                 row = stats[rater_id]
@@ -251,7 +387,31 @@ def rater_stats(project: Project) -> list[RaterStats]:
                 row.matching_items += pair.matches
                 if pair.kappa is not None:
                     row.kappas.append(pair.kappa)
-    return sorted(stats.values(), key=lambda row: row.username.lower())
+    return stats
+
+
+def rater_stats(project: Project) -> list[RaterStats]:
+    """A row per member of the project and per other user who judged in it, by username."""
+    return rater_rows(project)[0]
+
+
+def rater_rows(project: Project) -> tuple[list[RaterStats], Freshness]:
+    """`rater_stats` and how current its figures are.
+
+    The figures are cached (see the module's docstring); memberships and names are read live.
+    """
+    figures, freshness = cached_figures(project, "raters", lambda: rater_figures(project))
+    rows: dict[int, RaterStats] = {}
+    for membership in Membership.objects.filter(project=project).select_related("user"):
+        row = figures.get(membership.user_id) or RaterStats(user_id=membership.user_id, username="")
+        row.username = membership.user.get_username()
+        row.role, row.is_active = membership.role, membership.is_active
+        rows[membership.user_id] = row
+    others = [rater_id for rater_id in figures if rater_id not in rows]
+    for user in get_user_model().objects.filter(pk__in=others):
+        rows[user.pk] = figures[user.pk]
+        rows[user.pk].username = user.get_username()
+    return sorted(rows.values(), key=lambda row: row.username.lower()), freshness
 
 
 def review_counts(project: Project) -> dict[str, int]:
@@ -370,3 +530,87 @@ def qa2_summary(project: Project, *, statuses: Iterable[str] | None = TRAINING_S
                 group.judgments += 1
                 group.acceptable += score
     return summary
+
+
+# ---------------------------------------------------------------- cached figures
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How current cached figures are."""
+
+    as_of: datetime  # when the versions they were computed under were read
+    judgments_since: int = 0  # raters' submissions since (0: nothing new)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    judged: int
+    curated: int
+    as_of: datetime
+    value: Any
+
+
+def _serves(entry: Any, judged: int, curated: int, now: datetime) -> bool:
+    """Whether a cache entry may be shown now: computed under the current versions, or under the
+    current curated version and an older judged one, less than STATS_MAX_AGE_SECONDS ago."""
+    if not isinstance(entry, _Entry) or entry.curated != curated or entry.judged > judged:
+        return False
+    return entry.judged == judged or now - entry.as_of < timedelta(seconds=settings.STATS_MAX_AGE_SECONDS)
+
+
+def cached_figures(project: Project, name: str, compute: Callable[[], Any]) -> tuple[Any, Freshness]:
+    """`compute()` and how current it is, cached under the project's statistics versions.
+
+    The versions are read first, in one query; they move on only after a change commits, so
+    figures computed after reading them count every change up to them (and perhaps later ones:
+    newer figures under an older version are harmless). Figures are recomputed when the curated
+    version moved on, or when the judged one did and they are STATS_MAX_AGE_SECONDS old: while
+    raters submit every second, a view recomputes at most that often, and says how old its
+    figures are. A cache that cannot be reached is skipped (the figures are computed), never an
+    error page.
+    """
+    judged, curated = stats_version(project.pk)
+    now = timezone.now()
+    key = f"stats:{FIGURES_FORMAT}:{project.pk}:{name}"
+    cache = caches["stats"]
+    try:
+        entry = cache.get(key)
+    except Exception:  # e.g. Redis down: the page still shows, computed
+        logger.warning("statistics cache unreadable; computing %s of project %s", name, project.pk)
+        return compute(), Freshness(as_of=now)
+    if _serves(entry, judged, curated, now):
+        return entry.value, Freshness(as_of=entry.as_of, judgments_since=judged - entry.judged)
+    entry = _Entry(judged=judged, curated=curated, as_of=now, value=compute())
+    try:
+        cache.set(key, entry, settings.STATS_CACHE_SECONDS)
+    except Exception:
+        logger.warning("statistics cache unwritable; %s of project %s not cached", name, project.pk)
+    return entry.value, Freshness(as_of=now)
+
+
+@dataclass
+class DashboardFigures:
+    progress: dict  # annotation.selectors.project_progress
+    review_counts: dict[str, int]
+    agreement: list[VariableAgreement]
+    plots: list[tuple[Variable, str]]  # a PNG data URI per variable (annotation.plots)
+    qa2: Qa2Summary | None  # only for projects asking the (QA)² template's questions
+    freshness: Freshness | None = None  # set as the figures are read (cached_figures)
+
+
+def dashboard_compute(project: Project) -> DashboardFigures:
+    table = answer_table(project, project_variables(project))  # read once for both
+    return DashboardFigures(
+        progress=project_progress(project),
+        review_counts=review_counts(project),
+        agreement=project_agreement(project, table=table),
+        plots=distribution_plots(score_distributions(project, table=table)),
+        qa2=qa2_summary(project) if is_qa2_project(project.questions) else None,
+    )
+
+
+def dashboard_figures(project: Project) -> DashboardFigures:
+    """The dashboard's progress, review counts, agreement, score distributions and (QA)² panel, cached."""
+    figures, freshness = cached_figures(project, "dashboard", lambda: dashboard_compute(project))
+    return replace(figures, freshness=freshness)

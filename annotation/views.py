@@ -14,15 +14,20 @@ from annotation.models import Membership
 
 @login_required
 def home(request):
-    memberships = Membership.objects.filter(user=request.user, is_active=True).select_related("project")
+    memberships = list(
+        Membership.objects.filter(user=request.user, is_active=True)
+        .select_related("project")
+        .order_by("project__name")
+    )
+    progress = selectors.projects_progress([m.project for m in memberships], rater=request.user)
     rows = [
         {
             "project": m.project,
             "role": m.get_role_display(),
             "curate": m.can_curate,
-            "progress": selectors.project_progress(m.project, rater=request.user),
+            "progress": progress[m.project_id],
         }
-        for m in memberships.order_by("project__name")
+        for m in memberships
     ]
     return render(request, "home.html", {"rows": rows})
 

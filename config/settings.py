@@ -238,16 +238,30 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING")},
 }
 
-# Throttle counters (and nothing else) live in the cache: per process unless CACHE_URL names
-# a shared Redis, e.g. redis://127.0.0.1:6379/1.
+# Throttle counters (and nothing else) live in the default cache: per process unless CACHE_URL
+# names a shared Redis, e.g. redis://127.0.0.1:6379/1.
 CACHE_URL = env_str("CACHE_URL", "")
+# The curator pages' statistics (annotation.quality), keyed by each project's statistics version:
+# per process unless STATS_CACHE_URL names a shared Redis. Either way a review or other curator
+# change moves the version on at once, raters' judgments within STATS_MAX_AGE_SECONDS.
+STATS_CACHE_URL = env_str("STATS_CACHE_URL", "")
 CACHES = {
     "default": (
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
         if CACHE_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-    )
+    ),
+    "stats": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": STATS_CACHE_URL}
+        if STATS_CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "stats"}
+    ),
 }
+# How long cached statistics are kept (seconds); a new version makes them unread before that.
+STATS_CACHE_SECONDS = env_int("STATS_CACHE_SECONDS", 24 * 3600)
+# Cached statistics younger than this (seconds) are still shown after raters' new judgments, with
+# their time and how many judgments came since; a curator's own change is shown at once.
+STATS_MAX_AGE_SECONDS = env_int("STATS_MAX_AGE_SECONDS", 30)
 
 # Login throttling (django-axes): after AXES_FAILURE_LIMIT wrong passwords for one username
 # from one address, that pair is locked out for AXES_COOLOFF_MINUTES, on the site's login and

@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from annotation import selectors as annotation_selectors
-from annotation.admin import ReadOnlyMixin
+from annotation.admin import DeleteSummaryMixin, ReadOnlyMixin
 from annotation.models import Project
 from feedback_loop import services
 from feedback_loop.models import Adapter, LoopConfig, Refinement, Round
@@ -55,7 +55,7 @@ class RoundStartForm(forms.Form):
 
 
 @admin.register(Round)
-class RoundAdmin(admin.ModelAdmin):
+class RoundAdmin(DeleteSummaryMixin, admin.ModelAdmin):
     list_display = [
         "number",
         "project",
@@ -200,7 +200,7 @@ class RefinementAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["id", "round", "judgment", "source", "sample_index", "selected", "text_excerpt", "scores"]
     list_filter = [("round__project", admin.RelatedOnlyFieldListFilter), "selected", "source"]
     search_fields = ["text", "=judgment__id"]
-    list_select_related = ["round__project", "judgment"]
+    list_select_related = ["round__project", "judgment__rater"]
     readonly_fields = [
         "round",
         "judgment",
@@ -221,7 +221,7 @@ class RefinementAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(LoopConfig)
-class LoopConfigAdmin(admin.ModelAdmin):
+class LoopConfigAdmin(DeleteSummaryMixin, admin.ModelAdmin):
     list_display = [
         "project",
         "base_model",

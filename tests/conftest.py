@@ -88,3 +88,14 @@ def _postgresql_flush_deletes_rows():
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_statistics_cache():
+    """Cached statistics are keyed by project id and version, and the SQLite lane reuses ids
+    across tests: every test starts with an empty statistics cache."""
+    from django.core.cache import caches
+
+    caches["stats"].clear()
+    yield
+    caches["stats"].clear()

@@ -135,3 +135,33 @@ def test_a_long_fix_shows_as_a_marked_preview_on_the_judgment_page(project, cura
     assert len(response.content) < 200_000
     assert "600,000 characters; the first 20,000 are shown" in html
     assert f"{MARK}</span>gpj.exe" in html
+
+
+def test_deleting_a_project_counts_what_goes_with_it_and_deletes_it(project, alice, bob):
+    from annotation.models import Project
+
+    alice.is_superuser = alice.is_staff = True
+    alice.save()
+    tasks = make_tasks(project, 3)
+    for task in tasks:
+        judge(task, bob, {"quality": {"helpful": 5, "accurate": 6}})
+    client = client_for(alice)
+    url = reverse("admin:annotation_project_delete", args=[project.pk])
+    html = client.get(url).content.decode()
+    assert "Judgments: 3" in html and "Tasks: 3" in html  # Django's summary, counted
+    assert "by bob" not in html  # the cascade is counted, not listed row by row
+    assert f'<a href="{reverse("admin:annotation_project_change", args=[project.pk])}">Summaries</a>' in html
+    response = client.post(url, {"post": "yes"})
+    assert response.status_code == 302
+    assert not Project.objects.filter(pk=project.pk).exists()
+    assert not Judgment.objects.filter(task__in=tasks).exists()
+
+
+def test_a_projects_members_are_listed_read_only_on_its_page(project, alice, bob):
+    alice.is_superuser = alice.is_staff = True
+    alice.save()
+    html = (
+        client_for(alice).get(reverse("admin:annotation_project_change", args=[project.pk])).content.decode()
+    )
+    assert "bob" in html and 'name="memberships-0-role"' not in html  # shown, not a form field
+    assert 'name="memberships-TOTAL_FORMS"' in html  # superusers still add members here

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import F
 
 from annotation.errors import EnqueueError
-from annotation.models import Output, Project, Prompt, Task, TaskOutput
+from annotation.models import Output, Project, Prompt, Task, TaskOutput, stats_changed
 from annotation.questions import questions_for
 
 # How many outputs a task of each kind shows (ranking: from 2 to 10).
@@ -94,6 +94,7 @@ def task_create(*, project: Project, drafts: Sequence[TaskDraft]) -> list[Task]:
             ],
             batch_size=BATCH_SIZE,
         )
+        stats_changed(project.pk)  # the dashboard's progress counts tasks
     return tasks
 
 
