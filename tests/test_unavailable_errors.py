@@ -104,7 +104,7 @@ def test_other_database_errors_stay_500s(monkeypatch, project, bob):
 def test_pages_answer_a_plain_page_that_needs_no_database(monkeypatch, bob, project, error, status, title):
     from annotation import selectors
 
-    monkeypatch.setattr(selectors, "project_progress", _raise(error))
+    monkeypatch.setattr(selectors, "projects_progress", _raise(error))
     client = Client(raise_request_exception=False)
     client.force_login(bob)
     response = client.get("/")
