@@ -458,65 +458,66 @@ class WebhookDelivery(models.Model):
 
 
 class StatsVersion(models.Model):
-    """Two counters per project that changes to what its statistics count move on: the
-    dashboard's and raters page's figures are cached under them (annotation.quality).
+    """What the dashboard's and raters page's cached figures are checked against (annotation.quality):
+    two versions per project, read together by `stats_version`.
 
-    - `judged` counts raters' submissions: figures younger than STATS_MAX_AGE_SECONDS are still
-      shown after it moved on, saying how many judgments came since (raters submit every second).
+    - *judged*, the number of the project's judgments, is not stored: it is counted when a page is
+      viewed (an index-only count), so a rater's submission writes nothing here. Figures younger
+      than STATS_MAX_AGE_SECONDS are still shown after it moved on, saying how many judgments came
+      since (raters submit every second).
     - `curated` counts every other change (a curator's review or exclusion, a gold answer, new
       tasks, the questions, a judgment saved or deleted outside the queue): the next page view
       recomputes, whatever the figures' age, so a curator sees their own action at once.
 
-    Written only by `stats_changed` and `stats_judged`, each after its transaction commits, in a
-    statement of its own (an increment, never a save of a stale copy): no submission holds the
-    row locked while it waits for its commit, and a version is never seen before the change
-    that moved it on. It keeps the project id without a foreign key: bumping it while a
-    project's judgments are deleted in cascade must not stop the project from being deleted.
+    `curated` is written only by `stats_changed`, after its transaction commits, in a statement
+    of its own (an increment, never a save of a stale copy): a version is never seen before the
+    change that moved it on. A page reads the versions before it computes, so figures cached
+    under a version count at least what it counts. The row keeps the project id without a
+    foreign key: bumping it while a project's judgments are deleted in cascade must not stop the
+    project from being deleted.
     """
 
     project_id = models.BigIntegerField(primary_key=True)
-    judged = models.PositiveBigIntegerField(default=0)
     curated = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
-        return f"statistics of project {self.project_id}: {self.judged} judged, {self.curated} curated"
+        return f"statistics of project {self.project_id}: {self.curated} curated"
 
 
 _BUMP = """
-    INSERT INTO annotation_statsversion (project_id, judged, curated) VALUES (%s, %s, %s)
-    ON CONFLICT (project_id) DO UPDATE SET {column} = annotation_statsversion.{column} + 1"""
+    INSERT INTO annotation_statsversion (project_id, curated) VALUES (%s, 1)
+    ON CONFLICT (project_id) DO UPDATE SET curated = annotation_statsversion.curated + 1"""
 
 
-def _bump(project_id: int, column: str) -> None:
+def _bump(project_id: int) -> None:
     """One autocommit statement (PostgreSQL and SQLite both upsert): the row is locked only
     while it runs."""
-    first = (1, 0) if column == "judged" else (0, 1)
     with connection.cursor() as cursor:
-        cursor.execute(_BUMP.format(column=column), [project_id, *first])
-
-
-def _after_commit(project_id: int, column: str) -> None:
-    # Once the change is committed: a view that reads the new version reads figures that count
-    # it. A view that read the old version may store figures counting it under the old one,
-    # which is harmless. robust: the change is committed whatever happens to the counter (a
-    # lost increment is made good by the project's next one).
-    transaction.on_commit(lambda: _bump(project_id, column), robust=True)
+        cursor.execute(_BUMP, [project_id])
 
 
 def stats_changed(project_id: int) -> None:
-    """A change other than a rater's submission: the next page view recomputes the figures."""
-    _after_commit(project_id, "curated")
+    """A change other than a rater's submission: the next page view recomputes the figures.
+
+    Once the change is committed: a view that reads the new version reads figures that count it.
+    A view that read the old version may store figures counting it under the old one, which is
+    harmless. robust: the change is committed whatever happens to the counter (a lost increment
+    is made good by the project's next one).
+    """
+    transaction.on_commit(lambda: _bump(project_id), robust=True)
 
 
-def stats_judged(project_id: int) -> None:
-    """A rater's submission: cached figures stay shown up to STATS_MAX_AGE_SECONDS old."""
-    _after_commit(project_id, "judged")
+_VERSIONS = """
+    SELECT (SELECT COUNT(*) FROM annotation_judgment WHERE project_id = %s),
+        (SELECT curated FROM annotation_statsversion WHERE project_id = %s)"""
 
 
 def stats_version(project_id: int) -> tuple[int, int]:
-    """The project's (judged, curated) statistics versions: one primary-key read."""
-    row = StatsVersion.objects.filter(project_id=project_id).values_list("judged", "curated").first()
-    return row or (0, 0)
+    """The project's (judged, curated) statistics versions, in one statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(_VERSIONS, [project_id, project_id])
+        judged, curated = cursor.fetchone()
+    return judged, curated or 0
 
 
 # Rows saved or deleted one at a time (the admin, the API, a submission's new judgment) move the

@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
             name='StatsVersion',
             fields=[
                 ('project_id', models.BigIntegerField(primary_key=True, serialize=False)),
-                ('version', models.PositiveBigIntegerField(default=0)),
+                ('curated', models.PositiveBigIntegerField(default=0)),
             ],
         ),
     ]

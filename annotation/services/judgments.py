@@ -10,7 +10,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from annotation.errors import LeaseExpired, LeaseNotFound, LeaseSkipped, QueueBusy, QueueError, TaskClosed
-from annotation.models import Answer, Judgment, Lease, Project, Task, Webhook, stats_judged
+from annotation.models import Answer, Judgment, Lease, Project, Task, Webhook
 from annotation.questions import clean_answers, fix_limit
 from annotation.rows import columns, fetch_rows, json_param, model_from_row
 from annotation.services.leases import (
@@ -199,9 +199,6 @@ def judgment_submit(
             judgment.id = _write_judgment(judgment, cleaned, task_count=count, task_status=status)
         except IntegrityError as error:  # the database's (task, rater) constraint; all is rolled back
             raise QueueError("you have already judged this task") from error
-        # The statistics move on once this commits, in a statement of their own (see StatsVersion):
-        # no signal is sent for a judgment written in SQL.
-        stats_judged(project.pk)
         judgment._state.adding = False
         judgment._state.db = connection.alias
         judgment.project, judgment.task, judgment.rater, judgment.lease = project, task, rater, lease
