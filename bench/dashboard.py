@@ -31,16 +31,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import argparse
-import os
 import random
-import secrets
 import statistics
-import subprocess
 import time
 import warnings
 from urllib.parse import urlparse
 
-from bench.queue import reset_database
+from bench.queue import drop_database, prepare_database
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/refinery_bench_pages"
 QUESTIONS = [
@@ -144,21 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if urlparse(args.database_url).scheme not in {"postgres", "postgresql"}:
         parser.error("--database-url must be a postgres:// URL")
 
-    if not args.reuse:
-        print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
-        reset_database(args.database_url)
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     # The test suite's settings: DEBUG off, static files by their plain names (no collectstatic).
-    env = {**os.environ, "DATABASE_URL": args.database_url, "DEBUG": "0"}
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    os.environ.update(
-        DATABASE_URL=args.database_url, DEBUG="0", DJANGO_SETTINGS_MODULE="config.test_settings"
-    )
-    import django
-
-    django.setup()
+    prepare_database(args.database_url, reset=not args.reuse, settings="config.test_settings")
     from django.contrib.auth import get_user_model
     from django.core.cache import caches
     from django.db import connection
@@ -201,18 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, (seconds, queries) in rows:
                 print(f"{page:<12} {name:<22} {seconds:>9.3f} {queries:>8}")
     finally:
-        from django.db import connections
-
-        connections.close_all()
         if not args.keep:
-            import psycopg
-            from psycopg import sql
-
-            from bench.queue import _maintenance_url
-
-            name = urlparse(args.database_url).path.lstrip("/")
-            with psycopg.connect(_maintenance_url(args.database_url), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_database(args.database_url)
     return 0
 
 

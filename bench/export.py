@@ -45,6 +45,8 @@ import tempfile
 import time
 from urllib.parse import urlparse
 
+from bench.queue import drop_database, prepare_database
+
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/refinery_bench_export"
 KINDS = ("judgments", "sft", "preference", "refiner", "qa2")
 FORMATS = ("jsonl", "parquet")
@@ -248,31 +250,6 @@ def run_child(argv: list[str], env: dict) -> tuple[float, float, int, str, str]:
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, stdout, stderr
 
 
-def reset_database(url: str, *, create: bool = True) -> None:
-    """Drop (and re-create) the bench database, from the server's `postgres` maintenance database."""
-    import psycopg
-    from psycopg import sql
-
-    name = urlparse(url).path.lstrip("/")
-    if not name.startswith("refinery_bench"):
-        raise SystemExit(
-            f"refusing to drop database {name!r}: give the bench its own refinery_bench_* database"
-        )
-    maintenance = urlparse(url)._replace(path="/postgres", query="").geturl()
-    with psycopg.connect(maintenance, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        if create:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_database(url: str) -> None:
-    from django.db import connections
-
-    connections.close_all()
-    reset_database(url, create=False)
-    print(f"dropped {urlparse(url).path.lstrip('/')}", file=sys.stderr)
-
-
 def export(reading: str, project_id: int, kind: str, fmt: str, target: str) -> None:
     """(In a child process.) One export to a file, read by annotation.exporting or, for the baseline,
     as ORM objects with prefetches one judgment at a time (tests/export_reference.py, what the
@@ -353,16 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     if urlparse(args.database_url).scheme not in {"postgres", "postgresql"}:
         parser.error("--database-url must be a postgres:// URL")
 
-    env = dict(os.environ)
-    if not args.reuse:
-        print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
-        reset_database(args.database_url)
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True
-        )
-    import django
-
-    django.setup()
+    prepare_database(args.database_url, reset=not args.reuse)
+    env = dict(os.environ)  # the children's: this database, as deployed
     from annotation.models import Project
 
     if args.reuse:

@@ -337,30 +337,46 @@ async def run_load(
 # The database: create, seed, check (Django is set up in this process for that)
 
 
-def reset_database(url: str) -> None:
-    """Drop and re-create the bench database, from the server's `postgres` maintenance database."""
+def reset_database(url: str, *, create: bool = True) -> None:
+    """Drop (and re-create) the bench database, from the server's `postgres` maintenance database."""
     import psycopg
     from psycopg import sql
 
     name = urlparse(url).path.lstrip("/")
-    if not name or name in {"postgres", "template0", "template1"}:
-        raise SystemExit(f"refusing to drop database {name!r}: give the bench its own database")
+    if not name.startswith("refinery_bench"):
+        raise SystemExit(
+            f"refusing to drop database {name!r}: give the bench its own refinery_bench_* database"
+        )
     with psycopg.connect(_maintenance_url(url), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if create:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def prepare_database(url: str) -> None:
-    """Reset and migrate the bench database, and set Django up on it in this process."""
-    print(f"resetting {urlparse(url).path.lstrip('/')} and migrating ...", file=sys.stderr)
-    reset_database(url)
+def drop_database(url: str) -> None:
+    """Close this process's connections and drop the bench database."""
+    from django.db import connections
+
+    connections.close_all()
+    reset_database(url, create=False)
+    print(f"dropped {urlparse(url).path.lstrip('/')}", file=sys.stderr)
+
+
+def prepare_database(url: str, *, reset: bool = True, settings: str = "config.settings", **env: str) -> None:
+    """Reset and migrate the bench database (unless `reset` is false: a database a run kept), and
+    set Django up on it in this process with `settings` and any further environment `env`."""
     # The app runs as deployed (DEBUG off), which needs a key; the bench's sessions are throwaway.
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
-    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "0"}
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    os.environ.update(DATABASE_URL=url, DEBUG="0", DJANGO_SETTINGS_MODULE="config.settings")
+    if reset:
+        print(f"resetting {urlparse(url).path.lstrip('/')} and migrating ...", file=sys.stderr)
+        reset_database(url)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url, "DEBUG": "0"},
+            check=True,
+        )
+    os.environ.update(DATABASE_URL=url, DEBUG="0", DJANGO_SETTINGS_MODULE=settings, **env)
     import django
 
     django.setup()

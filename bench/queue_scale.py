@@ -56,7 +56,7 @@ from bench.queue import (
     DEFAULT_DATABASE_URL,
     Clock,
     ModeReport,
-    _maintenance_url,
+    drop_database,
     free_port,
     percentile,
     prepare_database,
@@ -370,20 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nFAILED: the server answered 5xx (its traceback is above)", file=sys.stderr)
         failed = True
     if not args.keep_database:
-        from django.db import connections
-
-        connections.close_all()
-        _drop_database(args.database_url)
+        drop_database(args.database_url)
     return 1 if failed else 0
-
-
-def _drop_database(url: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    name = urlparse(url).path.lstrip("/")
-    with psycopg.connect(_maintenance_url(url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 if __name__ == "__main__":

@@ -32,17 +32,14 @@ import argparse
 import cProfile
 import io
 import json
-import os
-import secrets
 import statistics
-import subprocess
 import time
 from collections import Counter
 from urllib.parse import urlparse
 
 import psutil
 
-from bench.queue import DEFAULT_DATABASE_URL, FEEDBACK, reset_database, seed
+from bench.queue import DEFAULT_DATABASE_URL, FEEDBACK, prepare_database, seed
 
 
 def _call(application, *, method: str, path: str, query: str, token: str, body: bytes) -> tuple[int, bytes]:
@@ -95,22 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if urlparse(args.database_url).hostname not in {"127.0.0.1", "localhost", "::1"}:
         parser.error("the backend's CPU is read with psutil: PostgreSQL must run on this machine")
 
-    print(f"resetting {urlparse(args.database_url).path.lstrip('/')} and migrating ...", file=sys.stderr)
-    reset_database(args.database_url)
-    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
-    env = {**os.environ, "DATABASE_URL": args.database_url, "DEBUG": "0"}
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    os.environ.update(
-        DATABASE_URL=args.database_url,
-        DEBUG="0",
-        DJANGO_SETTINGS_MODULE="config.settings",
-        LOG_LEVEL="WARNING",
-    )
-    import django
-
-    django.setup()
+    prepare_database(args.database_url, LOG_LEVEL="WARNING")
     from django.core.wsgi import get_wsgi_application
     from django.db import connection
 

@@ -9,61 +9,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch
 
 from annotation import templates_qa2
-from annotation.exporting import QA2_ALL_VALID, QA2_HAS_INVALID, ExportError
-from annotation.models import TRAINING_STATUSES, Answer, Judgment, Project, Task, TaskOutput
+
+# The filters and the prefetch are annotation.exporting's own: what is held to the ORM reading is
+# how the rows are read and put together.
+from annotation.exporting import (
+    QA2_ALL_VALID,
+    QA2_HAS_INVALID,
+    ExportError,
+    _judgments,
+    _training_statuses,
+    training_prompt,
+    with_answers_and_outputs,
+)
+from annotation.models import Answer, Judgment, Project, Task, TaskOutput
 from annotation.questions import ranking_groups
 
 KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
 STATUSES = tuple(Judgment.Status.values)
 CHUNK_SIZE = 500
-
-
-def training_prompt(text: str, context: str = "") -> str:
-    """The model's input for a prompt: its context (a post, a conversation), then its text."""
-    return f"{context}\n\n{text}" if context else text
-
-
-def _judgments(project: Project, statuses: Iterable[str] | None, round_number: int | None) -> QuerySet:
-    judgments = Judgment.objects.filter(project=project)
-    if statuses is not None:
-        judgments = judgments.filter(status__in=list(statuses))
-    if round_number is not None:
-        judgments = judgments.filter(round_number=round_number)
-    return judgments
-
-
-def _training_statuses(statuses: Iterable[str] | None, kind: str) -> tuple[str, ...]:
-    if statuses is None:
-        return TRAINING_STATUSES
-    statuses = tuple(statuses)
-    outside = [status for status in statuses if status not in TRAINING_STATUSES]
-    if outside:
-        raise ExportError(
-            f"{kind} exports are training data: they take only pending and accepted judgments "
-            f"(not {outside[0]!r})",
-            field="status",
-        )
-    return statuses
-
-
-def with_answers_and_outputs(judgments: QuerySet, *, answer_kinds: Iterable[str] | None = None) -> QuerySet:
-    """Judgments with their answers as `answer_list` (oldest first; only those of `answer_kinds` when
-    given) and their task's outputs as `task.shown` (TaskOutput rows with their output, in position
-    order), each prefetched once per chunk. to_attr gives plain lists: no queryset is cloned per row."""
-    answers = Answer.objects.order_by("id")
-    if answer_kinds is not None:
-        answers = answers.filter(kind__in=list(answer_kinds))
-    return judgments.prefetch_related(
-        Prefetch("answer_rows", queryset=answers, to_attr="answer_list"),
-        Prefetch(
-            "task__task_outputs",
-            queryset=TaskOutput.objects.select_related("output").order_by("position"),
-            to_attr="shown",
-        ),
-    )
 
 
 def _check_statuses(statuses: Iterable[str] | None) -> None:
