@@ -132,6 +132,10 @@ def test_the_sweep_clears_stale_sandboxes_of_dead_workers_only(tmp_path):
     # A process the dead worker's sandbox forked: it still names its box.
     lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(stale)])
     try:
+        # Until it has exec'd, the child still shows the parent's command line: like a process the
+        # sandbox forked long ago, it must name the box before the sweep looks.
+        cmdline = Path(f"/proc/{lingering.pid}/cmdline")
+        assert _wait_for(lambda: str(stale).encode() in cmdline.read_bytes(), 5)
         removed = sweep_stale_sandboxes(older_than_s=600, folder=str(tmp_path))
         ended = _wait_for(lambda: lingering.poll() is not None, 5)
     finally:
