@@ -10,10 +10,12 @@ the GIL released while it waits for them.
 
 - The bytes are the same as when the export is made in process (tests/test_export_process.py).
 - The child exits non-zero: its standard error is logged and the stream raises, so the server
-  breaks the response off (no final chunk) and the client sees a failed download, not a short file.
-- The client goes away (the server closes the response early): the child is killed and reaped.
-  If the web process itself dies, the child's next write fails (the pipe has no reader) and it
-  exits. There is no time limit beyond those: an export takes as long as its rows take to read.
+  breaks the response off (no final chunk) and the client sees a failed download, not a short file
+  (gunicorn answers 500 instead where nothing was sent yet: it sends the headers with the first bytes).
+- The client goes away: the server notices at its next write, as with any streamed response, and
+  closes the response, which kills and reaps the child. If the web process itself dies, the child's
+  next write fails (the pipe has no reader) and it exits. There is no time limit beyond those: an
+  export takes as long as its rows take to read, and a niced one longer while the CPUs are busy.
 - The child reads only committed rows: a request that runs inside a transaction (a test's, or
   ATOMIC_REQUESTS) has its export made in process, as does an in-memory SQLite database, a
   deployment with EXPORT_IN_PROCESS, and any where the child cannot be started.
