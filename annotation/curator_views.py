@@ -197,7 +197,6 @@ def export(request, project_id: int, kind: str, fmt: str):
     if kind not in exporting.KINDS or fmt not in exporting.FORMATS:
         raise Http404("no such export")
     try:
-        rows = exporting.export_rows(project, kind=kind)
+        return downloads.export_response(project, kind=kind, fmt=fmt)
     except exporting.ExportError as error:  # a qa2 export of another kind of project
         raise Http404(str(error)) from error
-    return downloads.export_response(project, rows, kind=kind, fmt=fmt)

@@ -887,3 +887,12 @@ MEDIA_TYPES = {
     "csv": "text/csv",
     "parquet": "application/vnd.apache.parquet",
 }
+
+
+def file_chunks(rows: Iterable[dict], *, kind: str, fmt: str) -> Iterator[bytes]:
+    """An export file's bytes, piece by piece as the rows are read: JSONL and CSV (UTF-8) a line at
+    a time, parquet a row group at a time. What a download sends, whichever process makes it."""
+    if fmt == "parquet":
+        return parquet_chunks(rows, kind=kind)
+    lines = jsonl_lines(rows) if fmt == "jsonl" else csv_lines(rows, kind=kind)
+    return (line.encode("utf-8") for line in lines)

@@ -16,10 +16,12 @@ written to a file, as `manage.py export_judgments` does, less its system checks)
 gives its rows, wall seconds (the process's start included), rows per second, CPU seconds and
 peak RSS (the child's own, from wait4). With --baseline each export is also read as ORM objects
 with prefetches (tests/export_reference.py, what the exports did before), for a ratio. Then a
-parquet download of the judgments through Django's request handler (the test client, in a child
-process, reading the response as a server sends it): seconds to its first byte and to its last,
-and its peak RSS. Wall seconds depend on what else the machine runs; CPU seconds less so. The
-database is dropped at the end unless --keep.
+download of the judgments in each format through Django's request handler (the test client, in a
+child process, reading the response as a server sends it), made in an export process of its own
+as deployed and then in the web process (EXPORT_IN_PROCESS): seconds to its first byte and to its
+last, the CPU seconds of the web process and of the export process, and the peak RSS. Wall
+seconds depend on what else the machine runs; CPU seconds less so. The database is dropped at the
+end unless --keep.
 """
 # ruff: noqa: E402
 
@@ -39,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import subprocess
 import tempfile
@@ -271,9 +274,13 @@ def export(reading: str, project_id: int, kind: str, fmt: str, target: str) -> N
     print(f"Wrote {count} {kind} rows", file=sys.stderr)
 
 
-def download(project_id: int, kind: str) -> None:
-    """(In a child process.) A parquet download through Django's handler, read as a server sends it."""
+def download(project_id: int, kind: str, fmt: str) -> None:
+    """(In a child process.) A download through Django's handler, read as a server sends it, made in a
+    child process of its own (annotation.export_process) and, with EXPORT_IN_PROCESS, in this one:
+    seconds to the first byte and to the last, and the CPU seconds of this process (the web
+    process's share) and of its children (the export's, when it is made in one)."""
     import django
+    from django.conf import settings
 
     django.setup()
     import pyarrow.parquet as pq
@@ -282,21 +289,43 @@ def download(project_id: int, kind: str) -> None:
 
     client = Client()
     client.force_login(get_user_model().objects.get(username="bench-curator"))
-    started = time.perf_counter()
-    response = client.get(f"/projects/{project_id}/exports/{kind}.parquet", HTTP_HOST="localhost")
-    assert response.status_code == 200 and response.streaming, response
-    first = None
-    size = 0
-    with tempfile.TemporaryFile() as body:
-        for chunk in response.streaming_content:
-            first = first if first is not None else time.perf_counter() - started
-            size += len(chunk)
-            body.write(chunk)
-        total = time.perf_counter() - started
-        response.close()
-        body.seek(0)
-        rows = pq.ParquetFile(body).metadata.num_rows
-    print(json.dumps({"first_byte_s": first, "total_s": total, "bytes": size, "rows": rows}))
+    for in_process in (False, True):
+        settings.EXPORT_IN_PROCESS = in_process
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        response = client.get(f"/projects/{project_id}/exports/{kind}.{fmt}", HTTP_HOST="localhost")
+        assert response.status_code == 200 and response.streaming, response
+        first = None
+        size = 0
+        with tempfile.TemporaryFile() as body:
+            for chunk in response.streaming_content:
+                first = first if first is not None else time.perf_counter() - started
+                size += len(chunk)
+                body.write(chunk)
+            total = time.perf_counter() - started
+            response.close()
+            body.seek(0)
+            rows = pq.ParquetFile(body).metadata.num_rows if fmt == "parquet" else body.read().count(b"\n")
+        own_after, children_after = (
+            resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        print(
+            json.dumps(
+                {
+                    "in_process": in_process,
+                    "first_byte_s": first,
+                    "total_s": total,
+                    "bytes": size,
+                    "rows": rows,
+                    "web_cpu_s": _cpu(own_after) - _cpu(own),
+                    "export_process_cpu_s": _cpu(children_after) - _cpu(children),
+                }
+            )
+        )
+
+
+def _cpu(usage) -> float:
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,14 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the ORM-object reading (tests/export_reference.py) of each export: slow at 1M",
     )
-    parser.add_argument("--download", metavar="PROJECT:KIND", help=argparse.SUPPRESS)  # a child's part
+    parser.add_argument("--download", metavar="PROJECT:KIND:FORMAT", help=argparse.SUPPRESS)  # a child's part
     parser.add_argument("--export", metavar="READING:PROJECT:KIND:FORMAT:FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     os.environ.update(DATABASE_URL=args.database_url, DEBUG="0", DJANGO_SETTINGS_MODULE="config.settings")
     if args.download:
-        project_id, kind = args.download.split(":")
-        download(int(project_id), kind)
+        project_id, kind, fmt = args.download.split(":")
+        download(int(project_id), kind, fmt)
         return 0
     if args.export:
         reading, project_id, kind, fmt, target = args.export.split(":", 4)
@@ -370,18 +399,12 @@ def main(argv: list[str] | None = None) -> int:
                     assert orm[0] == rows, (kind, fmt, orm[0], rows)
                 results.append((kind, fmt, rows, seconds, cpu, rss, size, orm))
                 print(f"  {kind} {fmt}: {rows} rows in {seconds:.1f} s", file=sys.stderr)
-        seconds, cpu, rss, out, _ = run_child(
-            [
-                sys.executable,
-                __file__,
-                "--database-url",
-                args.database_url,
-                "--download",
-                f"{projects['judgments']}:judgments",
-            ],
-            env,
-        )
-        streamed = json.loads(out.strip().splitlines()[-1])
+        downloads = []
+        for fmt in args.formats.split(","):
+            where = f"{projects['judgments']}:judgments:{fmt}"
+            argv = [sys.executable, __file__, "--database-url", args.database_url, "--download", where]
+            seconds, cpu, rss, out, _ = run_child(argv, env)
+            downloads += [(fmt, rss, json.loads(line)) for line in out.strip().splitlines()[-2:]]
     print(
         f"\nexports of {args.judgments} judgments per project (PostgreSQL; one process each, its start"
         f" included; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after)\n"
@@ -402,10 +425,17 @@ def main(argv: list[str] | None = None) -> int:
             line += f" {orm[1]:.1f} | {orm[2]:.1f} | {orm[3] / 2**20:.0f} | {orm[1] / seconds_:.1f}x |"
         print(line)
     print(
-        f"\nparquet download of judgments (Django's handler, streamed): {streamed['rows']} rows,"
-        f" {streamed['bytes'] / 2**20:.1f} MB; first byte after {streamed['first_byte_s']:.2f} s,"
-        f" last after {streamed['total_s']:.1f} s; peak RSS {rss / 2**20:.0f} MB"
+        "\ndownloads of judgments (Django's handler, streamed; peak RSS of the web process's, both"
+        " ways together)\n\n| format | made in | rows | MB | first byte s | last byte s | web process CPU s"
+        " | export process CPU s | peak RSS MB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
     )
+    for fmt, rss, streamed in downloads:
+        print(
+            f"| {fmt} | {'the web process' if streamed['in_process'] else 'a child process'} |"
+            f" {streamed['rows']} | {streamed['bytes'] / 2**20:.1f} | {streamed['first_byte_s']:.2f} |"
+            f" {streamed['total_s']:.1f} | {streamed['web_cpu_s']:.1f} | {streamed['export_process_cpu_s']:.1f} |"
+            f" {rss / 2**20:.0f} |"
+        )
     if not args.keep:
         drop_database(args.database_url)
     return 0

@@ -263,6 +263,14 @@ STATS_CACHE_SECONDS = env_int("STATS_CACHE_SECONDS", 24 * 3600)
 # their time and how many judgments came since; a curator's own change is shown at once.
 STATS_MAX_AGE_SECONDS = env_int("STATS_MAX_AGE_SECONDS", 30)
 
+# Export downloads are made in a child process (annotation.export_process) and streamed through the
+# web process: an export of a million judgments is some 20-30 CPU seconds, which in the web process
+# would hold the GIL that the raters' request threads wait for. EXPORT_NICE is added to the child's
+# niceness (0: the web process's own priority), so the raters' processes come first for the CPU.
+# EXPORT_IN_PROCESS=1 makes exports in the web process, as a single-process setup may prefer.
+EXPORT_NICE = env_int("EXPORT_NICE", 10)
+EXPORT_IN_PROCESS = env_bool("EXPORT_IN_PROCESS", False)
+
 # Login throttling (django-axes): after AXES_FAILURE_LIMIT wrong passwords for one username
 # from one address, that pair is locked out for AXES_COOLOFF_MINUTES, on the site's login and
 # the admin's alike; other users and other addresses are unaffected.

@@ -162,8 +162,10 @@ class ProjectExportView(APIView):
         query.is_valid(raise_exception=True)
         kind, fmt = query.validated_data["kind"], query.validated_data["format"]
         round_number = query.validated_data.get("round")
-        rows = exporting.export_rows(
-            project, kind=kind, statuses=query.validated_data.get("status") or None, round_number=round_number
+        return downloads.export_response(
+            project,
+            kind=kind,
+            fmt=fmt,
+            statuses=query.validated_data.get("status") or None,
+            round_number=round_number,
         )
-
-        return downloads.export_response(project, rows, kind=kind, fmt=fmt, round_number=round_number)
