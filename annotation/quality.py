@@ -600,8 +600,8 @@ REFRESH_TASK = "annotation.refresh_figures"  # annotation.tasks.refresh_figures:
 
 
 def _refresh_requested(project_id: int, name: str) -> bool:
-    """Send the recompute of these figures (annotation.tasks.refresh_figures) unless one was sent already; whether
-    one is on its way.
+    """Send the recompute of these figures (annotation.tasks.refresh_figures) unless one was sent
+    already; whether one is on its way.
 
     A lock in the cache, taken with an add (which only one of many concurrent views wins), marks
     the recompute as sent: two curators reloading queue one recompute, not two. The worker releases
