@@ -220,6 +220,19 @@ def curator_env(redis_url: str) -> dict[str, str]:
     }
 
 
+def forget_figures(redis_url: str) -> None:
+    """Empty the statistics cache and the background queue left in Redis by an earlier run: the
+    bench database was reset, and its new projects have the old ones' ids."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match="*:stats:*"))
+    if stale:
+        client.delete(*stale)
+    client.delete(settings.REFINERY_BACKGROUND_QUEUE)
+
+
 def start_background_worker(*, database_url: str, redis_url: str) -> subprocess.Popen:
     """A Celery worker on the background queue alone, one task at a time, in a session of its own;
     it lowers its own priority when it starts (config/celery.py)."""
@@ -361,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = None
     worker_nice, worker_cpu = None, None
     if args.with_curators:
+        forget_figures(args.redis_url)
         worker = start_background_worker(database_url=args.database_url, redis_url=args.redis_url)
     reports: dict[str, ModeReport] = {}
     plans: list[str] = []
