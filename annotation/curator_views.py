@@ -30,6 +30,9 @@ from annotation.errors import NotAllowed, NotFound
 from annotation.models import AuditEvent, Membership, Project
 from annotation.services import prompts
 
+# While a worker computes a big project's first figures, the page reloads itself this often.
+RELOAD_SECONDS = 5
+
 
 def _curated_project(request, project_id: int) -> Project:
     try:
@@ -52,19 +55,22 @@ def _export_links(project: Project) -> list[dict]:
 @login_required
 def dashboard(request, project_id: int):
     project = _curated_project(request, project_id)
-    figures = quality.dashboard_figures(project)
+    # Cached until a review or question changes them, or raters' judgments and time; None while a
+    # worker computes a big project's first ones (annotation.quality).
+    figures, freshness = quality.dashboard_figures(project)
     context = {
         "project": project,
         "section": "dashboard",
-        "progress": figures.progress,
-        # Cached until a review or question changes them, or raters' judgments and time (annotation.quality).
-        "review_counts": figures.review_counts,
-        "agreement": figures.agreement,
-        "plots": figures.plots,
+        "figures": figures,
+        "progress": figures and figures.progress,
+        "review_counts": figures and figures.review_counts,
+        "agreement": figures and figures.agreement,
+        "plots": figures and figures.plots,
         # Only projects asking the (QA)² template's questions have this panel.
-        "qa2": figures.qa2,
-        "freshness": figures.freshness,
+        "qa2": figures and figures.qa2,
+        "freshness": freshness,
         "max_age": settings.STATS_MAX_AGE_SECONDS,
+        "reload_seconds": RELOAD_SECONDS,
         "active_raters": Membership.objects.filter(
             project=project, is_active=True, role=Membership.Role.RATER
         ).count(),
@@ -82,6 +88,7 @@ def _raters_page(request, project, *, add_form=None, new_account=None, status=20
         "rows": rows,
         "freshness": freshness,
         "max_age": settings.STATS_MAX_AGE_SECONDS,
+        "reload_seconds": RELOAD_SECONDS,
         "add_form": add_form or MemberAddForm(),
         "new_account": new_account,
         "tolerance": agreement.GOLD_LIKERT_TOLERANCE,

@@ -47,21 +47,30 @@ answer, new tasks, the questions) moves the curated version on and the next view
 rater's new judgment moves the judged version on, and figures younger than
 STATS_MAX_AGE_SECONDS are still shown, with their time and the number of judgments since.
 Memberships and usernames are read live, never cached.
+
+A big project's figures (more than STATS_INLINE_MAX_JUDGMENTS judgments) take seconds of CPU:
+computed in the page view, they would hold the web process's interpreter and CPU while raters wait
+for their next task. With a shared cache they are computed by a worker instead, at a lower CPU
+priority (annotation.tasks.refresh_figures on REFINERY_BACKGROUND_QUEUE), and the page shows the
+last figures meanwhile (see `cached_figures`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
+from django.core.cache.backends.dummy import DummyCache
+from django.core.cache.backends.locmem import LocMemCache
 from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
@@ -100,7 +109,7 @@ logger = logging.getLogger(__name__)
 
 # Part of every cache key: changed when the cached figures change shape, so that a shared cache
 # never hands one release's objects to another.
-FIGURES_FORMAT = 2
+FIGURES_FORMAT = 3
 
 
 def project_variables(project: Project) -> list[Variable]:
@@ -400,7 +409,8 @@ def rater_rows(project: Project) -> tuple[list[RaterStats], Freshness]:
 
     The figures are cached (see the module's docstring); memberships and names are read live.
     """
-    figures, freshness = cached_figures(project, "raters", lambda: rater_figures(project))
+    figures, freshness = cached_figures(project, "raters")
+    figures = figures or {}  # none yet, while a worker computes them: the members are still listed
     rows: dict[int, RaterStats] = {}
     for membership in Membership.objects.filter(project=project).select_related("user"):
         row = figures.get(membership.user_id) or RaterStats(user_id=membership.user_id, username="")
@@ -537,10 +547,13 @@ def qa2_summary(project: Project, *, statuses: Iterable[str] | None = TRAINING_S
 
 @dataclass(frozen=True)
 class Freshness:
-    """How current cached figures are."""
+    """How current the figures shown are."""
 
-    as_of: datetime  # when the versions they were computed under were read
+    as_of: datetime | None  # when the versions they were computed under were read; None: no figures yet
     judgments_since: int = 0  # raters' submissions since (0: nothing new)
+    judgments: int = 0  # the project's judgments now (the judged version)
+    recomputing: bool = False  # a worker is computing newer figures (annotation.tasks.refresh_figures)
+    outdated: bool = False  # a page view would recompute them now (a curator's change, or past the max age)
 
 
 @dataclass(frozen=True)
@@ -559,8 +572,74 @@ def _serves(entry: Any, judged: int, curated: int, now: datetime) -> bool:
     return entry.judged == judged or now - entry.as_of < timedelta(seconds=settings.STATS_MAX_AGE_SECONDS)
 
 
-def cached_figures(project: Project, name: str, compute: Callable[[], Any]) -> tuple[Any, Freshness]:
-    """`compute()` and how current it is, cached under the project's statistics versions.
+def _figures_key(project_id: int, name: str) -> str:
+    return f"stats:{FIGURES_FORMAT}:{project_id}:{name}"
+
+
+def figures_compute(project: Project, name: str) -> Any:
+    """The figures of one page ("dashboard" or "raters"), computed now."""
+    if name == "dashboard":
+        return dashboard_compute(project)
+    if name == "raters":
+        return rater_figures(project)
+    raise ValueError(f"no figures named {name!r}")
+
+
+def _computed_in_background(judged: int) -> bool:
+    """Whether a project's figures are computed by a worker (settings.STATS_INLINE_MAX_JUDGMENTS).
+
+    Only where the worker's result reaches the web processes: a per-process cache (no
+    STATS_CACHE_URL) would keep it in the worker, so there the page computes.
+    """
+    return judged > settings.STATS_INLINE_MAX_JUDGMENTS and not isinstance(
+        caches["stats"], LocMemCache | DummyCache
+    )
+
+
+REFRESH_TASK = "annotation.refresh_figures"  # annotation.tasks.refresh_figures: `figures_refresh`
+
+
+def _refresh_requested(project_id: int, name: str) -> bool:
+    """Send the recompute of these figures (annotation.tasks.refresh_figures) unless one was sent
+    already; whether one is on its way.
+
+    A lock in the cache, taken with an add (which only one of many concurrent views wins), marks
+    the recompute as sent: two curators reloading queue one recompute, not two. The worker releases
+    it when done; should the worker die or the message be lost, it expires after
+    STATS_REFRESH_SECONDS and the next view sends again. A broker that cannot be reached is not an
+    error page: the lock is released (the next view tries again) and the caller falls back.
+    """
+    cache, lock = caches["stats"], _figures_key(project_id, name) + ":refresh"
+    try:
+        if not cache.add(lock, True, settings.STATS_REFRESH_SECONDS):
+            return True
+    except Exception:
+        logger.warning("statistics cache unwritable; %s of project %s not recomputed", name, project_id)
+        return False
+    try:
+        # By name: readers do not import the tasks above them. No retries: a page view waits for
+        # no broker.
+        current_app.send_task(
+            REFRESH_TASK, args=(project_id, name), queue=settings.REFINERY_BACKGROUND_QUEUE, retry=False
+        )
+    except Exception:
+        logger.warning(
+            "could not send the recompute of %s of project %s (broker unreachable?)",
+            name,
+            project_id,
+            exc_info=True,
+        )
+        try:
+            cache.delete(lock)
+        except Exception:
+            pass  # it expires
+        return False
+    return True
+
+
+def cached_figures(project: Project, name: str) -> tuple[Any | None, Freshness]:
+    """One page's figures (`figures_compute`) and how current they are, cached under the project's
+    statistics versions; None for the figures while a worker computes the first ones.
 
     The versions are read first, in one query; they move on only after a change commits, so
     figures computed after reading them count every change up to them (and perhaps later ones:
@@ -569,24 +648,66 @@ def cached_figures(project: Project, name: str, compute: Callable[[], Any]) -> t
     raters submit every second, a view recomputes at most that often, and says how old its
     figures are. A cache that cannot be reached is skipped (the figures are computed), never an
     error page.
+
+    A big project's figures are recomputed by a worker (`_computed_in_background`): the view sends
+    the recompute and shows the last figures, marked as being recomputed, or None when there are
+    none yet. Should the recompute not be sent (the broker is down), it shows the last figures as
+    they are, or computes the first ones itself: a page never without figures for good.
     """
     judged, curated = stats_version(project.pk)
     now = timezone.now()
-    key = f"stats:{FIGURES_FORMAT}:{project.pk}:{name}"
+    key = _figures_key(project.pk, name)
     cache = caches["stats"]
     try:
         entry = cache.get(key)
     except Exception:  # e.g. Redis down: the page still shows, computed
         logger.warning("statistics cache unreadable; computing %s of project %s", name, project.pk)
-        return compute(), Freshness(as_of=now)
+        return figures_compute(project, name), Freshness(as_of=now, judgments=judged)
     if _serves(entry, judged, curated, now):
-        return entry.value, Freshness(as_of=entry.as_of, judgments_since=judged - entry.judged)
-    entry = _Entry(judged=judged, curated=curated, as_of=now, value=compute())
+        return entry.value, Freshness(
+            as_of=entry.as_of, judgments_since=max(judged - entry.judged, 0), judgments=judged
+        )
+    last = entry if isinstance(entry, _Entry) else None
+    if _computed_in_background(judged):
+        recomputing = _refresh_requested(project.pk, name)
+        if recomputing and last is None:
+            return None, Freshness(as_of=None, judgments=judged, recomputing=True)
+        if last is not None:
+            return last.value, Freshness(
+                as_of=last.as_of,
+                judgments_since=max(judged - last.judged, 0),
+                judgments=judged,
+                recomputing=recomputing,
+                outdated=True,
+            )
+    entry = _Entry(judged=judged, curated=curated, as_of=now, value=figures_compute(project, name))
     try:
         cache.set(key, entry, settings.STATS_CACHE_SECONDS)
     except Exception:
         logger.warning("statistics cache unwritable; %s of project %s not cached", name, project.pk)
-    return entry.value, Freshness(as_of=now)
+    return entry.value, Freshness(as_of=now, judgments=judged)
+
+
+def figures_refresh(*, project_id: int, name: str) -> None:
+    """Compute one page's figures and cache them under the versions read first, as a page view
+    would (annotation.tasks.refresh_figures); then release the lock the view that sent it took.
+
+    Figures a page may still show as they are (another worker computed them since) are kept:
+    a message delivered twice computes once.
+    """
+    cache, key = caches["stats"], _figures_key(project_id, name)
+    try:
+        project = Project.objects.filter(pk=project_id).first()
+        if project is None:
+            return  # deleted since
+        judged, curated = stats_version(project_id)
+        now = timezone.now()
+        if _serves(cache.get(key), judged, curated, now):
+            return
+        entry = _Entry(judged=judged, curated=curated, as_of=now, value=figures_compute(project, name))
+        cache.set(key, entry, settings.STATS_CACHE_SECONDS)
+    finally:
+        cache.delete(key + ":refresh")
 
 
 @dataclass
@@ -596,7 +717,6 @@ class DashboardFigures:
     agreement: list[VariableAgreement]
     plots: list[tuple[Variable, str]]  # a PNG data URI per variable (annotation.plots)
     qa2: Qa2Summary | None  # only for projects asking the (QA)² template's questions
-    freshness: Freshness | None = None  # set as the figures are read (cached_figures)
 
 
 def dashboard_compute(project: Project) -> DashboardFigures:
@@ -610,7 +730,7 @@ def dashboard_compute(project: Project) -> DashboardFigures:
     )
 
 
-def dashboard_figures(project: Project) -> DashboardFigures:
-    """The dashboard's progress, review counts, agreement, score distributions and (QA)² panel, cached."""
-    figures, freshness = cached_figures(project, "dashboard", lambda: dashboard_compute(project))
-    return replace(figures, freshness=freshness)
+def dashboard_figures(project: Project) -> tuple[DashboardFigures | None, Freshness]:
+    """The dashboard's progress, review counts, agreement, score distributions and (QA)² panel,
+    cached, and how current they are (None while a worker computes the first ones)."""
+    return cached_figures(project, "dashboard")

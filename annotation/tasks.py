@@ -1,4 +1,5 @@
-"""Celery tasks of the human side: thin, idempotent, taking ids (see annotation.webhooks)."""
+"""Celery tasks of the human side: thin, idempotent, taking ids (see annotation.webhooks and
+annotation.quality)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 
 from celery import shared_task
 
+from annotation.quality import figures_refresh
 from annotation.webhooks import webhook_delivery_attempt
 
 
@@ -19,3 +21,10 @@ def deliver_webhook(self, delivery_id: int) -> None:
         # Run eagerly (CELERY_TASK_ALWAYS_EAGER) there is no broker to hold the next attempt
         # until it is due, and enqueueing it would run it at once, before it is due: wait here.
         time.sleep(retry_in)
+
+
+@shared_task(name="annotation.refresh_figures", acks_late=True, ignore_result=True)
+def refresh_figures(project_id: int, name: str) -> None:
+    """Recompute one curator page's cached figures (annotation.quality), sent by a page view of a
+    big project to REFINERY_BACKGROUND_QUEUE, whose workers run at a lower CPU priority."""
+    figures_refresh(project_id=project_id, name=name)

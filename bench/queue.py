@@ -484,14 +484,23 @@ def free_port() -> int:
 
 
 def start_gunicorn(
-    *, database_url: str, port: int, workers: int, threads: int, worker_class: str, profile_dir: str | None
+    *,
+    database_url: str,
+    port: int,
+    workers: int,
+    threads: int,
+    worker_class: str,
+    profile_dir: str | None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
+    """gunicorn on `port`, in a session of its own; `env` adds to (or overrides) its environment."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
+        **(env or {}),
     }
     command = [
         sys.executable,

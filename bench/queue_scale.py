@@ -3,6 +3,7 @@
     python bench/queue_scale.py [--tasks 1000000] [--raters 5000] [--active 500] [--history 2000]
                                 [--history-kind open|queue|both] [--overlap 3] [--empty-tasks 20000]
                                 [--duration 60] [--warmup 10] [--think-mean 5] [--with-curators]
+                                [--redis-url redis://127.0.0.1:6379/0]
                                 [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
 
 It resets the bench database, seeds it with bench.seed (SQL, not the ORM), starts gunicorn and
@@ -16,7 +17,10 @@ average per task) against:
   history the queue itself leaves behind);
 - with `--with-curators`, the last seeded project again while two curators reload the
   dashboard and raters pages (a second apart) and a third streams the judgments export, over
-  and over.
+  and over. As deployed: the statistics cache is shared in Redis (`--redis-url`, also the
+  broker), and a Celery worker on the background queue alone (at its lower priority,
+  REFINERY_BACKGROUND_NICE) recomputes the pages' figures; STATS_INLINE_MAX_JUDGMENTS is 0, so
+  the figures go to the worker whatever the project's size.
 
 Before and after each seeded project's run it prints EXPLAIN (ANALYZE, BUFFERS) of the queue's
 queries for an active rater with history: the rater's place in the queue (services.leases),
@@ -44,6 +48,8 @@ if str(ROOT) not in sys.path:
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
@@ -140,6 +146,21 @@ class PageStats:
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)
     export_bytes: int = 0
     exports_done: int = 0
+    # Curator pages by the state of their figures: "fresh", "recomputing" (the last figures shown
+    # while the worker computes), "computing" (none yet), "not recomputed" (the recompute could
+    # not be sent).
+    figures: dict[str, int] = field(default_factory=dict)
+
+    def add_figures(self, page: bytes) -> None:
+        if b'id="figures-computing"' in page:
+            state = "computing"
+        elif b'id="figures-recomputing"' in page:
+            state = "recomputing"
+        elif b"could not be recomputed" in page:
+            state = "not recomputed"
+        else:
+            state = "fresh"
+        self.figures[state] = self.figures.get(state, 0) + 1
 
     def add(self, what: str, status: int, ms: float) -> None:
         self.ms.setdefault(what, []).append(ms)
@@ -171,6 +192,7 @@ def curator_background(*, base_url: str, project_id: int, curator_ids: list[int]
                     started = time.perf_counter()
                     response = await client.get(path, headers=headers)
                     stats.add(what, response.status_code, (time.perf_counter() - started) * 1000)
+                    stats.add_figures(response.content)
                     await asyncio.sleep(1.0)
 
     async def exporter(clock: Clock) -> None:
@@ -186,6 +208,79 @@ def curator_background(*, base_url: str, project_id: int, curator_ids: list[int]
                 stats.exports_done += 1
 
     return [lambda clock, c=c: curator(clock, c) for c in cookies] + [exporter]
+
+
+def curator_env(redis_url: str) -> dict[str, str]:
+    """The environment of gunicorn and the background worker in the curators' run: the statistics
+    cache shared with the worker, and every project's figures computed by it."""
+    return {
+        "STATS_CACHE_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "STATS_INLINE_MAX_JUDGMENTS": "0",
+    }
+
+
+def forget_figures(redis_url: str) -> None:
+    """Empty the statistics cache and the background queue left in Redis by an earlier run: the
+    bench database was reset, and its new projects have the old ones' ids."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(redis_url)
+    stale = list(client.scan_iter(match="*:stats:*"))
+    if stale:
+        client.delete(*stale)
+    client.delete(settings.REFINERY_BACKGROUND_QUEUE)
+
+
+def start_background_worker(*, database_url: str, redis_url: str) -> subprocess.Popen:
+    """A Celery worker on the background queue alone, one task at a time, in a session of its own;
+    it lowers its own priority when it starts (config/celery.py)."""
+    env = {
+        **os.environ,
+        **curator_env(redis_url),
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "background"]
+    command += ["--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    command += ["--loglevel", "WARNING"]
+    return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+
+
+def wait_for_worker_nice(worker: subprocess.Popen, timeout: float = 120) -> int:
+    """The worker's nice value once it lowered its priority (or `timeout` passed)."""
+    from django.conf import settings
+
+    deadline = time.monotonic() + timeout
+    process = psutil.Process(worker.pid)
+    while time.monotonic() < deadline and worker.poll() is None:
+        if process.nice() >= settings.REFINERY_BACKGROUND_NICE:
+            break
+        time.sleep(0.2)
+    if worker.poll() is not None:
+        raise SystemExit(f"the background worker exited with status {worker.returncode}")
+    return process.nice()
+
+
+def stop_background_worker(worker: subprocess.Popen) -> float:
+    """Stop the worker (a warm shutdown, then SIGKILL); its CPU-seconds."""
+    try:
+        times = psutil.Process(worker.pid).cpu_times()
+        cpu = times.user + times.system
+    except psutil.NoSuchProcess:
+        cpu = float("nan")
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    return cpu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the measurement, per run")
     parser.add_argument("--think-mean", type=float, default=5.0)
     parser.add_argument("--with-curators", action="store_true")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="with --with-curators: the shared statistics cache and the broker of the background worker",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
@@ -269,13 +369,21 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         worker_class="gthread" if args.threads > 1 else "sync",
         profile_dir=None,
+        env=curator_env(args.redis_url) if args.with_curators else None,
     )
+    worker = None
+    worker_nice, worker_cpu = None, None
+    if args.with_curators:
+        forget_figures(args.redis_url)
+        worker = start_background_worker(database_url=args.database_url, redis_url=args.redis_url)
     reports: dict[str, ModeReport] = {}
     plans: list[str] = []
     hot: dict[str, tuple[int, int]] = {}
     pages = PageStats()
     try:
         wait_until_ready(base_url, seeded["empty"].rater_tokens[0], server)
+        if worker is not None:
+            worker_nice = wait_for_worker_nice(worker)
         for run, kind in runs:
             s = seeded[kind]
             if kind != "empty":
@@ -323,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     finally:
         stop_gunicorn(server)
+        if worker is not None:
+            worker_cpu = stop_background_worker(worker)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print("\n" + "\n\n".join(plans))
@@ -345,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{max(values):.0f}  {pages.statuses[what]}"
             )
         print(f"  export: {pages.export_bytes / 1e6:.1f} MB streamed, {pages.exports_done} complete")
+        print(f"  curator pages by their figures: {pages.figures}")
+        print(f"  background worker (figures): nice {worker_nice}, {worker_cpu:.1f} CPU-s over every run")
 
     empty_p = [percentile(reports["empty"].load.next_task_ms, q) for q in (50, 95, 99)]
     print("\nnext-task p50 / p95 / p99 (ms), against the empty project:")

@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -17,3 +17,24 @@ def sweep_sandboxes_at_worker_start(**_kwargs) -> None:
     from feedback_loop.engine.sandbox import sweep_stale_sandboxes
 
     sweep_stale_sandboxes()
+
+
+@worker_init.connect
+def lower_the_priority_of_background_workers(sender, **_kwargs) -> None:
+    """A worker consuming REFINERY_BACKGROUND_QUEUE alone (`celery -A config worker -Q background`)
+    takes the nice value REFINERY_BACKGROUND_NICE: the web processes on its machine come first.
+
+    Here rather than in `nice -n 10 celery …`: whatever starts the worker (compose, systemd, a
+    bench), the queue it consumes decides, and one consuming other queues too keeps its priority
+    (the loop's steps there must not starve behind the web). `worker_init` runs in the main process
+    after the queues are chosen and before the pool starts: the pool's processes inherit the value
+    (on Linux a nice value is per thread, and new threads and processes take their parent's).
+    A nice value can only go up without privileges, so one already higher is kept.
+    """
+    from django.conf import settings
+
+    queues = set(sender.app.amqp.queues.consume_from or ())
+    if not queues or not queues <= {settings.REFINERY_BACKGROUND_QUEUE}:
+        return
+    if os.getpriority(os.PRIO_PROCESS, 0) < settings.REFINERY_BACKGROUND_NICE:
+        os.setpriority(os.PRIO_PROCESS, 0, settings.REFINERY_BACKGROUND_NICE)

@@ -192,6 +192,13 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # LOOP_STALL_SECONDS with no live claim (its message was lost: a broker restarted empty, a worker
 # died), and the auto-start, which starts a round for each project with enough new accepted feedback.
 REFINERY_MODEL_QUEUE = env_str("REFINERY_MODEL_QUEUE", "gpu")
+# Work that may wait and must not slow the pages down (the curator pages' statistics of a big
+# project, annotation.tasks.refresh_figures) goes to REFINERY_BACKGROUND_QUEUE. A worker consuming
+# that queue alone lowers its own CPU priority to the nice value REFINERY_BACKGROUND_NICE when it
+# starts (config/celery.py), so that on a machine shared with the web processes the raters' requests
+# come first; a worker that also consumes other queues keeps its priority.
+REFINERY_BACKGROUND_QUEUE = env_str("REFINERY_BACKGROUND_QUEUE", "background")
+REFINERY_BACKGROUND_NICE = env_int("REFINERY_BACKGROUND_NICE", 10)
 LOOP_CLAIM_STALE_SECONDS = env_float("LOOP_CLAIM_STALE_SECONDS", 300)
 # While a step runs, a thread of its worker touches the claim's heartbeat every LOOP_HEARTBEAT_SECONDS
 # (a third of the stale time at most), so that a long model call does not look like a dead worker.
@@ -262,6 +269,15 @@ STATS_CACHE_SECONDS = env_int("STATS_CACHE_SECONDS", 24 * 3600)
 # Cached statistics younger than this (seconds) are still shown after raters' new judgments, with
 # their time and how many judgments came since; a curator's own change is shown at once.
 STATS_MAX_AGE_SECONDS = env_int("STATS_MAX_AGE_SECONDS", 30)
+# Figures of a project with more than STATS_INLINE_MAX_JUDGMENTS judgments (a million take seconds
+# of CPU) are computed by a worker on REFINERY_BACKGROUND_QUEUE, not in the page view, which would
+# hold up the raters' requests in its process: the page shows the last figures meanwhile, or says
+# they are being computed, and reloads itself until there are some. Only with a shared
+# STATS_CACHE_URL: a worker cannot reach a web process's own cache, so without one every project's
+# figures are computed in the page. A recompute sent STATS_REFRESH_SECONDS ago is sent again by the
+# next page view that needs it (its worker died, its message was lost).
+STATS_INLINE_MAX_JUDGMENTS = env_int("STATS_INLINE_MAX_JUDGMENTS", 20_000)
+STATS_REFRESH_SECONDS = env_int("STATS_REFRESH_SECONDS", 600)
 
 # Export downloads are made in a child process (annotation.export_process) and streamed through the
 # web process: an export of a million judgments is some 20-30 CPU seconds, which in the web process

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
-LONG_RUNNING = {"db", "redis", "web", "worker", "gpu-worker", "beat", "flower"}
-APP = {"migrate", "web", "worker", "gpu-worker", "beat"}
+LONG_RUNNING = {"db", "redis", "web", "worker", "background-worker", "gpu-worker", "beat", "flower"}
+APP = {"migrate", "web", "worker", "background-worker", "gpu-worker", "beat"}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_workers_consume_their_queues_and_the_gpu_worker_reserves_a_gpu_from_the
     services = compose["services"]
     assert re.search(r"celery -A config worker -Q default\b", _command(services["worker"]))
     assert re.search(r"celery -A config worker -Q gpu\b", _command(services["gpu-worker"]))
+    assert re.search(r"celery -A config worker -Q background\b", _command(services["background-worker"]))
     assert "gunicorn config.wsgi" in _command(services["web"])
     assert "celery -A config beat" in _command(services["beat"])
     assert "flower" in _command(services["flower"])

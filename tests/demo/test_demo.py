@@ -158,7 +158,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_manage_py_demo_serves_pages_runs_a_worker_on_both_queues_and_ctrl_c_stops_both(
+def test_manage_py_demo_serves_pages_runs_a_worker_on_every_queue_and_ctrl_c_stops_both(
     tmp_path, tiny_model_dir
 ):
     import urllib.request
@@ -204,7 +204,7 @@ def test_manage_py_demo_serves_pages_runs_a_worker_on_both_queues_and_ctrl_c_sto
         assert f"http://127.0.0.1:{port}/" in output and "simulate_raters" in output
         children = _children(demo.pid)
         assert any("runserver" in c and f"127.0.0.1:{port}" in c for c in children), children
-        assert any("celery" in c and "-Q default,gpu" in c for c in children), children
+        assert any("celery" in c and "-Q default,gpu,background" in c for c in children), children
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0

@@ -3,7 +3,7 @@
 Creates the demo project (a templated sentence task the tiny local model gets partly wrong, with a
 held-out mention check), a rater and a curator, the first outputs of the tiny model (built under
 REFINERY_ARTIFACTS_DIR on first use, then reused), and then runs the web server and one Celery
-worker (both queues) side by side until Ctrl+C, which stops both.
+worker (every queue) side by side until Ctrl+C, which stops both.
 """
 
 from __future__ import annotations
@@ -171,7 +171,12 @@ Ctrl+C stops the server and the worker.
 
 
 def worker_command() -> list[str]:
-    """One worker for both queues, one task at a time: the demo's CPU does the GPU queue's work too."""
+    """One worker for every queue, one task at a time: the demo's CPU does the GPU queue's work too.
+
+    It takes the background queue as well (the curator pages' statistics of a big project), at its
+    own priority: only a worker consuming that queue alone lowers it (config/celery.py). With the
+    demo's per-process statistics cache the pages compute their figures themselves anyway.
+    """
     return [
         sys.executable,
         "-m",
@@ -180,7 +185,7 @@ def worker_command() -> list[str]:
         "config",
         "worker",
         "-Q",
-        "default,gpu",
+        "default,gpu,background",
         "--pool",
         "solo",
         "--loglevel",

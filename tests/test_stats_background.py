@@ -1,0 +1,279 @@
+"""A big project's curator figures are computed by a worker, not in the page view: the page sends
+one recompute however many curators reload, and shows the last figures meanwhile (or says they are
+being computed); the worker stores them where every web process reads them, a shared Redis cache.
+
+Small projects, and deployments without a shared cache, compute in the page as before. These tests
+commit (the statistics versions move on after a commit) and need Redis on 127.0.0.1:6379.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from django.core.cache import caches
+from kombu.exceptions import OperationalError
+
+from annotation import agreement, curation, quality
+from annotation.models import Membership, stats_version
+from annotation.tasks import refresh_figures
+from tests.curation_data import judge, likert_project
+from tests.factories import make_tasks
+from tests.test_agreement import KRIPPENDORFF_2011, curator_client, dashboard_stats
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STATS_REDIS = "redis://127.0.0.1:6379/5"
+JUDGMENTS = int(np.count_nonzero(~np.isnan(np.array(KRIPPENDORFF_2011))))  # 41
+
+
+@pytest.fixture
+def shared_cache(settings):
+    """The statistics cache in Redis, as with STATS_CACHE_URL; projects of more than 10 judgments
+    are big."""
+    try:
+        redis.Redis.from_url(STATS_REDIS).ping()
+    except redis.ConnectionError:
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    settings.STATS_CACHE_URL = STATS_REDIS
+    settings.CACHES = {
+        **settings.CACHES,
+        "stats": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": STATS_REDIS},
+    }
+    settings.STATS_INLINE_MAX_JUDGMENTS = 10
+    settings.STATS_MAX_AGE_SECONDS = 3600
+    cache = caches["stats"]
+    cache.clear()
+    yield cache
+    cache.clear()
+
+
+class Broker:
+    """Stands in for the Celery app as the page sends the recompute: records each message, or fails
+    as an unreachable broker does."""
+
+    def __init__(self):
+        self.sent: list[tuple[tuple, dict]] = []
+        self.down = False
+
+    def send_task(self, name, args, **options):
+        assert name == "annotation.refresh_figures" == refresh_figures.name
+        if self.down:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        self.sent.append((tuple(args), options))
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    broker = Broker()
+    monkeypatch.setattr(quality, "current_app", broker)
+    return broker
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """How often the page figures are computed, by name (the real computation still runs)."""
+    calls = {"dashboard": 0, "raters": 0}
+    real = quality.figures_compute
+
+    def counting(project, name):
+        calls[name] += 1
+        return real(project, name)
+
+    monkeypatch.setattr(quality, "figures_compute", counting)
+    return calls
+
+
+@pytest.fixture
+def coders(django_user_model):
+    return [django_user_model.objects.create_user(f"coder{i}") for i in range(4)]
+
+
+@pytest.fixture
+def krippendorff(db, coders):
+    """Krippendorff (2011)'s 4 coders × 12 units as judgments (ordinal alpha 0.815)."""
+    project = likert_project("Krippendorff 2011")
+    units = make_tasks(project, 12)
+    for i, row in enumerate(KRIPPENDORFF_2011):
+        for task, value in zip(units, row, strict=True):
+            if not np.isnan(value):
+                judge(task, coders[i], {"score": {"clarity": int(value)}})
+    return project, units
+
+
+def worker_recomputes(project, name: str) -> None:
+    """What the background worker runs for a message the page sent (the task, run here)."""
+    refresh_figures(project.pk, name)
+
+
+def dashboard(client, project):
+    page = client.get(f"/projects/{project.pk}/dashboard/")
+    assert page.status_code == 200
+    return page
+
+
+def test_two_curators_viewing_a_big_project_without_figures_send_one_recompute_and_see_it_computing(
+    shared_cache, broker, computed, krippendorff, alice, bob
+):
+    project, _ = krippendorff
+    first, second = curator_client(project, alice), curator_client(project, bob)
+    pages = [dashboard(first, project), dashboard(second, project), dashboard(first, project)]
+    assert broker.sent == [((project.pk, "dashboard"), {"queue": "background", "retry": False})]
+    assert computed["dashboard"] == 0
+    for page in pages:
+        text = page.content.decode()
+        assert page.context["figures"] is None
+        assert f"Computing the figures for {JUDGMENTS} judgments…" in text
+        assert '<meta http-equiv="refresh" content="5">' in text
+        assert 'id="agreement"' not in text
+        # The rest of the page is read live.
+        assert "active raters" in text and "Exports" in text and "Recent curation" in text
+
+    raters = curator_client(project, alice).get(f"/projects/{project.pk}/raters/")
+    assert raters.status_code == 200 and computed["raters"] == 0
+    assert [args for args, _ in broker.sent] == [(project.pk, "dashboard"), (project.pk, "raters")]
+    assert {row.username for row in raters.context["rows"]} == {"alice", "bob"}  # members, listed live
+    assert "computing…" in raters.content.decode() and "figures-computing" in raters.content.decode()
+
+
+def test_the_worker_stores_the_figures_under_the_versions_and_the_next_view_shows_them(
+    shared_cache, broker, computed, krippendorff, alice
+):
+    project, _ = krippendorff
+    client = curator_client(project, alice)
+    dashboard(client, project)
+    worker_recomputes(project, "dashboard")
+    entry = shared_cache.get(f"stats:{quality.FIGURES_FORMAT}:{project.pk}:dashboard")
+    assert (entry.judged, entry.curated) == stats_version(project.pk)
+    assert shared_cache.get(f"stats:{quality.FIGURES_FORMAT}:{project.pk}:dashboard:refresh") is None
+
+    page = dashboard(client, project)
+    assert dashboard_stats(client, project)["score · clarity"]["alpha_ordinal"] == "0.815"
+    assert page.context["progress"]["judgments"] == JUDGMENTS
+    assert b"figures-computing" not in page.content and b"figures-as-of" not in page.content
+    assert b'http-equiv="refresh"' not in page.content
+    assert len(broker.sent) == 1 and computed["dashboard"] == 1  # once, by the worker
+
+    # A second delivery of the same message finds the figures current and computes nothing.
+    worker_recomputes(project, "dashboard")
+    assert computed["dashboard"] == 1
+
+
+def test_after_a_curators_change_the_last_figures_show_as_recomputing_until_the_worker_is_done(
+    shared_cache, broker, computed, krippendorff, coders, alice, bob
+):
+    project, units = krippendorff
+    client = curator_client(project, alice)
+    dashboard(client, project)
+    worker_recomputes(project, "dashboard")
+    as_of = dashboard(client, project).context["freshness"].as_of
+    curation.judgments_review(
+        actor=alice,
+        judgments=project.judgments.filter(rater=coders[3], task=units[5]),
+        status="excluded",
+        reason="misread the scale",
+    )
+    views = [dashboard(client, project), dashboard(curator_client(project, bob), project)]
+    assert len(broker.sent) == 2  # the first figures', then this change's: one for both views
+    for page in views:
+        shown = page.context["freshness"]
+        assert shown.as_of == as_of and shown.recomputing and shown.outdated
+        assert page.context["agreement"][0].alpha_ordinal == pytest.approx(0.815, abs=5e-4)
+        assert 'id="figures-recomputing">recomputing…' in page.content.decode()
+        assert b'http-equiv="refresh"' not in page.content
+
+    worker_recomputes(project, "dashboard")
+    expected = np.array(KRIPPENDORFF_2011)
+    expected[3, 5] = np.nan
+    alpha = agreement.krippendorff_alpha(expected, "ordinal", value_domain=[1, 2, 3, 4, 5])
+    page = dashboard(client, project)
+    assert page.context["agreement"][0].alpha_ordinal == pytest.approx(alpha)
+    assert not page.context["freshness"].recomputing and b"figures-as-of" not in page.content
+
+
+def test_an_unreachable_broker_shows_the_last_figures_and_computes_only_the_first_ones(
+    shared_cache, broker, computed, krippendorff, coders, alice, caplog
+):
+    project, units = krippendorff
+    client = curator_client(project, alice)
+    broker.down = True
+    with caplog.at_level(logging.WARNING, logger="annotation.quality"):
+        page = dashboard(client, project)
+    # No figures at all: the page computes them itself rather than never showing any.
+    assert page.context["agreement"][0].alpha_ordinal == pytest.approx(0.815, abs=5e-4)
+    assert computed["dashboard"] == 1
+    assert "could not send the recompute of dashboard" in caplog.text
+
+    judge(units[11], coders[0], {"score": {"clarity": 3}})  # a curator-side save: curated moves on
+    for _ in range(2):
+        page = dashboard(client, project)
+        shown = page.context["freshness"]
+        assert shown.outdated and not shown.recomputing
+        assert "could not be recomputed just now" in page.content.decode()
+    assert computed["dashboard"] == 1  # the last figures, not computed in the page
+
+    broker.down = False  # back: the lock was released, so the next view sends
+    assert dashboard(client, project).context["freshness"].recomputing
+    assert len(broker.sent) == 1
+
+
+def test_a_small_project_computes_in_the_page(shared_cache, broker, computed, krippendorff, alice, settings):
+    project, _ = krippendorff
+    settings.STATS_INLINE_MAX_JUDGMENTS = JUDGMENTS
+    client = curator_client(project, alice)
+    assert dashboard_stats(client, project)["score · clarity"]["alpha_ordinal"] == "0.815"
+    assert broker.sent == [] and computed["dashboard"] == 1
+
+
+def test_without_a_shared_cache_a_big_project_computes_in_the_page(
+    broker, computed, krippendorff, alice, settings
+):
+    # The worker's figures would stay in its own per-process cache: the page computes them.
+    project, _ = krippendorff
+    settings.STATS_INLINE_MAX_JUDGMENTS = 10
+    client = curator_client(project, alice)
+    assert dashboard_stats(client, project)["score · clarity"]["alpha_ordinal"] == "0.815"
+    assert broker.sent == [] and computed["dashboard"] == 1
+
+
+_NICE_CHECK = """
+import os, sys, types
+import django
+django.setup()
+from config.celery import app, lower_the_priority_of_background_workers
+app.amqp.queues.select(sys.argv[1].split(","))
+lower_the_priority_of_background_workers(sender=types.SimpleNamespace(app=app))
+print(os.getpriority(os.PRIO_PROCESS, 0))
+"""
+
+
+@pytest.mark.parametrize(("queues", "nice"), [("background", 10), ("default,background", 0), ("default", 0)])
+def test_only_a_worker_consuming_the_background_queue_alone_lowers_its_priority(queues, nice):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "REFINERY_BACKGROUND_NICE": "10"}
+    out = subprocess.run(
+        [sys.executable, "-c", _NICE_CHECK, queues],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    ours = os.getpriority(os.PRIO_PROCESS, 0)  # the child starts with it
+    assert int(out.split()[-1]) == (max(ours, nice) if nice else ours)
+
+
+def test_members_are_listed_while_the_raters_figures_are_computed(
+    shared_cache, broker, krippendorff, coders, alice
+):
+    project, _ = krippendorff
+    Membership.objects.create(user=coders[0], project=project, role=Membership.Role.RATER)
+    client = curator_client(project, alice)
+    page = client.get(f"/projects/{project.pk}/raters/")
+    assert {row.username for row in page.context["rows"]} == {"alice", "coder0"}
+    worker_recomputes(project, "raters")
+    rows = {row.username: row for row in client.get(f"/projects/{project.pk}/raters/").context["rows"]}
+    assert rows["coder0"].judgments == 9 and rows["coder3"].judgments == 11
