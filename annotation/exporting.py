@@ -337,6 +337,19 @@ def _one_snapshot():
     """Every query of one export reads the same snapshot of the database. On PostgreSQL this also
     keeps the server-side cursors inside a transaction, so rows are streamed, not first copied out."""
     outermost = not connection.in_atomic_block
+    if outermost and connection.vendor == "sqlite":
+        # Refinery's SQLite transactions begin IMMEDIATE (they take the write lock at once, so
+        # that queue transactions never interleave): an export that did so would hold every
+        # rater's submission back for its whole run. It only reads, so it reads one WAL snapshot
+        # in a deferred transaction, which never blocks a writer.
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("COMMIT")
+        return
     with transaction.atomic():
         if outermost and connection.vendor == "postgresql":
             with connection.cursor() as cursor:

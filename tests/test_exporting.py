@@ -2,6 +2,7 @@
 
 import io
 import json
+import threading
 
 import pyarrow.parquet as pq
 import pytest
@@ -604,3 +605,44 @@ def test_csv_export_over_the_api_command_and_dashboard(formula_judgments, alice,
     download = browser.get(f"/projects/{formula_judgments.pk}/exports/judgments.csv")
     assert download.status_code == 200
     assert _csv_rows(b"".join(download.streaming_content).decode())[0]["prompt_text"].startswith("'=")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_export_under_way_does_not_hold_raters_writes_back(singles, bob, alice):
+    """An export reads one snapshot for its whole run; a rater's submission meanwhile must not
+    wait for it (on SQLite: the export's transaction must not take the write lock)."""
+    for task in singles:
+        judge(task, bob, {"fix": ("fix", f"Fixed {task.pk}.")})
+    rows = iter_judgment_rows(singles[0].project, chunk_size=1)
+    first = next(rows)  # the export is under way: its snapshot is open
+
+    def write() -> None:
+        from django.db import connection as own
+
+        with own.cursor() as cursor:
+            # Fail fast instead of waiting for a lock (SQLite's timeout is otherwise 20 s).
+            cursor.execute(
+                "PRAGMA busy_timeout = 200" if own.vendor == "sqlite" else "SET lock_timeout = 200"
+            )
+        try:
+            judge(singles[1], alice, {"fix": ("fix", "Written during the export.")})
+        finally:
+            own.close()
+
+    errors = []
+    thread = threading.Thread(target=lambda: _capture(write, errors))
+    thread.start()
+    thread.join()
+    assert errors == []
+    # The export still reads its own snapshot: the judgment written meanwhile is not in it.
+    assert [first["judgment_id"], *(row["judgment_id"] for row in rows)] == sorted(
+        Judgment.objects.filter(rater=bob).values_list("id", flat=True)
+    )
+    assert Judgment.objects.filter(rater=alice).count() == 1
+
+
+def _capture(function, errors: list) -> None:
+    try:
+        function()
+    except Exception as error:  # reported by the test's thread
+        errors.append(error)
