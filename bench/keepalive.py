@@ -66,8 +66,9 @@ class Connection:
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._exchange(request)
-        except (OSError, EOFError, TimeoutError, ValueError) as error:
-            # IncompleteReadError is an EOFError, LimitOverrunError and bad framing ValueErrors.
+        except (OSError, EOFError, TimeoutError, ValueError, asyncio.LimitOverrunError) as error:
+            # A connection closed mid-answer raises IncompleteReadError (an EOFError); a malformed
+            # answer, ValueError; a head over the stream's 64 KiB limit, LimitOverrunError.
             await self.aclose()
             raise TransportError(f"{type(error).__name__}: {error}") from error
 

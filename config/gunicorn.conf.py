@@ -1,4 +1,5 @@
-"""gunicorn settings for the web app: `gunicorn config.wsgi -c config/gunicorn.conf.py`.
+"""gunicorn settings for the web app: `gunicorn config.wsgi -c config/gunicorn.conf.py --workers 2
+--threads 4 --bind …`.
 
 Only what the app's workload asks for is set here; the layout (`--workers`, `--threads`) and the
 bind address stay on the command line, per deployment. bench/queue.py serves the app with this
@@ -8,16 +9,16 @@ file too, so the bench measures what is deployed.
 import os
 import sys
 
-# A request is a dozen short PostgreSQL round trips with a little Python between them. While one
-# thread waits on the database another runs; when the answer comes back, the waiting thread
-# must get the GIL from the running one, which hands it over only every switch interval (5 ms
-# by default). That wait, once per round trip, can add more to a request's latency than its own
-# CPU time. GUNICORN_SWITCH_INTERVAL (seconds) overrides it.
-switch_interval = float(os.environ.get("GUNICORN_SWITCH_INTERVAL") or 0.005)
-
-# A rater's browser (or the bench's raters) comes back within seconds, after reading a task:
-# keep its connection open meanwhile instead of opening one per task.
+# A rater's browser comes back within seconds, after reading a task: keep its connection open
+# meanwhile instead of opening one per task (gunicorn's default closes it after 2 s).
 keepalive = 30
+
+# Python's switch interval in the workers, in seconds (GUNICORN_SWITCH_INTERVAL; Python's 5 ms by
+# default). A thread back from a PostgreSQL round trip may wait up to this long for the GIL
+# behind a busy thread, and a request makes about a dozen round trips; in the queue bench
+# (`--switch-interval`) 1 ms and 0.5 ms did not lower the latency: the time a request spends in
+# gunicorn is its CPU time plus the time its threads and its PostgreSQL backend wait for a core.
+switch_interval = float(os.environ.get("GUNICORN_SWITCH_INTERVAL") or sys.getswitchinterval())
 
 
 def post_worker_init(worker):
