@@ -9,8 +9,16 @@ threads' profiles are merged into DIR/worker-<pid>.prof; read it with
 import cProfile
 import os
 import pstats
+import runpy
 import threading
 import time
+from pathlib import Path
+
+# The project's own settings and hooks first (config/gunicorn.conf.py): the profile is of the
+# app as deployed. gunicorn loads one config file.
+_project = runpy.run_path(str(Path(__file__).resolve().parent.parent / "config" / "gunicorn.conf.py"))
+keepalive = _project["keepalive"]
+post_worker_init = _project["post_worker_init"]
 
 _local = threading.local()
 _profiles: list[cProfile.Profile] = []

@@ -3,13 +3,14 @@
     python bench/queue.py [--mode saturation|paced|both|saturation-next|paced-next|compare]
                           [--raters 50] [--paced-raters 200]
                           [--duration 30] [--think-mean 5] [--tasks N] [--overlap 3]
-                          [--workers W] [--threads T]
+                          [--workers W] [--threads T] [--switch-interval S] [--server-timing]
                           [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
                           [--restart-db-at SECONDS [--down-for 2]]
 
 It drops and re-creates the bench database, migrates it, seeds one project per mode (tasks,
 raters with API tokens), starts gunicorn on a free loopback port, and runs the raters with
-asyncio + httpx:
+asyncio and a minimal keep-alive HTTP/1.1 client (bench/keepalive.py), cheap in CPU because it
+shares the machine with the server it measures:
 
 - saturation: each rater loops next-task → submit with no pause;
 - paced: each rater takes a task, thinks for an exponential time (mean --think-mean), submits,
@@ -18,12 +19,13 @@ asyncio + httpx:
   next lease: one request per judgment instead of two (next-task only for the first task);
 - compare: saturation, then saturation-next, against the same server.
 
-It prints judgments per second, next-task and submit latency percentiles, CPU-seconds per
-judgment of gunicorn (master and workers), of the bench database's PostgreSQL backends and of
-the load generator itself, and the correctness counts: over-collected tasks, duplicate
-(task, rater) pairs, lost submissions (acknowledged but not in the database) and tasks whose
-judgment_count disagrees with their judgments. It exits 1 if any of those is not 0, or if the
-server answered 5xx.
+It prints judgments per second, next-task and submit latency percentiles (with --server-timing,
+gunicorn's own time per request beside them), CPU-seconds per judgment of gunicorn (master and
+workers), of the bench database's PostgreSQL backends and of the load generator itself, the time
+their threads waited for a core (taken by other processes: on a shared machine that, not the app,
+can make the latency), and the correctness counts: over-collected tasks, duplicate (task, rater)
+pairs, lost submissions (acknowledged but not in the database) and tasks whose judgment_count
+disagrees with their judgments. It exits 1 if any of those is not 0, or if the server answered 5xx.
 
 With --restart-db-at, PostgreSQL is stopped (fast: every session ends) that many seconds into each
 measured run and started again --down-for seconds later, on a private cluster the bench makes for
@@ -41,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, this file's folder comes first on sys.path and the file would shadow the
-# standard library's `queue` module (which asyncio and httpx import).
+# standard library's `queue` module (which asyncio imports).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -54,8 +56,8 @@ import random
 import secrets
 import signal
 import socket
-import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -64,6 +66,8 @@ from urllib.parse import urlparse, urlunparse
 
 import httpx
 import psutil
+
+from bench.keepalive import Connection, Response, TransportError
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/refinery_bench"
 
@@ -102,7 +106,7 @@ class LoadResult:
     server_errors: Counter = field(default_factory=Counter)
     server_error_times: list[float] = field(default_factory=list)  # time.monotonic() of each 5xx
 
-    def record_server_error(self, endpoint: str, response: httpx.Response) -> None:
+    def record_server_error(self, endpoint: str, response: Response) -> None:
         if response.status_code < 500:
             return
         kind = response.headers.get("content-type", "")
@@ -147,7 +151,7 @@ async def _sleep_until(deadline: float, seconds: float) -> bool:
 
 
 async def _rater(
-    client: httpx.AsyncClient,
+    client: Connection,
     *,
     token: str,
     project_id: int,
@@ -175,7 +179,7 @@ async def _rater(
             started = time.perf_counter()
             try:
                 response = await client.post(next_url, headers=headers)
-            except httpx.TransportError:
+            except TransportError:
                 result.transport_errors += 1
                 await _sleep_until(deadline, 0.05)
                 continue
@@ -204,7 +208,7 @@ async def _rater(
                 response = await client.post(
                     f"/api/v1/leases/{submitted}/submit/", headers=headers, json=payload
                 )
-            except httpx.TransportError:
+            except TransportError:
                 result.transport_errors += 1
                 continue
             if measured:
@@ -293,14 +297,8 @@ async def run_load(
     """
     think = 0.0 if mode.startswith("saturation") else think_mean
     result = LoadResult(mode=mode, raters=len(tokens))
-    # One client (one keep-alive connection) per rater: a single pool shared by all raters costs
-    # about three times the CPU per request, scanning its connections. One TLS context for all,
-    # though nothing here uses TLS: building one per client costs milliseconds each.
-    tls = ssl.create_default_context()
-    clients = [
-        httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(60.0), trust_env=False, verify=tls)
-        for _ in tokens
-    ]
+    # One keep-alive connection per rater, as a browser tab keeps one to the server.
+    clients = [Connection(base_url, timeout=60.0) for _ in tokens]
     clock = Clock(warmup=warmup, duration=duration)
     measure = asyncio.create_task(_measure(result, clock, every=progress_every, on_start=on_start, tick=tick))
     others = [asyncio.create_task(start(clock)) for start in background]
@@ -491,9 +489,15 @@ def start_gunicorn(
     threads: int,
     worker_class: str,
     profile_dir: str | None,
+    extra_args: list[str] = (),
+    access_log: str | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
-    """gunicorn on `port`, in a session of its own; `env` adds to (or overrides) its environment."""
+    """gunicorn with the project's config file (config/gunicorn.conf.py), as deployed.
+
+    `access_log`: a file that gets one line per request, the microseconds gunicorn spent on it
+    (read by `server_ms`); `extra_args` go to gunicorn as they are; `env` adds to its environment.
+    """
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -507,6 +511,8 @@ def start_gunicorn(
         "-m",
         "gunicorn",
         "config.wsgi:application",
+        "--config",
+        str(ROOT / "config" / "gunicorn.conf.py"),
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
@@ -515,10 +521,6 @@ def start_gunicorn(
         str(threads),
         "--worker-class",
         worker_class,
-        # Paced raters come back after seconds of thought; keep their connections open meanwhile
-        # (a proxy in front would do the same), so they are not re-opened for every task.
-        "--keep-alive",
-        "30",
         "--backlog",
         "2048",
         "--timeout",
@@ -529,8 +531,22 @@ def start_gunicorn(
     ]
     if profile_dir:
         env["BENCH_PROFILE_DIR"] = profile_dir
-        command += ["--config", str(ROOT / "bench" / "gunicorn_profile.py")]
+        command[command.index("--config") + 1] = str(ROOT / "bench" / "gunicorn_profile.py")
+    if access_log:
+        command += ["--access-logfile", access_log, "--access-logformat", "%(D)s"]
+    command += list(extra_args)
     return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+
+
+def server_ms(access_log: str, offset: int) -> list[float]:
+    """The milliseconds gunicorn spent on each request logged after `offset` bytes of its access log.
+
+    gunicorn's clock starts when a worker thread has read the request and stops when the response
+    is written: the time a request waited for a thread, or on the client's event loop, is not in it.
+    """
+    with open(access_log, "rb") as log:
+        log.seek(offset)
+        return [int(line) / 1000 for line in log.read().split() if line.isdigit()]
 
 
 def wait_until_ready(base_url: str, token: str, server: subprocess.Popen, timeout: float = 120) -> None:
@@ -563,8 +579,26 @@ def stop_gunicorn(server: subprocess.Popen) -> None:
         server.wait()
 
 
+def _run_queue_wait(pid: int) -> float:
+    """Seconds the threads of a process have spent runnable but not running (Linux schedstat;
+    0 elsewhere): time lost to other processes on the cores, not to locks or I/O."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 class CpuMeter:
-    """CPU-seconds used by a changing set of processes since `start()`, sampled by `sample()`.
+    """CPU-seconds used by a changing set of processes since `start()`, sampled by `sample()`,
+    and the seconds their threads waited for a core (`waited`).
 
     Processes that appear after the start count in full; the last sample of one that has
     exited is kept.
@@ -575,6 +609,8 @@ class CpuMeter:
         self.processes: dict[int, psutil.Process] = {}
         self.baseline: dict[int, float] = {}
         self.latest: dict[int, float] = {}
+        self.wait_baseline: dict[int, float] = {}
+        self.wait_latest: dict[int, float] = {}
 
     def _read(self) -> None:
         for pid in self.find_pids():
@@ -590,12 +626,15 @@ class CpuMeter:
                 del self.processes[pid]
                 continue
             self.latest[pid] = times.user + times.system
+            self.wait_latest[pid] = _run_queue_wait(pid)
 
     def start(self) -> None:
         self.processes.clear()
         self.latest.clear()
+        self.wait_latest.clear()
         self._read()
         self.baseline = dict(self.latest)
+        self.wait_baseline = dict(self.wait_latest)
 
     def sample(self) -> None:
         self._read()
@@ -603,6 +642,10 @@ class CpuMeter:
     @property
     def seconds(self) -> float:
         return sum(cpu - self.baseline.get(pid, 0.0) for pid, cpu in self.latest.items())
+
+    @property
+    def waited(self) -> float:
+        return sum(w - self.wait_baseline.get(pid, 0.0) for pid, w in self.wait_latest.items())
 
 
 def gunicorn_pids(server: subprocess.Popen):
@@ -650,8 +693,10 @@ class ModeReport:
     load: LoadResult
     correctness: Correctness
     cpu: dict[str, float]  # CPU-seconds over the run, by who
+    waited: dict[str, float]  # seconds their threads waited for a core (Linux), by who
     machine_busy: float  # CPU-seconds used by the whole machine over the run
     restart: dict[str, float] | None = None  # --restart-db-at: when the database stopped and came back
+    server_ms: list[float] | None = None  # --server-timing: gunicorn's own time per request
 
 
 def restart_summary(report: ModeReport) -> str:
@@ -712,10 +757,14 @@ def run_mode(
         restart["back"] = time.monotonic()
         print(f"[{mode}] {restart_summary_line(restart)}", file=sys.stderr, flush=True)
 
+    access_log = getattr(args, "access_log", None)
+
     def on_start() -> None:
         nonlocal restarter
         for meter in meters.values():
             meter.start()
+        if access_log:
+            machine["access_log_offset"] = os.path.getsize(access_log)
         machine["before"] = psutil.cpu_times()
         if getattr(args, "restart_db_at", None) is not None and restarter is None:
             restarter = threading.Thread(target=restart_database, daemon=True)
@@ -754,8 +803,10 @@ def run_mode(
         load=load,
         correctness=correctness,
         cpu={name: meter.seconds for name, meter in meters.items()},
+        waited={name: meter.waited for name, meter in meters.items()},
         machine_busy=busy,
         restart=restart or None,
+        server_ms=server_ms(access_log, machine["access_log_offset"]) if access_log else None,
     )
 
 
@@ -767,9 +818,16 @@ def print_table(reports: list[ModeReport], *, header: str) -> None:
     def ms(values: list[float]) -> str:
         return " / ".join(f"{percentile(values, q):.1f}" for q in (50, 95, 99))
 
+    def mean(values: list[float]) -> str:
+        return f"{sum(values) / len(values):.1f}" if values else "nan"
+
     def per_judgment(report: ModeReport, who: str) -> str:
         judgments = max(report.load.created, 1)
         return f"{report.cpu[who] / judgments * 1000:.2f} ({report.cpu[who] / report.load.elapsed:.2f})"
+
+    def waited(report: ModeReport) -> str:
+        judgments = max(report.load.created, 1)
+        return " / ".join(f"{report.waited[who] / judgments * 1000:.2f}" for who in ("gunicorn", "postgres"))
 
     def others(report: ModeReport) -> str:
         statuses = {
@@ -786,9 +844,20 @@ def print_table(reports: list[ModeReport], *, header: str) -> None:
         ("judgments / s", lambda r: f"{r.load.judgments_per_second:.1f}"),
         ("next-task p50 / p95 / p99 (ms)", lambda r: ms(r.load.next_task_ms)),
         ("submit p50 / p95 / p99 (ms)", lambda r: ms(r.load.submit_ms)),
+        *(
+            [
+                (
+                    "in gunicorn p50 / p95 / p99 (mean) ms, all",
+                    lambda r: f"{ms(r.server_ms)} ({mean(r.server_ms)})",
+                )
+            ]
+            if any(r.server_ms is not None for r in reports)
+            else []
+        ),
         ("CPU-ms per judgment (cores): gunicorn", lambda r: per_judgment(r, "gunicorn")),
         ("CPU-ms per judgment (cores): postgres", lambda r: per_judgment(r, "postgres")),
         ("CPU-ms per judgment (cores): load gen.", lambda r: per_judgment(r, "client")),
+        ("waiting for a core, ms per judgment: gunicorn / postgres", waited),
         ("cores busy, all processes on the machine", lambda r: f"{r.machine_busy / r.load.elapsed:.2f}"),
         ("raters who ran out of tasks (204)", lambda r: str(r.load.out_of_work)),
         ("other responses", others),
@@ -837,6 +906,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile file per gunicorn worker here")
     parser.add_argument(
+        "--server-timing",
+        action="store_true",
+        help="log gunicorn's time per request and print its percentiles beside the raters' latencies",
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        metavar="SECONDS",
+        help="Python's switch interval in the gunicorn workers (GUNICORN_SWITCH_INTERVAL; "
+        "default: config/gunicorn.conf.py's)",
+    )
+    parser.add_argument(
+        "--gunicorn-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more gunicorn command-line argument (repeat it: --gunicorn-arg=--keep-alive --gunicorn-arg=5)",
+    )
+    parser.add_argument(
         "--restart-db-at",
         type=float,
         metavar="SECONDS",
@@ -880,6 +968,8 @@ def _run(args, modes: list[str], worker_class: str) -> int:
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
+    logs = tempfile.TemporaryDirectory(prefix="bench-queue-")
+    args.access_log = os.path.join(logs.name, "access.log") if args.server_timing else None
     server = start_gunicorn(
         database_url=args.database_url,
         port=port,
@@ -887,6 +977,9 @@ def _run(args, modes: list[str], worker_class: str) -> int:
         threads=args.threads,
         worker_class=worker_class,
         profile_dir=args.profile,
+        extra_args=args.gunicorn_arg,
+        access_log=args.access_log,
+        env={} if args.switch_interval is None else {"GUNICORN_SWITCH_INTERVAL": str(args.switch_interval)},
     )
     reports = []
     try:
@@ -907,6 +1000,7 @@ def _run(args, modes: list[str], worker_class: str) -> int:
             )
     finally:
         stop_gunicorn(server)
+        logs.cleanup()
 
     from django.db import connection
 
@@ -918,7 +1012,10 @@ def _run(args, modes: list[str], worker_class: str) -> int:
         f"\nRefinery queue bench: PostgreSQL {pg_version}, gunicorn {worker_class} "
         f"{args.workers} worker(s) × {args.threads} thread(s), {psutil.cpu_count()} CPUs "
         f"(load average now {load}), overlap {args.overlap}, {args.tasks} tasks per mode, "
-        f"think time mean {args.think_mean:g}s (paced)\n"
+        f"think time mean {args.think_mean:g}s (paced)"
+        + (f", switch interval {args.switch_interval:g}s" if args.switch_interval is not None else "")
+        + (f", gunicorn {' '.join(args.gunicorn_arg)}" if args.gunicorn_arg else "")
+        + "\n"
     )
     print_table(reports, header=header)
     failed = False
