@@ -30,6 +30,13 @@ def lower_the_priority_of_background_workers(sender, **_kwargs) -> None:
     after the queues are chosen and before the pool starts: the pool's processes inherit the value
     (on Linux a nice value is per thread, and new threads and processes take their parent's).
     A nice value can only go up without privileges, so one already higher is kept.
+
+    Where the kernel groups processes by session for scheduling (Linux's autogroups, on by default),
+    a nice value only ranks a process among those of its own session: a worker started in a session
+    of its own would still take an equal share of the CPU from the web server's session. Such a
+    worker, leading its session, therefore gives its whole group the same nice value. One that shares
+    a session with other programs leaves the group alone. (Under systemd or in a container the
+    service's cgroup decides the share: give it a lower CPUWeight or cpu_shares.)
     """
     from django.conf import settings
 
@@ -38,3 +45,26 @@ def lower_the_priority_of_background_workers(sender, **_kwargs) -> None:
         return
     if os.getpriority(os.PRIO_PROCESS, 0) < settings.REFINERY_BACKGROUND_NICE:
         os.setpriority(os.PRIO_PROCESS, 0, settings.REFINERY_BACKGROUND_NICE)
+    if os.getsid(0) == os.getpid():
+        lower_autogroup(settings.REFINERY_BACKGROUND_NICE)
+
+
+def autogroup_nice() -> int | None:
+    """The nice value of this process's scheduling autogroup; None where there is none."""
+    try:
+        with open("/proc/self/autogroup") as group:
+            return int(group.read().split()[-1])  # "/autogroup-85 nice 0"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def lower_autogroup(nice: int) -> None:
+    """Give this process's autogroup (its session, when autogroups are on) at least `nice`."""
+    current = autogroup_nice()
+    if current is None or current >= nice:
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(nice))
+    except OSError:  # autogroups off, or not allowed: the process's own nice value still holds
+        pass

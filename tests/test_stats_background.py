@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError
 from annotation import agreement, curation, quality
 from annotation.models import Membership, stats_version
 from annotation.tasks import refresh_figures
+from config.celery import autogroup_nice
 from tests.curation_data import judge, likert_project
 from tests.factories import make_tasks
 from tests.test_agreement import KRIPPENDORFF_2011, curator_client, dashboard_stats
@@ -244,10 +245,10 @@ _NICE_CHECK = """
 import os, sys, types
 import django
 django.setup()
-from config.celery import app, lower_the_priority_of_background_workers
+from config.celery import app, autogroup_nice, lower_the_priority_of_background_workers
 app.amqp.queues.select(sys.argv[1].split(","))
 lower_the_priority_of_background_workers(sender=types.SimpleNamespace(app=app))
-print(os.getpriority(os.PRIO_PROCESS, 0))
+print(os.getpriority(os.PRIO_PROCESS, 0), autogroup_nice())
 """
 
 
@@ -263,7 +264,26 @@ def test_only_a_worker_consuming_the_background_queue_alone_lowers_its_priority(
         check=True,
     ).stdout
     ours = os.getpriority(os.PRIO_PROCESS, 0)  # the child starts with it
-    assert int(out.split()[-1]) == (max(ours, nice) if nice else ours)
+    assert int(out.split()[0]) == (max(ours, nice) if nice else ours)
+
+
+@pytest.mark.skipif(autogroup_nice() is None, reason="no scheduling autogroups on this kernel")
+@pytest.mark.parametrize(("own_session", "lowered"), [(True, True), (False, False)])
+def test_a_background_worker_leading_its_session_lowers_its_autogroup_too(own_session, lowered):
+    """With autogroups a nice value only ranks a process within its session: a worker in a session
+    of its own lowers the whole group, one sharing a session leaves it to the others in it."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "REFINERY_BACKGROUND_NICE": "10"}
+    out = subprocess.run(
+        [sys.executable, "-c", _NICE_CHECK, "background"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=own_session,
+    ).stdout
+    group = int(out.split()[-1])
+    assert group == (10 if lowered else autogroup_nice())
 
 
 def test_members_are_listed_while_the_raters_figures_are_computed(
