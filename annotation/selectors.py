@@ -103,14 +103,19 @@ _TASK_CONTENT = """
 def lease_task_content(lease: Lease) -> dict:
     """The task of a lease as its rater sees it: prompt, outputs in the lease's order, questions.
 
-    Plain SQL, as in the queue's services: this runs on every request for a task.
+    Plain SQL, as in the queue's services: this runs on every request for a task. A task just
+    leased carries its content already (`task.content`, read by services.leases.room_left).
     """
     task = lease.task
     project = task.project
-    with connection.cursor() as cursor:
-        cursor.execute(_TASK_CONTENT, [task.prompt_id, task.pk])
-        (_, _, external_id, prompt_text, prompt_context, _), *outputs = cursor.fetchall()
-    texts = {pk: text for _, pk, _, text, _, _ in outputs}
+    content = getattr(task, "content", None)
+    if content is None:
+        with connection.cursor() as cursor:
+            cursor.execute(_TASK_CONTENT, [task.prompt_id, task.pk])
+            (_, _, external_id, prompt_text, prompt_context, _), *outputs = cursor.fetchall()
+        texts = {pk: text for _, pk, _, text, _, _ in outputs}
+    else:
+        external_id, prompt_text, prompt_context, texts = content
     order = lease.display_order or list(texts)
     questions = questions_for(project.questions, task.kind)
     for question in questions:

@@ -61,7 +61,7 @@ def database_from_url(url: str, *, base_dir: Path) -> dict:
     if parsed.scheme in {"postgres", "postgresql", "psql"}:
         options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": "config.postgresql",
             "NAME": unquote(parsed.path.lstrip("/")) or "refinery",
             "USER": unquote(parsed.username or ""),
             "PASSWORD": unquote(parsed.password or ""),

@@ -139,6 +139,7 @@ REST_FRAMEWORK = {
         *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     ],
     "PAGE_SIZE": 100,
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "annotation.api.negotiation.ContentNegotiation",
     "EXCEPTION_HANDLER": "annotation.api.errors.exception_handler",
     # Generous: a fast rater makes a few requests a minute, the queue bench a few a second per
     # rater. The limits stop scripts run away with a token, not people.

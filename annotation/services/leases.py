@@ -132,14 +132,19 @@ _ROOM = """AND t.judgment_count < %(overlap)s AND t.judgment_count + (
         WHERE l.task_id = t.id AND l.state = %(active)s AND l.expires_at > %(now)s
     ) < %(overlap)s"""
 
-# A locked task's live leases, read afresh (see room_left), with its output ids in order: one
-# row per output (a single row with a null id for a task without outputs).
-_LIVE_LEASES_AND_OUTPUTS = """
-    SELECT c.live, x.output_id FROM (
-        SELECT COUNT(*) AS live FROM annotation_lease
+# A locked task's live leases, read afresh (see room_left), with its content: the first row is
+# its prompt's, carrying the count; then one row per output, in order. The content is what the
+# answer shows the rater (selectors.lease_task_content): read here, it costs no statement of its own.
+_LIVE_LEASES_AND_CONTENT = """
+    SELECT 0 AS part, (
+        SELECT COUNT(*) FROM annotation_lease
         WHERE task_id = %s AND state = %s AND expires_at > %s AND id <> %s
-    ) c LEFT JOIN annotation_taskoutput x ON x.task_id = %s
-    ORDER BY x.position"""
+    ), external_id, text, context, 0 AS position
+    FROM annotation_prompt WHERE id = %s
+    UNION ALL
+    SELECT 1, o.id, NULL, o.text, NULL, x.position
+    FROM annotation_output o JOIN annotation_taskoutput x ON x.output_id = o.id WHERE x.task_id = %s
+    ORDER BY 1, 6"""
 
 # The task of a rater's lease, locking only the task row.
 TASK_OF_LEASE = f"""
@@ -253,13 +258,16 @@ def room_left(task: Task, *, overlap: int, now: datetime, exclude_lease: int | N
     The leases are counted by a statement of its own, run once the task is locked, so that it
     sees leases committed while we waited for the lock. The task's judgment_count is current: it
     only changes under that lock, and a row read FOR UPDATE is its latest version. The same
-    statement reads the task's output ids, kept as `task.output_ids` for `_write_lease`.
+    statement reads the task's output ids, kept as `task.output_ids` for `_write_lease`, and its
+    content, kept as `task.content` for selectors.lease_task_content.
     """
-    rows = fetch_rows(
-        _LIVE_LEASES_AND_OUTPUTS, [task.pk, Lease.State.ACTIVE, db_now(now), exclude_lease or 0, task.pk]
+    (_, live, *prompt, _), *outputs = fetch_rows(
+        _LIVE_LEASES_AND_CONTENT,
+        [task.pk, Lease.State.ACTIVE, db_now(now), exclude_lease or 0, task.prompt_id, task.pk],
     )
-    task.output_ids = [output_id for _, output_id in rows if output_id is not None]
-    return overlap - task.judgment_count - rows[0][0]
+    task.output_ids = [output_id for _, output_id, _, _, _, _ in outputs]
+    task.content = (*prompt, {output_id: text for _, output_id, _, text, _, _ in outputs})
+    return overlap - task.judgment_count - live
 
 
 def task_output_ids(task: Task) -> list[int]:
