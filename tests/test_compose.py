@@ -39,7 +39,9 @@ def test_workers_consume_their_queues_and_the_gpu_worker_reserves_a_gpu_from_the
     assert re.search(r"celery -A config worker -Q default\b", _command(services["worker"]))
     assert re.search(r"celery -A config worker -Q gpu\b", _command(services["gpu-worker"]))
     assert re.search(r"celery -A config worker -Q background\b", _command(services["background-worker"]))
-    assert "gunicorn config.wsgi" in _command(services["web"])
+    assert "gunicorn config.wsgi -c config/gunicorn.conf.py" in _command(services["web"])
+    assert "--threads" in _command(services["web"])  # a streamed export must not hold a whole worker
+    assert services["background-worker"]["cpu_shares"] < 1024  # the web comes first
     assert "celery -A config beat" in _command(services["beat"])
     assert "flower" in _command(services["flower"])
     devices = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
