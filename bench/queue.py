@@ -568,15 +568,20 @@ def wait_until_ready(base_url: str, token: str, server: subprocess.Popen, timeou
 
 
 def stop_gunicorn(server: subprocess.Popen) -> None:
-    if server.poll() is not None:
+    stop_session(server)
+
+
+def stop_session(process: subprocess.Popen) -> None:
+    """Stop a server started in a session of its own: SIGTERM (a warm shutdown), then after 30 s
+    SIGKILL to the whole session, its workers too (busy with a long request, say)."""
+    if process.poll() is not None:
         return
-    server.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
     try:
-        server.wait(timeout=30)
+        process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        # Its workers too (busy with a long request, say): gunicorn runs in a session of its own.
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _run_queue_wait(pid: int) -> float:

@@ -48,7 +48,6 @@ if str(ROOT) not in sys.path:
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import time
 from argparse import Namespace
@@ -70,6 +69,7 @@ from bench.queue import (
     run_mode,
     start_gunicorn,
     stop_gunicorn,
+    stop_session,
     wait_until_ready,
 )
 
@@ -273,13 +273,7 @@ def stop_background_worker(worker: subprocess.Popen) -> float:
         cpu = times.user + times.system
     except psutil.NoSuchProcess:
         cpu = float("nan")
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+    stop_session(worker)
     return cpu
 
 

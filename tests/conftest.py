@@ -99,3 +99,18 @@ def _fresh_statistics_cache():
     caches["stats"].clear()
     yield
     caches["stats"].clear()
+
+
+@pytest.fixture
+def coders(django_user_model):
+    """Four raters, coder0–coder3."""
+    return [django_user_model.objects.create_user(f"coder{i}") for i in range(4)]
+
+
+@pytest.fixture
+def krippendorff(db, coders):
+    """Krippendorff (2011)'s 4 coders × 12 units as judgments (ordinal alpha 0.815): (project, tasks)."""
+    from tests.curation_data import krippendorff_judgments
+    from tests.test_agreement import KRIPPENDORFF_2011
+
+    return krippendorff_judgments(coders, KRIPPENDORFF_2011)

@@ -16,7 +16,7 @@ from django.test import Client
 
 from annotation import agreement, plots, quality
 from annotation.models import Membership, Project
-from tests.curation_data import judge, likert_project, output_ids
+from tests.curation_data import judge, krippendorff_judgments, likert_project, output_ids
 from tests.factories import make_tasks
 
 NAN = np.nan
@@ -135,13 +135,7 @@ def test_cohen_kappa_is_undefined_when_both_raters_never_vary():
 @pytest.fixture
 def krippendorff_project(db, coders):
     """Krippendorff's example as judgments: coder i scored task j (scale 1–5) where the matrix has a value."""
-    project = likert_project("Krippendorff 2011")
-    tasks = make_tasks(project, 12)
-    for i, row in enumerate(KRIPPENDORFF_2011):
-        for task, value in zip(tasks, row, strict=True):
-            if not np.isnan(value):
-                judge(task, coders[i], {"score": {"clarity": int(value)}})
-    return project, tasks
+    return krippendorff_judgments(coders, KRIPPENDORFF_2011)
 
 
 def test_judgments_become_a_raters_by_tasks_matrix_in_id_order(krippendorff_project, coders):

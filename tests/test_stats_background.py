@@ -22,8 +22,7 @@ from annotation import agreement, curation, quality
 from annotation.models import Membership, stats_version
 from annotation.tasks import refresh_figures
 from config.celery import autogroup_nice
-from tests.curation_data import judge, likert_project
-from tests.factories import make_tasks
+from tests.curation_data import judge
 from tests.test_agreement import KRIPPENDORFF_2011, curator_client, dashboard_stats
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -87,23 +86,6 @@ def computed(monkeypatch):
 
     monkeypatch.setattr(quality, "figures_compute", counting)
     return calls
-
-
-@pytest.fixture
-def coders(django_user_model):
-    return [django_user_model.objects.create_user(f"coder{i}") for i in range(4)]
-
-
-@pytest.fixture
-def krippendorff(db, coders):
-    """Krippendorff (2011)'s 4 coders × 12 units as judgments (ordinal alpha 0.815)."""
-    project = likert_project("Krippendorff 2011")
-    units = make_tasks(project, 12)
-    for i, row in enumerate(KRIPPENDORFF_2011):
-        for task, value in zip(units, row, strict=True):
-            if not np.isnan(value):
-                judge(task, coders[i], {"score": {"clarity": int(value)}})
-    return project, units
 
 
 def worker_recomputes(project, name: str) -> None:

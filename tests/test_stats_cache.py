@@ -29,23 +29,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def coders(django_user_model):
-    return [django_user_model.objects.create_user(f"coder{i}") for i in range(4)]
-
-
-@pytest.fixture
-def krippendorff(db, coders):
-    """Krippendorff (2011)'s 4 coders × 12 units as judgments (ordinal alpha 0.815)."""
-    project = likert_project("Krippendorff 2011")
-    tasks = make_tasks(project, 12)
-    for i, row in enumerate(KRIPPENDORFF_2011):
-        for task, value in zip(tasks, row, strict=True):
-            if not np.isnan(value):
-                judge(task, coders[i], {"score": {"clarity": int(value)}})
-    return project, tasks
-
-
-@pytest.fixture
 def computed(monkeypatch):
     """Counts how often each page's figures are computed (the real computation still runs)."""
     calls = {"dashboard": 0, "raters": 0}
