@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -32,6 +33,8 @@ from annotation.services import prompts
 
 # While a worker computes a big project's first figures, the page reloads itself this often.
 RELOAD_SECONDS = 5
+# Members per page of the raters page: a project of thousands of raters renders one page of them.
+RATERS_PER_PAGE = 100
 
 
 def _curated_project(request, project_id: int) -> Project:
@@ -82,10 +85,12 @@ def dashboard(request, project_id: int):
 
 def _raters_page(request, project, *, add_form=None, new_account=None, status=200):
     rows, freshness = quality.rater_rows(project)
+    page = Paginator(rows, RATERS_PER_PAGE).get_page(request.GET.get("page"))
     context = {
         "project": project,
         "section": "raters",
-        "rows": rows,
+        "rows": page.object_list,
+        "page": page,
         "freshness": freshness,
         "max_age": settings.STATS_MAX_AGE_SECONDS,
         "reload_seconds": RELOAD_SECONDS,

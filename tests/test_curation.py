@@ -671,3 +671,29 @@ def test_admin_project_list_counts_tasks_and_judgments(project, judged, curator)
     [row] = response.context["cl"].result_list
     assert (row.n_tasks, row.n_judgments) == (3, 3)
     assert f"/projects/{project.pk}/dashboard/" in response.content.decode()
+
+
+def test_the_raters_page_shows_its_members_a_page_at_a_time(project, curator, django_user_model, monkeypatch):
+    from annotation import curator_views
+
+    monkeypatch.setattr(curator_views, "RATERS_PER_PAGE", 2)
+    for i in range(3):
+        user = django_user_model.objects.create_user(f"member{i}")
+        Membership.objects.create(user=user, project=project, role=Membership.Role.RATER)
+    client = client_for(curator)
+    members = Membership.objects.filter(project=project).count()  # the curator too
+    shown = []
+    page, pages = 1, (members + 1) // 2
+    for page in range(1, pages + 1):
+        html = client.get(f"/projects/{project.pk}/raters/?page={page}").content.decode()
+        rows = re.findall(r'<tr data-rater="([^"]+)"', html)
+        assert len(rows) == (2 if page < pages else members - 2 * (pages - 1))
+        assert f"page {page} of {pages}" in html
+        assert ('rel="next"' in html) == (page < pages) and ('rel="prev"' in html) == (page > 1)
+        shown += rows
+    assert sorted(shown) == sorted(
+        Membership.objects.filter(project=project).values_list("user__username", flat=True)
+    )
+    # A page out of range or not a number shows the last or the first page, never an error.
+    assert client.get(f"/projects/{project.pk}/raters/?page=99").status_code == 200
+    assert "page 1 of" in client.get(f"/projects/{project.pk}/raters/?page=x").content.decode()
