@@ -296,16 +296,17 @@ def download(project_id: int, kind: str, fmt: str) -> None:
         response = client.get(f"/projects/{project_id}/exports/{kind}.{fmt}", HTTP_HOST="localhost")
         assert response.status_code == 200 and response.streaming, response
         first = None
-        size = 0
+        size = lines = 0
         with tempfile.TemporaryFile() as body:
             for chunk in response.streaming_content:
                 first = first if first is not None else time.perf_counter() - started
                 size += len(chunk)
+                lines += chunk.count(b"\n")  # counted as it comes: the body is never held in memory
                 body.write(chunk)
             total = time.perf_counter() - started
             response.close()
             body.seek(0)
-            rows = pq.ParquetFile(body).metadata.num_rows if fmt == "parquet" else body.read().count(b"\n")
+            rows = pq.ParquetFile(body).metadata.num_rows if fmt == "parquet" else lines
         own_after, children_after = (
             resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
         )
