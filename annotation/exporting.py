@@ -640,6 +640,20 @@ def export_rows(
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[dict]:
     """The rows of one export kind. Raises ExportError (at once, not when iterated) for a bad request."""
+    statuses = export_statuses(project, kind=kind, statuses=statuses)
+    make = {
+        "judgments": iter_judgment_rows,
+        "sft": iter_sft_rows,
+        "preference": iter_preference_rows,
+        "qa2": iter_qa2_rows,
+        "refiner": iter_refiner_rows,
+    }[kind]
+    return make(project, statuses=statuses, round_number=round_number, chunk_size=chunk_size)
+
+
+def export_statuses(project: Project, *, kind: str, statuses: Iterable[str] | None) -> Iterable[str] | None:
+    """The statuses an export of `kind` reads (a training kind: only those it may train on). Raises
+    ExportError for a kind, status or project the request may not ask for."""
     if kind not in KINDS:
         raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})", field="kind")
     _check_statuses(statuses)
@@ -649,14 +663,7 @@ def export_rows(
         raise ExportError(
             "qa2 exports are for projects that ask the (QA)² template's questions", field="kind"
         )
-    make = {
-        "judgments": iter_judgment_rows,
-        "sft": iter_sft_rows,
-        "preference": iter_preference_rows,
-        "qa2": iter_qa2_rows,
-        "refiner": iter_refiner_rows,
-    }[kind]
-    return make(project, statuses=statuses, round_number=round_number, chunk_size=chunk_size)
+    return statuses
 
 
 def _json_text():

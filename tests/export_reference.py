@@ -7,35 +7,28 @@ plainer reading is what tests/test_export_equivalence.py holds it to, row for ro
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from django.db.models import Prefetch
 
 from annotation import templates_qa2
 
-# The filters and the prefetch are annotation.exporting's own: what is held to the ORM reading is
-# how the rows are read and put together.
+# The request's checks, the filters, the prefetch and which pairs a preference states are
+# annotation.exporting's own: what is held to the ORM reading is how the rows are read and put
+# together.
 from annotation.exporting import (
     QA2_ALL_VALID,
     QA2_HAS_INVALID,
-    ExportError,
+    _check_statuses,
     _judgments,
+    _preferred_pairs,
     _training_statuses,
+    export_statuses,
     training_prompt,
     with_answers_and_outputs,
 )
-from annotation.models import Answer, Judgment, Project, Task, TaskOutput
-from annotation.questions import ranking_groups
+from annotation.models import Answer, Project, Task, TaskOutput
 
-KINDS = ("judgments", "sft", "preference", "qa2", "refiner")
-STATUSES = tuple(Judgment.Status.values)
 CHUNK_SIZE = 500
-
-
-def _check_statuses(statuses: Iterable[str] | None) -> None:
-    for status in statuses or ():
-        if status not in STATUSES:
-            raise ExportError(f"status must be among {', '.join(STATUSES)} (got {status!r})", field="status")
 
 
 def iter_judgment_rows(
@@ -98,24 +91,6 @@ def iter_sft_rows(
     for value, context, text in fixes.iterator(chunk_size=chunk_size):
         if isinstance(value, str) and value.strip():
             yield {"prompt": training_prompt(text, context), "completion": value}
-
-
-def _preferred_pairs(kind: str, value: Any, output_ids: list[int]) -> Iterator[tuple[int, int]]:
-    """(better, worse) output id pairs stated by one pairwise or ranking answer."""
-    if kind == Answer.Kind.PAIRWISE:
-        preferred = value.get("preferred") if isinstance(value, dict) else None
-        if preferred is None or preferred not in output_ids:  # a tie says nothing about which is better
-            return
-        for other in output_ids:
-            if other != preferred:
-                yield preferred, other
-    else:
-        groups = ranking_groups(value)
-        for index, better_group in enumerate(groups):
-            for worse_group in groups[index + 1 :]:
-                for better in better_group:
-                    for worse in worse_group:
-                        yield better, worse
 
 
 def iter_preference_rows(
@@ -246,15 +221,7 @@ def export_rows(
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[dict]:
     """The rows of one export kind. Raises ExportError (at once, not when iterated) for a bad request."""
-    if kind not in KINDS:
-        raise ExportError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})", field="kind")
-    _check_statuses(statuses)
-    if kind != "judgments":
-        statuses = _training_statuses(statuses, kind)
-    if kind == "qa2" and not templates_qa2.is_qa2_project(project.questions):
-        raise ExportError(
-            "qa2 exports are for projects that ask the (QA)² template's questions", field="kind"
-        )
+    statuses = export_statuses(project, kind=kind, statuses=statuses)
     make = {
         "judgments": iter_judgment_rows,
         "sft": iter_sft_rows,
