@@ -109,6 +109,8 @@ def child_chunks(command: list[str], *, fallback) -> Iterator[bytes]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=settings.BASE_DIR,  # the environment is this process's: DJANGO_SETTINGS_MODULE too
+            # A niced child leads a scheduling group of its own (annotation.export_process).
+            start_new_session="--nice" in command,
         )
     except OSError as error:
         logger.warning("could not start the export process (%s): making the export in process", error)

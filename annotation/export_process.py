@@ -36,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.nice:
         # Before Django is set up, so its start-up (a good part of a small export) runs niced too.
         # Done here rather than in the parent's preexec_fn, which is unsafe in a threaded server.
+        # Started in a session of its own, this process leads its scheduling group (an autogroup,
+        # where the kernel has them), which gets the same nice value: otherwise it would take its
+        # share from the web server's group (config.priority). Its database backend gets it too.
+        from config.priority import lower_autogroup
+
         os.nice(args.nice)
+        if os.getsid(0) == os.getpid():
+            lower_autogroup(os.getpriority(os.PRIO_PROCESS, 0))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 

@@ -3,6 +3,8 @@ import os
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
+from config.priority import lower_autogroup
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("refinery")
@@ -47,24 +49,3 @@ def lower_the_priority_of_background_workers(sender, **_kwargs) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, settings.REFINERY_BACKGROUND_NICE)
     if os.getsid(0) == os.getpid():
         lower_autogroup(settings.REFINERY_BACKGROUND_NICE)
-
-
-def autogroup_nice() -> int | None:
-    """The nice value of this process's scheduling autogroup; None where there is none."""
-    try:
-        with open("/proc/self/autogroup") as group:
-            return int(group.read().split()[-1])  # "/autogroup-85 nice 0"
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def lower_autogroup(nice: int) -> None:
-    """Give this process's autogroup (its session, when autogroups are on) at least `nice`."""
-    current = autogroup_nice()
-    if current is None or current >= nice:
-        return
-    try:
-        with open("/proc/self/autogroup", "w") as group:
-            group.write(str(nice))
-    except OSError:  # autogroups off, or not allowed: the process's own nice value still holds
-        pass

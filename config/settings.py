@@ -200,6 +200,11 @@ REFINERY_MODEL_QUEUE = env_str("REFINERY_MODEL_QUEUE", "gpu")
 # come first; a worker that also consumes other queues keeps its priority.
 REFINERY_BACKGROUND_QUEUE = env_str("REFINERY_BACKGROUND_QUEUE", "background")
 REFINERY_BACKGROUND_NICE = env_int("REFINERY_BACKGROUND_NICE", 10)
+# A niced process (an export's child, a background worker) gives its PostgreSQL backend its own nice
+# value where the database runs on this machine and it may (config/priority.py): otherwise the
+# backend, a process of its own, would take as much CPU as a rater's. 0 turns this off, as a
+# connection pooler on the database's machine needs (it hands backends on to other clients).
+BACKGROUND_NICE_DATABASE = env_bool("BACKGROUND_NICE_DATABASE", True)
 LOOP_CLAIM_STALE_SECONDS = env_float("LOOP_CLAIM_STALE_SECONDS", 300)
 # While a step runs, a thread of its worker touches the claim's heartbeat every LOOP_HEARTBEAT_SECONDS
 # (a third of the stale time at most), so that a long model call does not look like a dead worker.

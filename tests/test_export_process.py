@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from annotation import downloads, exporting
 from annotation.models import Project
+from config.priority import autogroup_nice
 from tests import test_export_equivalence as equivalence
 from tests.factories import make_tasks
 from tests.factories import write_judgment as judge
@@ -153,7 +154,12 @@ def test_closing_a_download_early_kills_and_reaps_its_child(project, bob, alice,
     assert next(chunks).startswith(b'{"judgment_id": ')
     [child] = children
     assert child.poll() is None  # still at work, blocked on its output
-    assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+    assert os.getpriority(os.PRIO_PROCESS, child.pid) == nice
+    # It leads a session, so a scheduling group, of its own, with the same nice value where the
+    # kernel has autogroups: it takes no share of the web server's group (config.priority).
+    assert os.getsid(child.pid) == child.pid
+    assert autogroup_nice(child.pid) in (None, nice)
 
     response.close()  # what the server does when the client goes away
 
@@ -172,6 +178,7 @@ def test_export_nice_zero_leaves_the_childs_priority_alone(project, bob, childre
     [child] = children
     assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.getpriority(os.PRIO_PROCESS, 0)
     assert "--nice" not in child.args
+    assert os.getsid(child.pid) == os.getsid(0)  # in the web server's session, as it is not niced
     response.close()
     assert child.returncode == -signal.SIGKILL
 

@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 from annotation import agreement, curation, quality
 from annotation.models import Membership, stats_version
 from annotation.tasks import refresh_figures
-from config.celery import autogroup_nice
+from config.priority import autogroup_nice
 from tests.curation_data import judge
 from tests.test_agreement import KRIPPENDORFF_2011, curator_client, dashboard_stats
 
@@ -227,7 +227,8 @@ _NICE_CHECK = """
 import os, sys, types
 import django
 django.setup()
-from config.celery import app, autogroup_nice, lower_the_priority_of_background_workers
+from config.celery import app, lower_the_priority_of_background_workers
+from config.priority import autogroup_nice
 app.amqp.queues.select(sys.argv[1].split(","))
 lower_the_priority_of_background_workers(sender=types.SimpleNamespace(app=app))
 print(os.getpriority(os.PRIO_PROCESS, 0), autogroup_nice())

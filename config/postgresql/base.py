@@ -8,13 +8,20 @@ has nothing to read: a server that ends its backend (a restart, a shutdown, a te
 session) sends its error and closes the socket, which makes the socket readable. So a socket
 with nothing to read, on a connection that libpq holds as open and idle, is taken as healthy;
 any other state still gets Django's `SELECT 1` (and the connection is closed if that fails).
+
+A niced process (background work: an export's child, a background worker) gives each backend it
+connects to its own nice value (config.priority.lower_database_backend), so that the database
+work done for it waits for the raters' as it does.
 """
 
 import select
 
 import psycopg
+from django.conf import settings
 from django.db.backends.postgresql import base
 from psycopg import pq
+
+from config.priority import lower_database_backend, own_nice
 
 
 def _quiet(connection) -> bool:
@@ -31,6 +38,13 @@ def _quiet(connection) -> bool:
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_new_connection(self, conn_params):
+        connection = super().get_new_connection(conn_params)
+        nice = own_nice()
+        if nice > 0 and getattr(settings, "BACKGROUND_NICE_DATABASE", True):
+            lower_database_backend(connection.info.host, connection.info.backend_pid, nice)
+        return connection
+
     def close_if_health_check_failed(self):
         if (
             self.connection is not None
