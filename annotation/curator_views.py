@@ -11,7 +11,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -84,8 +83,7 @@ def dashboard(request, project_id: int):
 
 
 def _raters_page(request, project, *, add_form=None, new_account=None, status=200):
-    rows, freshness = quality.rater_rows(project)
-    page = Paginator(rows, RATERS_PER_PAGE).get_page(request.GET.get("page"))
+    page, freshness = quality.rater_page(project, number=request.GET.get("page"), per_page=RATERS_PER_PAGE)
     context = {
         "project": project,
         "section": "raters",
