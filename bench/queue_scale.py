@@ -126,12 +126,23 @@ def queue_plans(*, project_id: int, rater_id: int) -> str:
             if start is not None:
                 query.update(start_priority=start[0], start_task=start[1])
             sql = leases._CANDIDATES.format(
+                outputs="",
                 start="" if start is None else leases._START,
                 room=leases._ROOM,
                 exclude="",
                 lock="FOR UPDATE OF t SKIP LOCKED",
             )
             explain(f"the candidate scan {title}: _CANDIDATES", sql, query)
+        # As lease_acquire runs on PostgreSQL: the live leases, the place and the candidate at once.
+        project.membership_id, project.member_queue_version = member.pk, member.queue_version
+        project.member_queue_priority, project.member_queue_task_id = (
+            member.queue_priority,
+            member.queue_task_id,
+        )
+        sql, query = leases.held_place_and_candidate_query(
+            project, rater_id, timezone.now(), project.max_pending_per_rater
+        )
+        explain("live leases, place and candidate in one statement: _HELD_PLACE_AND_CANDIDATE", sql, query)
         transaction.set_rollback(True)
     return f"Plans for rater {rater_id} of project {project_id}:\n" + "\n".join(out)
 

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from annotation.errors import LeaseExpired, LeaseNotFound, LeaseSkipped, NotAMember, QueueError
@@ -11,7 +12,7 @@ from annotation.questions import AnswerError
 from annotation.services import leases
 from annotation.services.judgments import judgment_submit
 from annotation.services.leases import lease_acquire, lease_skip
-from tests.factories import make_tasks, single_answers
+from tests.factories import make_tasks, output_ids, single_answers
 
 pytestmark = pytest.mark.django_db
 
@@ -55,10 +56,16 @@ def test_third_rater_gets_no_task_when_overlap_is_two(project, raters):
 def test_task_found_full_under_the_lock_is_passed_over_for_the_next(project, bob, monkeypatch):
     # Another rater's lease committed between the candidate query and our lock: only the fresh
     # recount under the lock sees it. Simulated here by a recount that finds the first task full.
+    # (On PostgreSQL the recount is part of the statement that writes the lease: _lease_if_room.)
     first, second = make_tasks(project, 2)
-    recount = leases.room_left
+    recount, lease_if_room = leases.room_left, leases._lease_if_room
     monkeypatch.setattr(
         leases, "room_left", lambda task, **kw: 0 if task.pk == first.pk else recount(task, **kw)
+    )
+    monkeypatch.setattr(
+        leases,
+        "_lease_if_room",
+        lambda task, **kw: None if task.pk == first.pk else lease_if_room(task, **kw),
     )
     assert lease_acquire(project=project, rater=bob).task == second
 
@@ -66,8 +73,31 @@ def test_task_found_full_under_the_lock_is_passed_over_for_the_next(project, bob
 def test_rater_gets_nothing_when_every_task_is_found_full_under_the_lock(project, bob, monkeypatch):
     make_tasks(project, 3)
     monkeypatch.setattr(leases, "room_left", lambda task, **kw: 0)
+    monkeypatch.setattr(leases, "_lease_if_room", lambda task, **kw: None)
     assert lease_acquire(project=project, rater=bob) is None
     assert not Lease.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's lease-writing statement")
+def test_the_statement_that_writes_a_lease_counts_the_live_leases_afresh(project, bob, alice, monkeypatch):
+    """A candidate read on a stale snapshot (another rater's lease committed before our lock was
+    granted): the statement that writes the lease counts the task's live leases itself, finds it
+    full, writes nothing, and the rater is handed the next task."""
+    project.overlap = 1
+    project.save()
+    first, second = make_tasks(project, 2)
+    lease_acquire(project=project, rater=alice)  # alice holds the first task: it is full
+    real = leases._held_place_and_candidate
+
+    def stale(project, rater, now, held_limit):
+        held, holding, place, _ = real(project, rater, now, held_limit)
+        task = Task.objects.select_for_update().get(pk=first.pk)
+        task.own_lease_id, task.output_ids = None, output_ids(first)
+        return held, holding, place, task
+
+    monkeypatch.setattr(leases, "_held_place_and_candidate", stale)
+    assert lease_acquire(project=project, rater=bob).task == second
+    assert not Lease.objects.filter(task=first, rater=bob).exists()
 
 
 def test_rater_never_gets_a_task_they_already_judged(project, bob):

@@ -83,6 +83,7 @@ _CANDIDATES = f"""
     SELECT {columns(Task, "t")},
         (SELECT l.id FROM annotation_lease l WHERE l.task_id = t.id AND l.rater_id = %(rater)s)
         AS own_lease_id
+        {{outputs}}
     FROM annotation_task t
     WHERE t.project_id = %(project)s AND t.status = %(open)s AND t.is_gold = %(gold)s
     AND COALESCE(
@@ -156,6 +157,56 @@ _INSERT_LEASE = """
     INSERT INTO annotation_lease (task_id, rater_id, state, created_at, expires_at, display_order)
     VALUES (%s, %s, %s, %s, %s, %s) RETURNING id"""
 
+# PostgreSQL: what a request for a task reads and writes once the membership is locked, in two
+# statements rather than five (each round trip is a wait for a core on a busy machine). The first
+# reads the rater's live leases, finds and records their place (as _FIRST_UNFINISHED_RECORDED),
+# and locks the first candidate from there (as _CANDIDATES, with its output ids). Its snapshot is
+# taken after the membership lock was granted, as the separate statements' were.
+_HELD_PLACE_AND_CANDIDATE = """
+    WITH held AS (
+        SELECT l.id, l.task_id FROM annotation_lease l JOIN annotation_task t ON t.id = l.task_id
+        WHERE l.rater_id = %(rater)s AND t.project_id = %(project)s AND l.state = %(active)s
+        AND l.expires_at > %(now)s AND t.status = %(open)s
+        ORDER BY l.id LIMIT %(held_limit)s
+    ),
+    f AS ({first}),
+    u AS (
+        UPDATE annotation_membership m
+        SET queue_version = %(version)s, queue_priority = f.priority, queue_task_id = f.id
+        FROM f WHERE m.id = %(membership)s
+        AND (m.queue_version, m.queue_priority, m.queue_task_id) IS DISTINCT FROM (%(version)s, f.priority, f.id)
+    ),
+    c AS ({candidate})
+    SELECT (SELECT array_agg(id ORDER BY id) FROM held), (SELECT array_agg(task_id ORDER BY id) FROM held),
+        f.priority, f.id, c.*
+    FROM (SELECT 1) AS one LEFT JOIN f ON TRUE LEFT JOIN c ON TRUE"""
+_OUTPUT_IDS = """, (SELECT array_agg(x.output_id ORDER BY x.position) FROM annotation_taskoutput x
+        WHERE x.task_id = t.id) AS output_ids"""
+_FROM_PLACE = "AND (t.priority, t.id) >= (SELECT priority, id FROM f)"
+_NOT_HELD = "AND t.id NOT IN (SELECT task_id FROM held)"
+
+# The second counts the locked task's live leases afresh (see room_left), writes the new lease if
+# there is room, and reads the task's content, as _LIVE_LEASES_AND_CONTENT does: its first row
+# carries the new lease's id (NULL: the task was full). Its snapshot is taken after the task's
+# lock was granted, so it sees every lease written for the task.
+_LEASE_IF_ROOM_AND_CONTENT = """
+    WITH live AS (
+        SELECT COUNT(*) AS n FROM annotation_lease
+        WHERE task_id = %(task)s AND state = %(active)s AND expires_at > %(now)s
+    ),
+    written AS (
+        INSERT INTO annotation_lease (task_id, rater_id, state, created_at, expires_at, display_order)
+        SELECT %(task)s, %(rater)s, %(active)s, %(now)s, %(expires)s, %(order)s
+        WHERE %(room)s - (SELECT n FROM live) > 0
+        RETURNING id
+    )
+    SELECT 0 AS part, (SELECT id FROM written), external_id, text, context, 0 AS position
+    FROM annotation_prompt WHERE id = %(prompt)s
+    UNION ALL
+    SELECT 1, o.id, NULL, o.text, NULL, x.position
+    FROM annotation_output o JOIN annotation_taskoutput x ON x.output_id = o.id WHERE x.task_id = %(task)s
+    ORDER BY 1, 6"""
+
 
 def row_lock(clause: str) -> str:
     return clause if connection.features.has_select_for_update else ""
@@ -163,6 +214,19 @@ def row_lock(clause: str) -> str:
 
 def db_now(now: datetime):
     return connection.ops.adapt_datetimefield_value(now)
+
+
+def _held_lease(lease_id: int, project: Project) -> Lease:
+    """A live lease the rater holds, with its task (the project's `max_pending_per_rater` reached)."""
+    (row,) = fetch_rows(
+        f"SELECT {columns(Lease, 'l')}, {columns(Task, 't')} FROM annotation_lease l"
+        " JOIN annotation_task t ON t.id = l.task_id WHERE l.id = %s",
+        [lease_id],
+    )
+    lease = model_from_row(Lease, row)
+    lease.task = model_from_row(Task, row, len(Lease._meta.concrete_fields))
+    lease.task.project = project
+    return lease
 
 
 def _candidate_tasks(
@@ -199,6 +263,7 @@ def _candidate_tasks(
         params.update(start_priority=start[0], start_task=start[1])
     skip_locked = lock and connection.features.has_select_for_update_skip_locked
     sql = _CANDIDATES.format(
+        outputs="",
         start="" if start is None else _START,
         room="" if gold else _ROOM,
         exclude=exclude_sql,
@@ -281,33 +346,44 @@ def task_output_ids(task: Task) -> list[int]:
         return [output_id for (output_id,) in cursor.fetchall()]
 
 
-def _write_lease(task: Task, *, rater: AbstractBaseUser, project: Project, now: datetime) -> Lease | None:
-    """Lease a locked task with room to the rater; None if their old lease on it was just closed."""
-    task.project = project
+def _display_order(task: Task) -> list[int]:
     output_ids = task_output_ids(task)
     if task.kind != Task.Kind.SINGLE:
         random.shuffle(output_ids)  # side order randomised per lease, and recorded
+    return output_ids
+
+
+def _written_lease(task: Task, *, lease_id: int, rater, now: datetime, expires_at, output_ids) -> Lease:
+    """The Lease just inserted (in SQL, as the reads are: Lease.objects.create cost as much as they)."""
+    lease = Lease(
+        id=lease_id,
+        task_id=task.pk,
+        rater_id=rater.pk,
+        state=Lease.State.ACTIVE,
+        created_at=now,
+        expires_at=expires_at,
+        display_order=output_ids,
+    )
+    lease._state.adding = False
+    lease._state.db = connection.alias
+    lease.task = task
+    return lease
+
+
+def _write_lease(task: Task, *, rater: AbstractBaseUser, project: Project, now: datetime) -> Lease | None:
+    """Lease a locked task with room to the rater; None if their old lease on it was just closed."""
+    task.project = project
+    output_ids = _display_order(task)
     expires_at = now + project.lease_time
     if task.own_lease_id is None:
-        # Written in SQL, as the reads are: Lease.objects.create cost as much as the reads.
-        state = Lease.State.ACTIVE
         display_order = json_param(Lease, "display_order", output_ids)
         ((lease_id,),) = fetch_rows(
-            _INSERT_LEASE, [task.pk, rater.pk, state, db_now(now), db_now(expires_at), display_order]
+            _INSERT_LEASE,
+            [task.pk, rater.pk, Lease.State.ACTIVE, db_now(now), db_now(expires_at), display_order],
         )
-        lease = Lease(
-            id=lease_id,
-            task_id=task.pk,
-            rater_id=rater.pk,
-            state=state,
-            created_at=now,
-            expires_at=expires_at,
-            display_order=output_ids,
+        return _written_lease(
+            task, lease_id=lease_id, rater=rater, now=now, expires_at=expires_at, output_ids=output_ids
         )
-        lease._state.adding = False
-        lease._state.db = connection.alias
-        lease.task = task
-        return lease
     # A rater whose earlier lease on this task ran out (never submitted) gets it renewed, unless
     # they submitted or skipped it since the candidate query's snapshot was taken.
     renewed = Lease.objects.filter(pk=task.own_lease_id, state=Lease.State.ACTIVE).update(
@@ -318,6 +394,84 @@ def _write_lease(task: Task, *, rater: AbstractBaseUser, project: Project, now: 
     lease = Lease.objects.get(pk=task.own_lease_id)
     lease.task = task
     return lease
+
+
+def held_place_and_candidate_query(
+    project: Project, rater_id: int, now: datetime, held_limit: int
+) -> tuple[str, dict]:
+    """_HELD_PLACE_AND_CANDIDATE and its parameters, for a project read with its membership's place
+    (as lease_acquire reads it; bench/queue_scale.py prints its plan)."""
+    recorded = None
+    if project.member_queue_version == project.tasks_version and project.member_queue_task_id is not None:
+        recorded = (project.member_queue_priority, project.member_queue_task_id)
+    params = {
+        "rater": rater_id,
+        "project": project.pk,
+        "open": Task.Status.OPEN,
+        "gold": False,
+        "active": Lease.State.ACTIVE,
+        "overlap": project.overlap,
+        "now": db_now(now),
+        "limit": 1,
+        "held_limit": held_limit,
+        "version": project.tasks_version,
+        "membership": project.membership_id,
+    }
+    if recorded is not None:
+        params.update(start_priority=recorded[0], start_task=recorded[1])
+    candidate = _CANDIDATES.format(
+        outputs=_OUTPUT_IDS,
+        start=_FROM_PLACE,
+        room=_ROOM,
+        exclude=_NOT_HELD,
+        lock="FOR UPDATE OF t SKIP LOCKED",
+    )
+    first = _FIRST_UNFINISHED.format(start="" if recorded is None else _START)
+    return _HELD_PLACE_AND_CANDIDATE.format(first=first, candidate=candidate), params
+
+
+def _held_place_and_candidate(project: Project, rater: AbstractBaseUser, now: datetime, held_limit: int):
+    """PostgreSQL, under the membership lock: the rater's live leases (ids, and their tasks' ids),
+    their place in the queue (found and recorded, as _queue_place; None: no unfinished open task
+    from the recorded place on), and the first candidate from there, locked (None: none free)."""
+    ((held, held_tasks, priority, place_id, *found),) = fetch_rows(
+        *held_place_and_candidate_query(project, rater.pk, now, held_limit)
+    )
+    place = None if place_id is None else (priority, place_id)
+    task = None
+    if found[0] is not None:
+        width = len(Task._meta.concrete_fields)
+        task = model_from_row(Task, found)
+        task.own_lease_id, output_ids = found[width], found[width + 1]
+        task.output_ids = list(output_ids or [])
+    return held or [], held_tasks or [], place, task
+
+
+def _lease_if_room(task: Task, *, rater: AbstractBaseUser, project: Project, now: datetime) -> Lease | None:
+    """PostgreSQL: lease a locked task the rater never leased, if it has room (one statement); the
+    task's content is kept as `task.content`, as room_left keeps it. None: the task is full."""
+    task.project = project
+    output_ids = _display_order(task)
+    expires_at = now + project.lease_time
+    (_, lease_id, *prompt, _), *outputs = fetch_rows(
+        _LEASE_IF_ROOM_AND_CONTENT,
+        {
+            "task": task.pk,
+            "rater": rater.pk,
+            "active": Lease.State.ACTIVE,
+            "now": db_now(now),
+            "expires": db_now(expires_at),
+            "order": json_param(Lease, "display_order", output_ids),
+            "room": project.overlap - task.judgment_count,
+            "prompt": task.prompt_id,
+        },
+    )
+    if lease_id is None:
+        return None
+    task.content = (*prompt, {output_id: text for _, output_id, _, text, _, _ in outputs})
+    return _written_lease(
+        task, lease_id=lease_id, rater=rater, now=now, expires_at=expires_at, output_ids=output_ids
+    )
 
 
 def lease_acquire(
@@ -347,26 +501,46 @@ def lease_acquire(
         ) = found[0][len(Project._meta.concrete_fields) :]
         # Read under the membership lock: a parallel request of the same rater has committed.
         limit = project.max_pending_per_rater
-        held = [
-            model_from_row(Lease, row)
-            for row in fetch_rows(
-                _HELD_LEASES, [rater.pk, project.pk, Lease.State.ACTIVE, db_now(now), Task.Status.OPEN, limit]
-            )
-        ]
-        if len(held) >= limit:
-            held[0].task.project = project
-            return held[0]
-        holding = [lease.task_id for lease in held]
-        start = _queue_place(project, rater)
+        gold_first = project.gold_rate > 0 and random.random() < project.gold_rate
+        passed_over: list[int] = []
+        if connection.vendor == "postgresql" and not gold_first:
+            held, holding, start, task = _held_place_and_candidate(project, rater, now, limit)
+            if len(held) >= limit:
+                return _held_lease(held[0], project)
+            if start is None:  # every open task from the place on is finished: recorded as before
+                start = _queue_place(project, rater)
+            elif task is not None:
+                if task.own_lease_id is None:
+                    lease = _lease_if_room(task, rater=rater, project=project, now=now)
+                elif room_left(task, overlap=project.overlap, now=now) > 0:
+                    lease = _write_lease(task, rater=rater, project=project, now=now)
+                else:
+                    lease = None
+                if lease is not None:
+                    return lease
+                passed_over.append(task.pk)
+        else:
+            held = [
+                model_from_row(Lease, row)
+                for row in fetch_rows(
+                    _HELD_LEASES,
+                    [rater.pk, project.pk, Lease.State.ACTIVE, db_now(now), Task.Status.OPEN, limit],
+                )
+            ]
+            if len(held) >= limit:
+                held[0].task.project = project
+                return held[0]
+            holding = [lease.task_id for lease in held]
+            start = _queue_place(project, rater)
 
-        if project.gold_rate > 0 and random.random() < project.gold_rate:
+        if gold_first:
             for gold in _candidate_tasks(project=project, rater=rater, now=now, gold=True, exclude=holding):
                 lease = _write_lease(gold, rater=rater, project=project, now=now)
                 if lease is not None:
                     return lease
 
-        passed_over: list[int] = [*holding]
-        for _ in range(MAX_CANDIDATES):
+        passed_over += holding
+        for _ in range(MAX_CANDIDATES - len(passed_over) + len(holding)):
             found = _candidate_tasks(
                 project=project, rater=rater, now=now, gold=False, lock=True, exclude=passed_over, start=start
             )
