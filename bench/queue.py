@@ -653,13 +653,23 @@ class CpuMeter:
         return sum(w - self.wait_baseline.get(pid, 0.0) for pid, w in self.wait_latest.items())
 
 
-def gunicorn_pids(server: subprocess.Popen):
+def _niced(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).nice() > 0
+    except psutil.Error:
+        return False
+
+
+def gunicorn_pids(server: subprocess.Popen, *, niced: bool = False):
+    """gunicorn's processes (niced=False), or the niced children they started (export downloads)."""
+
     def find() -> list[int]:
         try:
             master = psutil.Process(server.pid)
-            return [master.pid] + [child.pid for child in master.children(recursive=True)]
+            pids = [master.pid] + [child.pid for child in master.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+        return [pid for pid in pids if _niced(pid) == niced]
 
     return find
 
@@ -684,6 +694,10 @@ class PostgresBackends:
         except psycopg.OperationalError:
             return []  # the server is away; its processes of the moment are not counted
         return [pid for (pid,) in rows.fetchall()]
+
+    def niced(self, niced: bool = True):
+        """The backends with (or without) a nice value: those of niced processes (config.priority)."""
+        return lambda: [pid for pid in self() if _niced(pid) == niced]
 
     def close(self) -> None:
         self.conn.close()
@@ -738,8 +752,10 @@ def run_mode(
     find_pg = PostgresBackends(database_url)
     meters = {
         "gunicorn": CpuMeter(gunicorn_pids(server)),
-        "postgres": CpuMeter(find_pg),
+        "postgres": CpuMeter(find_pg.niced(False)),
         "client": CpuMeter(lambda: [os.getpid()]),
+        # Background work at a lower priority: export children and the backends of niced processes.
+        "niced": CpuMeter(lambda: gunicorn_pids(server, niced=True)() + find_pg.niced(True)()),
     }
 
     def tick() -> None:
@@ -862,6 +878,11 @@ def print_table(reports: list[ModeReport], *, header: str) -> None:
         ("CPU-ms per judgment (cores): gunicorn", lambda r: per_judgment(r, "gunicorn")),
         ("CPU-ms per judgment (cores): postgres", lambda r: per_judgment(r, "postgres")),
         ("CPU-ms per judgment (cores): load gen.", lambda r: per_judgment(r, "client")),
+        *(
+            [("CPU-ms per judgment (cores): niced work", lambda r: per_judgment(r, "niced"))]
+            if any(r.cpu.get("niced") for r in reports)
+            else []
+        ),
         ("waiting for a core, ms per judgment: gunicorn / postgres", waited),
         ("cores busy, all processes on the machine", lambda r: f"{r.machine_busy / r.load.elapsed:.2f}"),
         ("raters who ran out of tasks (204)", lambda r: str(r.load.out_of_work)),
