@@ -520,6 +520,14 @@ def stats_version(project_id: int) -> tuple[int, int]:
     return judged, curated or 0
 
 
+def stats_curated(project_id: int) -> int:
+    """The project's curated statistics version alone (no count of its judgments)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT curated FROM annotation_statsversion WHERE project_id = %s", [project_id])
+        row = cursor.fetchone()
+    return row[0] if row else 0
+
+
 # Rows saved or deleted one at a time (the admin, the API, a submission's new judgment) move the
 # statistics on here; bulk updates (a curator's review) call stats_changed themselves. Answers
 # change only with their judgment.

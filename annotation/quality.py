@@ -94,6 +94,7 @@ from annotation.models import (
     Judgment,
     Membership,
     Project,
+    stats_curated,
     stats_version,
 )
 from annotation.plots import distribution_plots
@@ -597,6 +598,32 @@ def _serves(entry: Any, judged: int, curated: int, now: datetime) -> bool:
     return entry.judged == judged or now - entry.as_of < timedelta(seconds=settings.STATS_MAX_AGE_SECONDS)
 
 
+def _page_versions(project_id: int) -> tuple[int, int, bool]:
+    """`stats_version`, as a page view reads it, and whether the count was reused: the judgments of
+    a project whose figures a worker computes are counted at most every STATS_JUDGED_COUNT_SECONDS
+    (the count is shared through the statistics cache), the curated version always read. A judged
+    version a few seconds old only delays "N judgments since" and an age-triggered recompute by as
+    much; figures computed under it count at least as many judgments, as under any version read
+    before computing."""
+    cache, key = caches["stats"], f"stats:judged:{project_id}"
+    seconds = settings.STATS_JUDGED_COUNT_SECONDS
+    counted = None
+    if seconds > 0:
+        try:
+            counted = cache.get(key)
+        except Exception:  # e.g. Redis down: counted afresh
+            counted = None
+    if counted is not None:
+        return counted, stats_curated(project_id), True
+    judged, curated = stats_version(project_id)
+    if seconds > 0 and _computed_in_background(judged):
+        try:
+            cache.set(key, judged, seconds)
+        except Exception:
+            pass
+    return judged, curated, False
+
+
 def _figures_key(project_id: int, name: str) -> str:
     return f"stats:{FIGURES_FORMAT}:{project_id}:{name}"
 
@@ -679,7 +706,7 @@ def cached_figures(project: Project, name: str) -> tuple[Any | None, Freshness]:
     none yet. Should the recompute not be sent (the broker is down), it shows the last figures as
     they are, or computes the first ones itself: a page never without figures for good.
     """
-    judged, curated = stats_version(project.pk)
+    judged, curated, reused = _page_versions(project.pk)
     now = timezone.now()
     key = _figures_key(project.pk, name)
     cache = caches["stats"]
@@ -688,6 +715,8 @@ def cached_figures(project: Project, name: str) -> tuple[Any | None, Freshness]:
     except Exception:  # e.g. Redis down: the page still shows, computed
         logger.warning("statistics cache unreadable; computing %s of project %s", name, project.pk)
         return figures_compute(project, name), Freshness(as_of=now, judgments=judged)
+    if reused and isinstance(entry, _Entry) and entry.curated == curated and entry.judged > judged:
+        judged = entry.judged  # the worker counted after the count this view reused
     if _serves(entry, judged, curated, now):
         return entry.value, Freshness(
             as_of=entry.as_of, judgments_since=max(judged - entry.judged, 0), judgments=judged

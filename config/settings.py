@@ -284,6 +284,10 @@ STATS_MAX_AGE_SECONDS = env_int("STATS_MAX_AGE_SECONDS", 30)
 # next page view that needs it (its worker died, its message was lost).
 STATS_INLINE_MAX_JUDGMENTS = env_int("STATS_INLINE_MAX_JUDGMENTS", 20_000)
 STATS_REFRESH_SECONDS = env_int("STATS_REFRESH_SECONDS", 600)
+# Counting a big project's judgments (the judged version) is tens of milliseconds of the database's
+# CPU at the raters' priority: a page view reuses a count STATS_JUDGED_COUNT_SECONDS old (0: never),
+# shared through the statistics cache, for projects whose figures a worker computes.
+STATS_JUDGED_COUNT_SECONDS = env_int("STATS_JUDGED_COUNT_SECONDS", 5)
 
 # Export downloads are made in a child process (annotation.export_process) and streamed through the
 # web process: an export of a million judgments is some 20-30 CPU seconds, which in the web process

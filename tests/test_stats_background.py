@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import redis
 from django.core.cache import caches
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from kombu.exceptions import OperationalError
 
 from annotation import agreement, curation, quality
@@ -202,6 +204,42 @@ def test_an_unreachable_broker_shows_the_last_figures_and_computes_only_the_firs
     broker.down = False  # back: the lock was released, so the next view sends
     assert dashboard(client, project).context["freshness"].recomputing
     assert len(broker.sent) == 1
+
+
+def _judgment_counts(client, project) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        dashboard(client, project)
+    return sum("COUNT(*) FROM annotation_judgment" in query["sql"] for query in queries.captured_queries)
+
+
+def test_a_big_projects_judgments_are_counted_once_in_a_while_and_its_curated_version_on_every_view(
+    shared_cache, broker, krippendorff, coders, alice, bob, settings
+):
+    """Counting a big project's judgments costs the database tens of milliseconds at the raters'
+    priority: page views share one count for STATS_JUDGED_COUNT_SECONDS. A curator's change still
+    shows at once (the curated version is read on every view)."""
+    project, units = krippendorff
+    settings.STATS_JUDGED_COUNT_SECONDS = 3600
+    first, second = curator_client(project, alice), curator_client(project, bob)
+    assert _judgment_counts(first, project) == 1
+    worker_recomputes(project, "dashboard")
+    assert _judgment_counts(second, project) == 0  # the count of the first view, shared
+    shown = dashboard(first, project).context["freshness"]
+    assert shown.judgments == JUDGMENTS and not shown.recomputing
+
+    judge(units[11], coders[0], {"score": {"clarity": 3}})  # a curator-side save: curated moves on
+    page = dashboard(second, project)
+    assert page.context["freshness"].recomputing and len(broker.sent) == 2  # seen at once
+    worker_recomputes(project, "dashboard")  # it counts afresh: one judgment more than the view's count
+    page = dashboard(first, project)
+    shown = page.context["freshness"]
+    assert not shown.recomputing and shown.judgments == JUDGMENTS + 1  # the worker's figures, served
+    assert len(broker.sent) == 2
+
+    shared_cache.delete(f"stats:judged:{project.pk}")  # the count's time is up
+    assert _judgment_counts(first, project) == 1
+    settings.STATS_JUDGED_COUNT_SECONDS = 0
+    assert [_judgment_counts(first, project) for _ in range(2)] == [1, 1]
 
 
 def test_a_small_project_computes_in_the_page(shared_cache, broker, computed, krippendorff, alice, settings):
