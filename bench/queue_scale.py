@@ -17,15 +17,16 @@ average per task) against:
   history the queue itself leaves behind);
 - with `--with-curators`, the last seeded project again while two curators reload the
   dashboard and raters pages (a second apart) and a third streams the judgments export, over
-  and over. As deployed: the statistics cache is shared in Redis (`--redis-url`, also the
+  and over, from a process of their own (not the raters' event loop). As deployed: the statistics cache is shared in Redis (`--redis-url`, also the
   broker), and a Celery worker on the background queue alone (at its lower priority,
   REFINERY_BACKGROUND_NICE) recomputes the pages' figures; STATS_INLINE_MAX_JUDGMENTS is 0, so
   the figures go to the worker whatever the project's size.
 
 Before and after each seeded project's run it prints EXPLAIN (ANALYZE, BUFFERS) of the queue's
 queries for an active rater with history: the rater's place in the queue (services.leases),
-the candidate scan from that place, and the same scan from the front of the queue (what the
-queue costs without the place). Then bench.queue's table for each run, the tasks table's HOT
+the candidate scan from that place, the same scan from the front of the queue (what the
+queue costs without the place), and the one statement that reads the rater's live leases, moves
+their place on and locks the candidate, as lease_acquire runs it on PostgreSQL. Then bench.queue's table for each run, the tasks table's HOT
 updates, and the next-task p50/p95/p99 of each seeded project against the empty one. It exits
 1 on a correctness count that is not 0 or on a 5xx, as bench.queue does; the timing targets
 (p99 < 50 ms, within 20% of the empty project) are printed, not enforced: the figures depend
@@ -161,6 +162,7 @@ class PageStats:
     # while the worker computes), "computing" (none yet), "not recomputed" (the recompute could
     # not be sent).
     figures: dict[str, int] = field(default_factory=dict)
+    statuses_in_order: dict[str, list[int]] = field(default_factory=dict)  # one per value in `ms`
 
     def add_figures(self, page: bytes) -> None:
         if b'id="figures-computing"' in page:
@@ -175,24 +177,19 @@ class PageStats:
 
     def add(self, what: str, status: int, ms: float) -> None:
         self.ms.setdefault(what, []).append(ms)
+        self.statuses_in_order.setdefault(what, []).append(status)
         counts = self.statuses.setdefault(what, {})
         counts[status] = counts.get(status, 0) + 1
 
 
-def curator_background(*, base_url: str, project_id: int, curator_ids: list[int], export_token: str, stats):
-    """Two curators reloading their pages, and an export streaming: bench.queue.run_load's `background`."""
-    from django.conf import settings
-    from django.contrib.auth import get_user_model
-    from django.test import Client
+def _curators_and_export(conn, base_url: str, project_id: int, cookie_name: str, cookies: list, token: str):
+    """The curators' clients and the export download, in a process of their own (as they are on other
+    machines): reading a gigabyte of export in the raters' event loop would delay the raters'
+    measured answers. Runs until told to stop on `conn`, then sends its PageStats back."""
+    stats = PageStats()
 
-    cookies = []
-    for user in get_user_model().objects.filter(pk__in=curator_ids[:2]):
-        client = Client()
-        client.force_login(user)
-        cookies.append(client.cookies[settings.SESSION_COOKIE_NAME].value)
-
-    async def curator(clock: Clock, cookie: str) -> None:
-        headers = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}"}
+    async def curator(cookie: str) -> None:
+        headers = {"Cookie": f"{cookie_name}={cookie}"}
         pages = {
             "dashboard": f"/projects/{project_id}/dashboard/",
             "raters page": f"/projects/{project_id}/raters/",
@@ -206,8 +203,8 @@ def curator_background(*, base_url: str, project_id: int, curator_ids: list[int]
                     stats.add_figures(response.content)
                     await asyncio.sleep(1.0)
 
-    async def exporter(clock: Clock) -> None:
-        headers = {"Authorization": f"Token {export_token}"}
+    async def exporter() -> None:
+        headers = {"Authorization": f"Token {token}"}
         path = f"/api/v1/projects/{project_id}/export/?kind=judgments&format=jsonl"
         async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=600) as client:
             while True:
@@ -218,7 +215,60 @@ def curator_background(*, base_url: str, project_id: int, curator_ids: list[int]
                 stats.add("export (whole)", response.status_code, (time.perf_counter() - started) * 1000)
                 stats.exports_done += 1
 
-    return [lambda clock, c=c: curator(clock, c) for c in cookies] + [exporter]
+    async def until_stopped() -> None:
+        users = [asyncio.create_task(curator(cookie)) for cookie in cookies]
+        users.append(asyncio.create_task(exporter()))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, conn.recv)  # the stop
+        for user in users:
+            user.cancel()
+        for outcome in await asyncio.gather(*users, return_exceptions=True):
+            if not isinstance(outcome, asyncio.CancelledError | type(None)):
+                print(f"a curator's client failed: {outcome!r}", file=sys.stderr)
+
+    asyncio.run(until_stopped())
+    conn.send(stats)
+
+
+def curator_background(*, base_url: str, project_id: int, curator_ids: list[int], export_token: str, stats):
+    """Two curators reloading their pages, and an export streaming, in a process of their own
+    (_curators_and_export): bench.queue.run_load's `background`. Their figures are added to `stats`."""
+    import multiprocessing
+
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    cookies = []
+    for user in get_user_model().objects.filter(pk__in=curator_ids[:2]):
+        client = Client()
+        client.force_login(user)
+        cookies.append(client.cookies[settings.SESSION_COOKIE_NAME].value)
+
+    async def run(clock: Clock) -> None:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_curators_and_export,
+            args=(theirs, base_url, project_id, settings.SESSION_COOKIE_NAME, cookies, export_token),
+            daemon=True,
+        )
+        process.start()
+        try:
+            await asyncio.Event().wait()  # until the raters are done and this is cancelled
+        finally:
+            ours.send("stop")
+            found: PageStats = ours.recv()
+            process.join(timeout=30)
+            for what, values in found.ms.items():
+                for value, status in zip(values, found.statuses_in_order[what], strict=True):
+                    stats.add(what, status, value)
+            for state, n in found.figures.items():
+                stats.figures[state] = stats.figures.get(state, 0) + n
+            stats.export_bytes += found.export_bytes
+            stats.exports_done += found.exports_done
+
+    return [run]
 
 
 def curator_env(redis_url: str) -> dict[str, str]:
