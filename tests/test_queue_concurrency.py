@@ -99,3 +99,55 @@ def test_concurrent_raters_never_overcollect_duplicate_or_lose_a_submission(proj
         assert N_RATERS - excluded == 0, f"task {task.pk} has room and willing raters but was not handed out"
     assert connection.vendor in {"postgresql", "sqlite"}
     assert len(stored) > N_TASKS  # real work happened
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")
+@pytest.mark.django_db(transaction=True)
+def test_two_requests_waiting_for_each_others_task_give_up_instead_of_deadlocking(project, bob, monkeypatch):
+    """A request whose candidates were all full or locked waits for a locked one, while still
+    holding the full ones it passed over. Another holding that task and waiting for one of those
+    would be a deadlock (one of the two requests failing after PostgreSQL's deadlock_timeout):
+    the wait gives up after WAIT_FOR_LOCKED_MS instead, and both go on."""
+    import psycopg
+
+    from annotation.services import leases
+
+    first, second = make_tasks(project, 2)
+    Membership.objects.get_or_create(user=bob, project=project)
+    # The first task is found full under the lock (as when another rater's lease committed after
+    # the candidate query's snapshot): passed over, it stays locked by bob's request.
+    monkeypatch.setattr(leases, "_lease_if_room", lambda task, **kw: None)
+    monkeypatch.setattr(leases, "room_left", lambda task, **kw: 0 if task.pk == first.pk else 1)
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    outcome: dict = {}
+    with psycopg.connect(**params) as other:  # another request, holding the second task
+        other.execute("SELECT id FROM annotation_task WHERE id = %s FOR UPDATE", [second.pk])
+
+        def request():
+            try:
+                outcome["lease"] = lease_acquire(project=project, rater=bob)
+            except BaseException as error:
+                outcome["error"] = error
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        # Wait until bob's request holds the first task and waits for the second, then ask for
+        # the first: the two now wait for each other.
+        for _ in range(200):
+            waiting = other.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+            if waiting:
+                break
+            threading.Event().wait(0.01)
+        other.execute("SET lock_timeout = '5s'")
+        other.execute("SELECT id FROM annotation_task WHERE id = %s FOR UPDATE", [first.pk])
+        other.rollback()
+        thread.join(timeout=10)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["lease"] is None  # it gave the locked task up: nothing for bob this time
+    assert not Lease.objects.filter(rater=bob).exists()

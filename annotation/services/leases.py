@@ -5,7 +5,9 @@ the queue cannot deadlock with itself:
 - `lease_acquire` locks the rater's membership row (one rater's parallel requests queue up
   behind each other), then a task row with SKIP LOCKED, then writes the lease. The rater's live
   leases are counted under the membership lock, so however many requests they send at once they
-  never hold more than the project's `max_pending_per_rater`.
+  never hold more than the project's `max_pending_per_rater`. When every candidate it could lock
+  was full or locked, it waits for a locked one while still holding those it passed over: that
+  wait gives up after WAIT_FOR_LOCKED_MS, so two such requests cannot deadlock.
 - `judgment_submit` locks the task row, then the lease row.
 - `lease_skip` locks only the lease row.
 - `judgment_submit` then records a `judgment.submitted` webhook event (annotation.webhooks):
@@ -39,10 +41,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from annotation.errors import LeaseNotFound, NotAMember, QueueError
@@ -51,6 +54,10 @@ from annotation.rows import columns, fetch_rows, json_param, model_from_row
 
 # How many locked-but-full candidates lease_acquire steps over before giving up on a request.
 MAX_CANDIDATES = 20
+# How long lease_acquire waits for a candidate another request holds locked, once every candidate
+# it could lock was full (PostgreSQL; a holder commits in milliseconds).
+WAIT_FOR_LOCKED_MS = 200
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock wait past lock_timeout
 
 # The queue's reads are written in SQL: they run on every request for a task or a submission,
 # and building them with the ORM cost more CPU than everything else in those requests (see
@@ -558,21 +565,51 @@ def lease_acquire(
             return None
         # Every candidate we saw was full or locked by someone else. A locked one may still have
         # room once its holder commits: wait for it rather than tell the rater the queue is empty.
-        for candidate in _candidate_tasks(
-            project=project,
-            rater=rater,
-            now=now,
-            gold=False,
-            exclude=passed_over,
-            limit=MAX_CANDIDATES,
-            start=start,
-        ):
-            task = Task.objects.select_for_update().get(pk=candidate.pk)
-            task.own_lease_id = candidate.own_lease_id
-            if task.status == Task.Status.OPEN and room_left(task, overlap=project.overlap, now=now) > 0:
-                lease = _write_lease(task, rater=rater, project=project, now=now)
-                if lease is not None:
-                    return lease
+        # The tasks passed over stay locked until the commit, so two requests in here may each wait
+        # for a task the other holds: each wait is bounded (WAIT_FOR_LOCKED_MS, in a savepoint), so
+        # such a pair gives up its candidate instead of deadlocking (and failing a rater's request).
+        with _bounded_lock_waits():
+            for candidate in _candidate_tasks(
+                project=project,
+                rater=rater,
+                now=now,
+                gold=False,
+                exclude=passed_over,
+                limit=MAX_CANDIDATES,
+                start=start,
+            ):
+                task = _lock_task_waiting(candidate.pk)
+                if task is None:
+                    continue
+                task.own_lease_id = candidate.own_lease_id
+                if task.status == Task.Status.OPEN and room_left(task, overlap=project.overlap, now=now) > 0:
+                    lease = _write_lease(task, rater=rater, project=project, now=now)
+                    if lease is not None:
+                        return lease
+        return None
+
+
+@contextmanager
+def _bounded_lock_waits():
+    """On PostgreSQL, row-lock waits in this block give up after WAIT_FOR_LOCKED_MS."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{int(WAIT_FOR_LOCKED_MS)}ms'")
+    yield  # on an error, rolling back (the transaction or its savepoint) undoes the setting too
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
+
+
+def _lock_task_waiting(task_id: int) -> Task | None:
+    """The task, locked once its holder commits; None if the lock was not granted in time."""
+    try:
+        with transaction.atomic():  # a savepoint: a wait given up leaves the transaction usable
+            return Task.objects.select_for_update().get(pk=task_id)
+    except OperationalError as error:
+        if getattr(error.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
         return None
 
 
