@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         # Started in a session of its own, this process leads its scheduling group (an autogroup,
         # where the kernel has them), which gets the same nice value: otherwise it would take its
         # share from the web server's group (config.priority). Its database backend gets it too.
-        from config.priority import lower_autogroup
-
         os.nice(args.nice)
+        from config.priority import lower_autogroup  # (the config package loads Celery's app)
+
         if os.getsid(0) == os.getpid():
             lower_autogroup(os.getpriority(os.PRIO_PROCESS, 0))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
