@@ -3,7 +3,7 @@
     python bench/queue_scale.py [--tasks 1000000] [--raters 5000] [--active 500] [--history 2000]
                                 [--history-kind open|queue|both] [--overlap 3] [--empty-tasks 20000]
                                 [--duration 60] [--warmup 10] [--think-mean 5] [--with-curators] [--one-request]
-                                [--redis-url redis://127.0.0.1:6379/0]
+                                [--redis-url redis://127.0.0.1:6379/9]
                                 [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
 
 It resets the bench database, seeds it with bench.seed (SQL, not the ORM), starts gunicorn and
@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -291,7 +292,19 @@ def forget_figures(redis_url: str) -> None:
     stale = list(client.scan_iter(match="*:stats:*"))
     if stale:
         client.delete(*stale)
-    client.delete(settings.REFINERY_BACKGROUND_QUEUE)
+    queue = settings.REFINERY_BACKGROUND_QUEUE
+    client.delete(queue)
+    # A worker stopped mid-task leaves its message unacknowledged; the next worker would be handed
+    # it again (a recompute of an old project's figures, at the new project's id). Only this
+    # queue's messages are dropped.
+    for tag, raw in client.hgetall("unacked").items():
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key == queue:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
 
 
 def start_background_worker(*, database_url: str, redis_url: str) -> subprocess.Popen:
@@ -374,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--redis-url",
-        default="redis://127.0.0.1:6379/0",
+        default="redis://127.0.0.1:6379/9",
         help="with --with-curators: the shared statistics cache and the broker of the background worker",
     )
     parser.add_argument("--workers", type=int, default=2)

@@ -165,8 +165,10 @@ def test_redis_stopped_and_restarted_empty_during_a_round_loses_nothing(
     project = round_to_come
     port = free_port()
     logs = [tmp_path / "redis.log", tmp_path / "beat.log", tmp_path / "worker.log"]
-    redis = redis_server(port, tmp_path / "redis", logs[0])
+    # The environment first: on another database than PostgreSQL it skips the test, which must not
+    # leave a Redis behind.
     env = worker_env(broker=f"redis://127.0.0.1:{port}/0", artifacts=artifacts, **LOOP_ENV)
+    redis = redis_server(port, tmp_path / "redis", logs[0])
     beat = celery_beat(env, logs[1], tmp_path / "beat-schedule")
     worker = celery_worker(env, logs[2])
     try:
