@@ -95,9 +95,10 @@ def queue_plans(*, project_id: int, rater_id: int) -> str:
 
     project = Project.objects.get(pk=project_id)
     member = Membership.objects.get(project_id=project_id, user_id=rater_id)
-    recorded = None
-    if member.queue_version == project.tasks_version and member.queue_task_id is not None:
-        recorded = (member.queue_priority, member.queue_task_id)
+    # As lease_acquire reads them, with the project.
+    project.membership_id, project.member_queue_version = member.pk, member.queue_version
+    project.member_queue_priority, project.member_queue_task_id = member.queue_priority, member.queue_task_id
+    recorded = leases._recorded_place(project)
     params = {
         "project": project_id,
         "open": Task.Status.OPEN,
@@ -136,11 +137,6 @@ def queue_plans(*, project_id: int, rater_id: int) -> str:
             )
             explain(f"the candidate scan {title}: _CANDIDATES", sql, query)
         # As lease_acquire runs on PostgreSQL: the live leases, the place and the candidate at once.
-        project.membership_id, project.member_queue_version = member.pk, member.queue_version
-        project.member_queue_priority, project.member_queue_task_id = (
-            member.queue_priority,
-            member.queue_task_id,
-        )
         sql, query = leases.held_place_and_candidate_query(
             project, rater_id, timezone.now(), project.max_pending_per_rater
         )

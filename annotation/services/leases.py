@@ -285,14 +285,20 @@ def _candidate_tasks(
     return tasks
 
 
+def _recorded_place(project: Project) -> tuple[int, int] | None:
+    """The place recorded in the rater's membership (read with the project, _PROJECT_OF_MEMBER),
+    unless it was recorded under an older tasks_version (then it is worked out from the front)."""
+    if project.member_queue_version == project.tasks_version and project.member_queue_task_id is not None:
+        return (project.member_queue_priority, project.member_queue_task_id)
+    return None
+
+
 def _queue_place(project: Project, rater: AbstractBaseUser) -> tuple[int, int] | None:
     """The rater's place in the queue, moved on past the tasks they finished; the membership is locked.
 
     `project` is read with its membership's place (_PROJECT_OF_MEMBER). None: no open task.
     """
-    recorded = None
-    if project.member_queue_version == project.tasks_version and project.member_queue_task_id is not None:
-        recorded = (project.member_queue_priority, project.member_queue_task_id)
+    recorded = _recorded_place(project)
     params = {
         "project": project.pk,
         "open": Task.Status.OPEN,
@@ -408,9 +414,7 @@ def held_place_and_candidate_query(
 ) -> tuple[str, dict]:
     """_HELD_PLACE_AND_CANDIDATE and its parameters, for a project read with its membership's place
     (as lease_acquire reads it; bench/queue_scale.py prints its plan)."""
-    recorded = None
-    if project.member_queue_version == project.tasks_version and project.member_queue_task_id is not None:
-        recorded = (project.member_queue_priority, project.member_queue_task_id)
+    recorded = _recorded_place(project)
     params = {
         "rater": rater_id,
         "project": project.pk,
