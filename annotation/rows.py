@@ -54,7 +54,10 @@ def model_from_row(model: type[M], row: Sequence, start: int = 0) -> M:
 
 
 def fetch_rows(sql: str, params) -> list[tuple]:
-    with connection.cursor() as cursor:
+    """The rows of one statement; prepared on PostgreSQL (config.postgresql: parsed and planned
+    once per connection), so its SQL text must not vary with the values: they go in `params`."""
+    prepared = getattr(connection, "prepared_cursor", None)
+    with (prepared or connection.cursor)() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 

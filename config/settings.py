@@ -205,6 +205,9 @@ REFINERY_BACKGROUND_NICE = env_int("REFINERY_BACKGROUND_NICE", 10)
 # backend, a process of its own, would take as much CPU as a rater's. 0 turns this off, as a
 # connection pooler on the database's machine needs (it hands backends on to other clients).
 BACKGROUND_NICE_DATABASE = env_bool("BACKGROUND_NICE_DATABASE", True)
+# The statements run on every task are prepared on PostgreSQL (config/postgresql/base.py); 0 turns
+# that off behind a connection pooler that does not carry prepared statements between clients.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 LOOP_CLAIM_STALE_SECONDS = env_float("LOOP_CLAIM_STALE_SECONDS", 300)
 # While a step runs, a thread of its worker touches the claim's heartbeat every LOOP_HEARTBEAT_SECONDS
 # (a third of the stale time at most), so that a long model call does not look like a dead worker.
