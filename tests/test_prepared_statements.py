@@ -29,7 +29,9 @@ def _prepared() -> dict[str, str]:
 def _rate(bob, submissions: int) -> tuple[Project, list]:
     """A project of bob's, his first lease taken and `submissions` submit-and-next calls made; the
     statements of the last one, as the test runner captured them."""
-    project = Project.objects.create(name=f"Prepared {next(_names)}", questions=WITHOUT_FIXES, overlap=1, lease_seconds=600)
+    project = Project.objects.create(
+        name=f"Prepared {next(_names)}", questions=WITHOUT_FIXES, overlap=1, lease_seconds=600
+    )
     Membership.objects.create(user=bob, project=project)
     make_tasks(project, submissions + 2)
     client = APIClient()
