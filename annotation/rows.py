@@ -53,10 +53,16 @@ def model_from_row(model: type[M], row: Sequence, start: int = 0) -> M:
     return model.from_db(connection.alias, None, values)
 
 
-def fetch_rows(sql: str, params) -> list[tuple]:
-    """The rows of one statement; prepared on PostgreSQL (config.postgresql: parsed and planned
-    once per connection), so its SQL text must not vary with the values: they go in `params`."""
-    prepared = getattr(connection, "prepared_cursor", None)
+def fetch_rows(sql: str, params, *, prepare: bool = True) -> list[tuple]:
+    """The rows of one statement, prepared on PostgreSQL (config.postgresql: parsed and planned
+    once per connection), so its SQL text must not vary with the values: they go in `params`.
+
+    A prepared statement's plan is chosen once for all values (PostgreSQL's generic plan, after
+    five executions): right for a lookup or write by key, not for a scan whose best plan depends
+    on where it starts. The queue's scans pass prepare=False, and are planned with their values
+    on every execution.
+    """
+    prepared = getattr(connection, "prepared_cursor", None) if prepare else None
     with (prepared or connection.cursor)() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()

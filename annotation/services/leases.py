@@ -278,7 +278,7 @@ def _candidate_tasks(
     )
     width = len(Task._meta.concrete_fields)
     tasks = []
-    for row in fetch_rows(sql, params):
+    for row in fetch_rows(sql, params, prepare=False):  # a scan: planned from where it starts
         task = model_from_row(Task, row)
         task.own_lease_id = row[width]
         tasks.append(task)
@@ -446,7 +446,8 @@ def _held_place_and_candidate(project: Project, rater: AbstractBaseUser, now: da
     their place in the queue (found and recorded, as _queue_place; None: no unfinished open task
     from the recorded place on), and the first candidate from there, locked (None: none free)."""
     ((held, held_tasks, priority, place_id, *found),) = fetch_rows(
-        *held_place_and_candidate_query(project, rater.pk, now, held_limit)
+        *held_place_and_candidate_query(project, rater.pk, now, held_limit),
+        prepare=False,  # scans
     )
     place = None if place_id is None else (priority, place_id)
     task = None
