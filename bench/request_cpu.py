@@ -1,12 +1,16 @@
 """CPU of one submit-and-next request, measured in one process, without concurrency.
 
     python bench/request_cpu.py [--requests 500] [--warmup 50] [--tasks 1000] [--profile FILE.prof]
+                                [--compare-prepared [--block 50]]
                                 [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
 
 It drops and re-creates the bench database (as bench/queue.py does), seeds one project, and has
 one rater call `POST /api/v1/leases/{id}/submit/?next=1` in a loop through the WSGI application
 (DEBUG off, the deployed middleware and settings), each call submitting the lease the previous
-one handed out. Nothing runs in parallel, so the figures do not depend on the machine's load
+one handed out. With --compare-prepared, the measured requests alternate, in blocks of
+--block, between the hot statements prepared (DATABASE_PREPARED_STATEMENTS, the default) and not,
+and both are printed with their ratio: a baseline measured in the same process, on the same
+connection, as the machine's speed drifts. Nothing runs in parallel, so the figures do not depend on the machine's load
 as the saturation bench's do: the CPU time of this process (thread CPU time) per request, the
 CPU time of its PostgreSQL backend per request, and the SQL statements per request. With
 --profile, a cProfile of the measured requests (CPU time) is written to FILE.
@@ -86,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", metavar="FILE", help="write a cProfile (CPU time) of the measured requests"
     )
+    parser.add_argument(
+        "--compare-prepared",
+        action="store_true",
+        help="alternate between prepared statements on and off, and print both",
+    )
+    parser.add_argument("--block", type=int, default=50, help="with --compare-prepared: requests per block")
     args = parser.parse_args(argv)
     if urlparse(args.database_url).scheme not in {"postgres", "postgresql"}:
         parser.error("--database-url must be a postgres:// URL")
@@ -93,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the backend's CPU is read with psutil: PostgreSQL must run on this machine")
 
     prepare_database(args.database_url, LOG_LEVEL="WARNING")
+    from django.conf import settings
     from django.core.wsgi import get_wsgi_application
     from django.db import connection
 
@@ -129,14 +140,26 @@ def main(argv: list[str] | None = None) -> int:
 
     answers = {"quality": {"helpful": 5, "accurate": 4}, "feedback": FEEDBACK}
     profile = cProfile.Profile(time.thread_time) if args.profile else None
-    cpu_ms: list[float] = []
-    backend_start = 0.0
+    modes = ["prepared", "not prepared"] if args.compare_prepared else ["as configured"]
+    cpu_ms: dict[str, list[float]] = {mode: [] for mode in modes}
+    backend_ms: dict[str, float] = dict.fromkeys(modes, 0.0)
+
+    def backend_cpu_ms() -> float:
+        times = backend.cpu_times()
+        return (times.user + times.system) * 1000
+
+    mode, backend_start = modes[0], 0.0
     with connection.execute_wrapper(count):
         for i in range(total):
+            if i >= args.warmup and (i - args.warmup) % args.block == 0:
+                if i > args.warmup:
+                    backend_ms[mode] += backend_cpu_ms() - backend_start
+                mode = modes[(i - args.warmup) // args.block % len(modes)]
+                if args.compare_prepared:
+                    settings.DATABASE_PREPARED_STATEMENTS = mode == "prepared"
+                backend_start = backend_cpu_ms()
             if i == args.warmup:
                 counting["on"] = True
-                times = backend.cpu_times()
-                backend_start = times.user + times.system
                 if profile:
                     profile.enable()
             body = json.dumps({"answers": answers, "time_spent_ms": 1000 + i}).encode()
@@ -150,23 +173,36 @@ def main(argv: list[str] | None = None) -> int:
                 body=body,
             )
             if i >= args.warmup:
-                cpu_ms.append((time.thread_time() - started) * 1000)
+                cpu_ms[mode].append((time.thread_time() - started) * 1000)
             if status != 201:
                 raise SystemExit(f"submit answered {status}: {content[:300]!r}")
             lease_id = json.loads(content)["next"]["id"]
+    backend_ms[mode] += backend_cpu_ms() - backend_start
     if profile:
         profile.disable()
         profile.dump_stats(args.profile)
-    times = backend.cpu_times()
-    backend_ms = (times.user + times.system - backend_start) * 1000 / args.requests
     connection.close()
 
     n = args.requests
     print(f"\nsubmit-and-next, {n} requests after {args.warmup} unmeasured, one process, no concurrency")
-    print(
-        f"web process CPU per request (ms): mean {statistics.fmean(cpu_ms):.3f}, median {statistics.median(cpu_ms):.3f}"
-    )
-    print(f"PostgreSQL backend CPU per request (ms): {backend_ms:.3f}")
+    for mode in modes:
+        web = cpu_ms[mode]
+        if args.compare_prepared:
+            print(f"{mode} ({len(web)} requests, in blocks of {args.block}):")
+        print(
+            f"  web process CPU per request (ms): mean {statistics.fmean(web):.3f}, median {statistics.median(web):.3f}"
+        )
+        print(f"  PostgreSQL backend CPU per request (ms): {backend_ms[mode] / len(web):.3f}")
+    if args.compare_prepared:
+        web = {mode: statistics.fmean(cpu_ms[mode]) for mode in modes}
+        database = {mode: backend_ms[mode] / len(cpu_ms[mode]) for mode in modes}
+        print(
+            "prepared / not prepared: web {:.2f}, PostgreSQL {:.2f}, both {:.2f}".format(
+                web["prepared"] / web["not prepared"],
+                database["prepared"] / database["not prepared"],
+                (web["prepared"] + database["prepared"]) / (web["not prepared"] + database["not prepared"]),
+            )
+        )
     print(f"SQL statements per request: {sum(statements.values()) / n:g}")
     for sql, k in statements.most_common():
         print(f"  {k / n:5g}  {sql}")
