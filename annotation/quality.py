@@ -359,8 +359,9 @@ def _gold_results(project: Project) -> dict[int, list[bool]]:
     return results
 
 
-def rater_figures(project: Project) -> dict[int, RaterStats]:
-    """{rater id: their figures} for every user who judged in the project (no names or roles)."""
+def rater_figures(project: Project, *, table: AnswerTable | None = None) -> dict[int, RaterStats]:
+    """{rater id: their figures} for every user who judged in the project (no names or roles);
+    `table`: the project's answer table, if read already."""
     rater_chunks, time_chunks = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
     with connection.cursor() as cursor:
         cursor.execute(
@@ -390,7 +391,7 @@ def rater_figures(project: Project) -> dict[int, RaterStats]:
             stats[rater_id].gold_checks = len(checks)
             stats[rater_id].gold_passed = sum(checks)
 
-    for data in _each_reliability_data(project, None, None):
+    for data in _each_reliability_data(project, None, table):
         for pair in pair_agreements(data):
             for rater_id in (pair.rater_a, pair.rater_b):
                 row = stats[rater_id]
@@ -628,12 +629,16 @@ def _figures_key(project_id: int, name: str) -> str:
     return f"stats:{FIGURES_FORMAT}:{project_id}:{name}"
 
 
-def figures_compute(project: Project, name: str) -> Any:
-    """The figures of one page ("dashboard" or "raters"), computed now."""
+PAGES = ("dashboard", "raters")
+
+
+def figures_compute(project: Project, name: str, *, table: AnswerTable | None = None) -> Any:
+    """The figures of one page ("dashboard" or "raters"), computed now; `table`: the project's
+    answer table, if read already (both pages' figures are computed from it)."""
     if name == "dashboard":
-        return dashboard_compute(project)
+        return dashboard_compute(project, table=table)
     if name == "raters":
-        return rater_figures(project)
+        return rater_figures(project, table=table)
     raise ValueError(f"no figures named {name!r}")
 
 
@@ -742,12 +747,30 @@ def cached_figures(project: Project, name: str) -> tuple[Any | None, Freshness]:
     return entry.value, Freshness(as_of=now, judgments=judged)
 
 
+def _refresh_due(cache, project_id: int, name: str, judged: int, curated: int, now: datetime) -> list[str]:
+    """The pages whose figures a recompute of `name`'s computes: `name`'s, unless they may still be
+    shown as they are; and the other page's, where they may not and a curator has shown them
+    (they are cached) or asked for them (their recompute is on its way)."""
+    due = []
+    for page in PAGES:
+        key = _figures_key(project_id, page)
+        entry = cache.get(key)
+        if _serves(entry, judged, curated, now):
+            continue
+        if page == name or entry is not None or cache.get(key + ":refresh") is not None:
+            due.append(page)
+    return due
+
+
 def figures_refresh(*, project_id: int, name: str) -> None:
     """Compute one page's figures and cache them under the versions read first, as a page view
     would (annotation.tasks.refresh_figures); then release the lock the view that sent it took.
 
     Figures a page may still show as they are (another worker computed them since) are kept:
-    a message delivered twice computes once.
+    a message delivered twice computes once. The other page's figures, if due (`_refresh_due`),
+    are computed in the same run from the same answer table: reading it is most of the work on a
+    big project, and curators go from one page to the other. Its own message, when it comes,
+    finds them current.
     """
     cache, key = caches["stats"], _figures_key(project_id, name)
     try:
@@ -756,10 +779,15 @@ def figures_refresh(*, project_id: int, name: str) -> None:
             return  # deleted since
         judged, curated = stats_version(project_id)
         now = timezone.now()
-        if _serves(cache.get(key), judged, curated, now):
+        due = _refresh_due(cache, project_id, name, judged, curated, now)
+        if not due:
             return
-        entry = _Entry(judged=judged, curated=curated, as_of=now, value=figures_compute(project, name))
-        cache.set(key, entry, settings.STATS_CACHE_SECONDS)
+        table = answer_table(project, project_variables(project))
+        for page in due:
+            entry = _Entry(
+                judged=judged, curated=curated, as_of=now, value=figures_compute(project, page, table=table)
+            )
+            cache.set(_figures_key(project_id, page), entry, settings.STATS_CACHE_SECONDS)
     finally:
         cache.delete(key + ":refresh")
 
@@ -773,8 +801,9 @@ class DashboardFigures:
     qa2: Qa2Summary | None  # only for projects asking the (QA)² template's questions
 
 
-def dashboard_compute(project: Project) -> DashboardFigures:
-    table = answer_table(project, project_variables(project))  # read once for both
+def dashboard_compute(project: Project, *, table: AnswerTable | None = None) -> DashboardFigures:
+    if table is None:
+        table = answer_table(project, project_variables(project))  # read once for both
     return DashboardFigures(
         progress=project_progress(project),
         review_counts=review_counts(project),

@@ -82,9 +82,9 @@ def computed(monkeypatch):
     calls = {"dashboard": 0, "raters": 0}
     real = quality.figures_compute
 
-    def counting(project, name):
+    def counting(project, name, **kwargs):
         calls[name] += 1
-        return real(project, name)
+        return real(project, name, **kwargs)
 
     monkeypatch.setattr(quality, "figures_compute", counting)
     return calls
@@ -318,3 +318,58 @@ def test_members_are_listed_while_the_raters_figures_are_computed(
     worker_recomputes(project, "raters")
     rows = {row.username: row for row in client.get(f"/projects/{project.pk}/raters/").context["rows"]}
     assert rows["coder0"].judgments == 9 and rows["coder3"].judgments == 11
+
+
+@pytest.fixture
+def tables_read(monkeypatch):
+    """How often the worker reads a project's answer table (the real reading still runs)."""
+    reads = []
+    real = quality.answer_table
+
+    def counting(project, variables):
+        reads.append(project.pk)
+        return real(project, variables)
+
+    monkeypatch.setattr(quality, "answer_table", counting)
+    return reads
+
+
+def test_the_worker_computes_both_pages_shown_from_one_reading_of_the_answers(
+    shared_cache, broker, computed, tables_read, krippendorff, alice
+):
+    project, _ = krippendorff
+    client = curator_client(project, alice)
+    dashboard(client, project)
+    assert client.get(f"/projects/{project.pk}/raters/").status_code == 200
+    assert [args for args, _ in broker.sent] == [(project.pk, "dashboard"), (project.pk, "raters")]
+
+    worker_recomputes(project, "dashboard")
+    assert computed == {"dashboard": 1, "raters": 1} and tables_read == [project.pk]
+    worker_recomputes(project, "raters")  # its own message finds its figures current
+    assert computed == {"dashboard": 1, "raters": 1} and tables_read == [project.pk]
+    assert shared_cache.get(f"stats:{quality.FIGURES_FORMAT}:{project.pk}:raters:refresh") is None
+
+    together = shared_cache.get(f"stats:{quality.FIGURES_FORMAT}:{project.pk}:raters").value
+    assert together == quality.rater_figures(project)  # as computed alone
+    tables_read.clear()
+    rows = {row.username: row for row in client.get(f"/projects/{project.pk}/raters/").context["rows"]}
+    assert rows["coder0"].judgments == 9 and sum(row.judgments for row in rows.values()) == JUDGMENTS
+    assert dashboard_stats(client, project)["score · clarity"]["alpha_ordinal"] == "0.815"
+
+    # After a curator's change, both are recomputed together, once shown again.
+    curation.judgments_review(
+        actor=alice, judgments=project.judgments.all()[:1], status="excluded", reason="a test"
+    )
+    dashboard(client, project)
+    client.get(f"/projects/{project.pk}/raters/")
+    worker_recomputes(project, "raters")
+    assert computed == {"dashboard": 2, "raters": 2} and tables_read == [project.pk]
+
+
+def test_the_worker_computes_only_the_page_asked_for_when_the_other_is_not_shown(
+    shared_cache, broker, computed, tables_read, krippendorff, alice
+):
+    project, _ = krippendorff
+    dashboard(curator_client(project, alice), project)
+    worker_recomputes(project, "dashboard")
+    assert computed == {"dashboard": 1, "raters": 0} and tables_read == [project.pk]

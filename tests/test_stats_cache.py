@@ -34,9 +34,9 @@ def computed(monkeypatch):
     calls = {"dashboard": 0, "raters": 0}
 
     def counting(name, real):
-        def wrapper(project):
+        def wrapper(project, **kwargs):
             calls[name] += 1
-            return real(project)
+            return real(project, **kwargs)
 
         return wrapper
 
