@@ -58,7 +58,9 @@ last figures meanwhile (see `cached_figures`).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import threading
+import time
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -141,6 +143,35 @@ class AnswerTable:
     statuses: np.ndarray  # the judgments' review statuses (str objects)
     gold: np.ndarray  # bool: on a gold task
     values: dict[Variable, np.ndarray]  # float, NaN where the judgment gives the variable no value
+    ids: np.ndarray | None = None  # int64: the judgments' ids
+    time_spent: np.ndarray | None = None  # float: the judgments' time_spent_ms, NaN where not recorded
+
+    def rows(self, chosen: np.ndarray) -> AnswerTable:
+        """The table of the rows `chosen` (a boolean mask or indices)."""
+        return AnswerTable(
+            raters=self.raters[chosen],
+            tasks=self.tasks[chosen],
+            statuses=self.statuses[chosen],
+            gold=self.gold[chosen],
+            values={variable: values[chosen] for variable, values in self.values.items()},
+            ids=self.ids[chosen],
+            time_spent=self.time_spent[chosen],
+        )
+
+    def __add__(self, other: AnswerTable) -> AnswerTable:
+        """This table's rows, then `other`'s (the same variables)."""
+        return AnswerTable(
+            raters=np.concatenate([self.raters, other.raters]),
+            tasks=np.concatenate([self.tasks, other.tasks]),
+            statuses=np.concatenate([self.statuses, other.statuses]),
+            gold=np.concatenate([self.gold, other.gold]),
+            values={
+                variable: np.concatenate([values, other.values[variable]])
+                for variable, values in self.values.items()
+            },
+            ids=np.concatenate([self.ids, other.ids]),
+            time_spent=np.concatenate([self.time_spent, other.time_spent]),
+        )
 
     def select(
         self, variable: Variable, *, statuses: Iterable[str] | None, gold: bool = False
@@ -179,9 +210,12 @@ def _absent_sql(answer: str, key: str) -> tuple[str, list]:
 _CHUNK = 20_000
 
 
-def answer_table(project: Project, variables: list[Variable]) -> AnswerTable:
+def answer_table(
+    project: Project, variables: list[Variable], *, ids: np.ndarray | None = None
+) -> AnswerTable:
     """The project's judgments with each variable's value, in one query (values taken out of the
-    answers' JSON by the database), read in chunks into numpy arrays.
+    answers' JSON by the database), read in chunks into numpy arrays; only the judgments `ids`
+    where given.
 
     A likert criterion's value is its integer score; a pairwise question's is the preferred
     output's position in the task (TaskOutput.position), TIE for no preference, and no value for
@@ -210,40 +244,125 @@ def answer_table(project: Project, variables: list[Variable]) -> AnswerTable:
             params = [*params, TIE]
         columns.append(sql)
         column_params += params
+    where, where_params = "j.project_id = %s", [project.pk]
+    if ids is not None:
+        if connection.vendor != "postgresql" and len(ids) > _CHUNK:  # SQLite's limit on parameters
+            parts = [
+                answer_table(project, variables, ids=ids[i : i + _CHUNK]) for i in range(0, len(ids), _CHUNK)
+            ]
+            return sum(parts[1:], parts[0])
+        if not len(ids):
+            return _empty_table(variables)
+        if connection.vendor == "postgresql":
+            where, where_params = where + " AND j.id = ANY(%s)", [*where_params, [int(pk) for pk in ids]]
+        else:
+            where += " AND j.id IN (" + ", ".join(["%s"] * len(ids)) + ")"
+            where_params += [int(pk) for pk in ids]
     sql = (
-        "SELECT j.rater_id, j.task_id, j.status, t.is_gold"
+        "SELECT j.id, j.rater_id, j.task_id, j.status, t.is_gold, j.time_spent_ms"
         + "".join(f", {column}" for column in columns)
         + " FROM annotation_judgment j JOIN annotation_task t ON t.id = j.task_id "
         + " ".join(joins)
-        + " WHERE j.project_id = %s"
+        + f" WHERE {where}"
     )
     chunks: list[list[np.ndarray]] = []
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*column_params, *join_params, project.pk])
+        cursor.execute(sql, [*column_params, *join_params, *where_params])
         while rows := cursor.fetchmany(_CHUNK):
             fields = list(zip(*rows, strict=True))
             chunks.append(
                 [
-                    np.array(fields[0], dtype=np.int64),
-                    np.array(fields[1], dtype=np.int64),
-                    np.array(fields[2], dtype=object),
-                    np.array(fields[3], dtype=bool),
-                    *(np.array(field, dtype=float) for field in fields[4:]),
+                    np.array(field, dtype=kind)
+                    for field, kind in zip(fields, _COLUMN_KINDS + [float] * len(variables), strict=True)
                 ]
             )
-    width = 4 + len(variables)
-    if chunks:
-        arrays = [np.concatenate([chunk[k] for chunk in chunks]) for k in range(width)]
-    else:
-        kinds = [np.int64, np.int64, object, bool] + [float] * len(variables)
-        arrays = [np.zeros(0, dtype=kind) for kind in kinds]
+    if not chunks:
+        return _empty_table(variables)
+    return _table(variables, [np.concatenate([chunk[k] for chunk in chunks]) for k in range(len(chunks[0]))])
+
+
+# The dtypes of answer_table's columns before the variables' (NaN: time not recorded).
+_COLUMN_KINDS = [np.int64, np.int64, np.int64, object, bool, float]
+
+
+def _table(variables: list[Variable], arrays: list[np.ndarray]) -> AnswerTable:
+    ids, raters, tasks, statuses, gold, time_spent, *values = arrays
     return AnswerTable(
-        raters=arrays[0],
-        tasks=arrays[1],
-        statuses=arrays[2],
-        gold=arrays[3],
-        values=dict(zip(variables, arrays[4:], strict=True)),
+        raters=raters,
+        tasks=tasks,
+        statuses=statuses,
+        gold=gold,
+        values=dict(zip(variables, values, strict=True)),
+        ids=ids,
+        time_spent=time_spent,
     )
+
+
+def _empty_table(variables: list[Variable]) -> AnswerTable:
+    return _table(variables, [np.zeros(0, dtype=kind) for kind in _COLUMN_KINDS + [float] * len(variables)])
+
+
+@dataclass
+class _Kept:
+    curated: int
+    variables: list[Variable]
+    read_at: float  # time.monotonic() of the full reading
+    table: AnswerTable
+
+
+_kept: OrderedDict[int, _Kept] = OrderedDict()  # by project id, the most recently used last
+_kept_lock = threading.Lock()
+
+
+def judgment_ids(project: Project) -> np.ndarray:
+    """The ids of the project's judgments, ascending."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM annotation_judgment WHERE project_id = %s ORDER BY id", [project.pk])
+        return np.array([pk for (pk,) in cursor.fetchall()], dtype=np.int64)
+
+
+def kept_answer_table(project: Project, curated: int) -> AnswerTable:
+    """`answer_table`, read in full once per curated version, then only for the judgments added
+    since: the background worker's way to a big project's figures.
+
+    Under one curated version (annotation.models.StatsVersion) a project's judgments only grow:
+    raters add judgments, with their answers, in one transaction; any other change to them (a
+    review, an exclusion, a deletion, an edit, new questions) moves the version on. So the table
+    read under a version, plus the rows of the judgments whose ids it lacks, is the table read
+    afresh; judgments gone since (only with the version moved on, which reads afresh anyway) are
+    dropped all the same. A table is read afresh after STATS_TABLE_MAX_AGE_SECONDS too: a change
+    whose version increment was lost (annotation.models.stats_changed) is counted in time.
+
+    The tables of the last STATS_TABLES_KEPT projects are kept in this process's memory (about 60
+    bytes per judgment and variable); 0 reads afresh every time.
+    """
+    variables = project_variables(project)
+    limit = settings.STATS_TABLES_KEPT
+    with _kept_lock:
+        kept = _kept.get(project.pk)
+    fresh = (
+        limit <= 0
+        or kept is None
+        or kept.curated != curated
+        or kept.variables != variables
+        or time.monotonic() - kept.read_at > settings.STATS_TABLE_MAX_AGE_SECONDS
+    )
+    if fresh:
+        read_at, table = time.monotonic(), answer_table(project, variables)
+    else:
+        read_at, ids = kept.read_at, judgment_ids(project)
+        known = kept.table.ids
+        table = kept.table
+        if not np.isin(known, ids, assume_unique=True).all():
+            table = table.rows(np.isin(known, ids, assume_unique=True))
+        table = table + answer_table(project, variables, ids=np.setdiff1d(ids, known, assume_unique=True))
+    with _kept_lock:
+        _kept.pop(project.pk, None)
+        if limit > 0:
+            _kept[project.pk] = _Kept(curated=curated, variables=variables, read_at=read_at, table=table)
+            while len(_kept) > limit:
+                _kept.popitem(last=False)
+    return table
 
 
 def reliability_data(
@@ -362,18 +481,9 @@ def _gold_results(project: Project) -> dict[int, list[bool]]:
 def rater_figures(project: Project, *, table: AnswerTable | None = None) -> dict[int, RaterStats]:
     """{rater id: their figures} for every user who judged in the project (no names or roles);
     `table`: the project's answer table, if read already."""
-    rater_chunks, time_chunks = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT rater_id, time_spent_ms FROM annotation_judgment WHERE project_id = %s", [project.pk]
-        )
-        while rows := cursor.fetchmany(_CHUNK):
-            ids, spent = zip(*rows, strict=True)
-            rater_chunks.append(np.array(ids, dtype=np.int64))
-            time_chunks.append(np.array(spent, dtype=float))  # NaN: not recorded
-    raters, times = np.concatenate(rater_chunks), np.concatenate(time_chunks)
-    order = np.lexsort((times, raters))  # by rater, then time (NaN last)
-    raters, times = raters[order], times[order]
+    table = answer_table(project, project_variables(project)) if table is None else table
+    order = np.lexsort((table.time_spent, table.raters))  # by rater, then time (NaN last)
+    raters, times = table.raters[order], table.time_spent[order]
     ids, starts, counts = np.unique(raters, return_index=True, return_counts=True)
     stats: dict[int, RaterStats] = {}
     for rater_id, start, count in zip(ids.tolist(), starts, counts, strict=True):
@@ -782,7 +892,7 @@ def figures_refresh(*, project_id: int, name: str) -> None:
         due = _refresh_due(cache, project_id, name, judged, curated, now)
         if not due:
             return
-        table = answer_table(project, project_variables(project))
+        table = kept_answer_table(project, curated)
         for page in due:
             entry = _Entry(
                 judged=judged, curated=curated, as_of=now, value=figures_compute(project, page, table=table)

@@ -291,6 +291,12 @@ STATS_REFRESH_SECONDS = env_int("STATS_REFRESH_SECONDS", 600)
 # CPU at the raters' priority: a page view reuses a count STATS_JUDGED_COUNT_SECONDS old (0: never),
 # shared through the statistics cache, for projects whose figures a worker computes.
 STATS_JUDGED_COUNT_SECONDS = env_int("STATS_JUDGED_COUNT_SECONDS", 5)
+# The background worker keeps the answer tables of the last STATS_TABLES_KEPT projects it computed
+# in memory (about 60 bytes per judgment and variable) and reads only the judgments added since,
+# until the project's curated version moves on or the table is STATS_TABLE_MAX_AGE_SECONDS old
+# (annotation.quality.kept_answer_table); 0 reads every table afresh.
+STATS_TABLES_KEPT = env_int("STATS_TABLES_KEPT", 4)
+STATS_TABLE_MAX_AGE_SECONDS = env_int("STATS_TABLE_MAX_AGE_SECONDS", 3600)
 
 # Export downloads are made in a child process (annotation.export_process) and streamed through the
 # web process: an export of a million judgments is some 20-30 CPU seconds, which in the web process

@@ -93,10 +93,13 @@ def _fast_password_hashing(settings):
 @pytest.fixture(autouse=True)
 def _fresh_statistics_cache():
     """Cached statistics are keyed by project id and version, and the SQLite lane reuses ids
-    across tests: every test starts with an empty statistics cache."""
+    across tests: every test starts with an empty statistics cache, and no kept answer table."""
     from django.core.cache import caches
 
+    from annotation import quality
+
     caches["stats"].clear()
+    quality._kept.clear()
     yield
     caches["stats"].clear()
 

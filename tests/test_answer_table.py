@@ -133,3 +133,99 @@ def test_rater_figures_count_and_time_every_judgment(judged):
         assert row.judgments == len(spent)
         recorded = [t for t in spent if t is not None]
         assert row.median_seconds == (float(np.median(recorded)) / 1000 if recorded else None)
+
+
+# ---------------------------------------------------------------- the background worker's kept tables
+
+
+def same_table(a: quality.AnswerTable, b: quality.AnswerTable) -> None:
+    """The same rows, whatever their order (NaN equal to NaN)."""
+    first, second = np.argsort(a.ids), np.argsort(b.ids)
+    for name in ("ids", "raters", "tasks", "statuses", "gold", "time_spent"):
+        np.testing.assert_array_equal(getattr(a, name)[first], getattr(b, name)[second], err_msg=name)
+    assert list(a.values) == list(b.values)
+    for variable in a.values:
+        np.testing.assert_array_equal(a.values[variable][first], b.values[variable][second], err_msg=variable)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The `ids` of each answer_table reading (None: the whole project), the real reading still run."""
+    calls = []
+    real = quality.answer_table
+
+    def recording(project, variables, *, ids=None):
+        calls.append(None if ids is None else sorted(ids.tolist()))
+        return real(project, variables, ids=ids)
+
+    monkeypatch.setattr(quality, "answer_table", recording)
+    return calls
+
+
+def judge_more(project, django_user_model, n: int = 3) -> list[int]:
+    """`n` new judgments on new tasks by a new rater, as a rater's submissions add them: their ids."""
+    rater = django_user_model.objects.create_user(f"late{Judgment.objects.count()}")
+    ids = []
+    for task in make_tasks(project, n, kind="pairwise", prefix=f"late{rater.pk}-"):
+        answers = {
+            "quality": ("likert", {"helpful": 2, "accurate": 5}),
+            "preference": ("pairwise", {"preferred": output_ids(task)[1]}),
+        }
+        ids.append(write_judgment(task, rater, answers, status="pending", time_spent_ms=700).pk)
+    return ids
+
+
+def test_a_kept_table_reads_only_the_judgments_added_since_and_equals_one_read_afresh(
+    judged, reads, django_user_model
+):
+    first = quality.kept_answer_table(judged, 4)
+    added = judge_more(judged, django_user_model)
+    table = quality.kept_answer_table(judged, 4)
+    assert reads == [None, added] and len(table.ids) == len(first.ids) + 3
+    assert quality.kept_answer_table(judged, 4) is not None and reads[2:] == [[]]  # nothing new
+
+    same_table(table, quality.answer_table(judged, quality.project_variables(judged)))
+    assert quality.rater_figures(judged, table=table) == quality.rater_figures(judged)
+
+
+def test_judgments_gone_since_are_dropped(judged, reads, django_user_model):
+    quality.kept_answer_table(judged, 1)
+    gone = Judgment.objects.filter(project=judged).order_by("pk").first()
+    Judgment.objects.filter(pk=gone.pk).delete()
+    added = judge_more(judged, django_user_model, 1)
+    table = quality.kept_answer_table(judged, 1)
+    assert reads == [None, added] and gone.pk not in table.ids
+    same_table(table, quality.answer_table(judged, quality.project_variables(judged)))
+
+
+def test_a_table_is_read_afresh_under_a_new_curated_version_and_when_old(judged, reads, settings):
+    quality.kept_answer_table(judged, 1)
+    quality.kept_answer_table(judged, 2)  # a curator's change: every row may differ
+    assert reads == [None, None]
+    settings.STATS_TABLE_MAX_AGE_SECONDS = 0
+    quality.kept_answer_table(judged, 2)
+    assert reads == [None, None, None]
+
+
+def test_only_the_last_projects_tables_are_kept(judged, reads, settings, django_user_model):
+    other = Project.objects.create(name="Other", questions=QUESTIONS, overlap=1)
+    judge_more(other, django_user_model, 2)
+    settings.STATS_TABLES_KEPT = 1
+    quality.kept_answer_table(judged, 1)
+    quality.kept_answer_table(other, 1)  # the first project's table is let go
+    quality.kept_answer_table(judged, 1)
+    assert reads == [None, None, None]
+    settings.STATS_TABLES_KEPT = 0
+    quality.kept_answer_table(judged, 1)
+    quality.kept_answer_table(judged, 1)
+    assert reads == [None] * 5 and not quality._kept
+
+
+def test_new_judgments_are_read_in_parts_as_many_as_sqlite_takes_at_once(
+    judged, django_user_model, monkeypatch
+):
+    quality.kept_answer_table(judged, 1)
+    judge_more(judged, django_user_model, 5)
+    monkeypatch.setattr(quality, "_CHUNK", 2)  # parameters per statement (SQLite), rows per fetch
+    table = quality.kept_answer_table(judged, 1)
+    same_table(table, quality.answer_table(judged, quality.project_variables(judged)))
