@@ -1,6 +1,6 @@
 """Curator pages benchmark: the dashboard and raters page of a big project, computed and cached.
 
-    python bench/dashboard.py [--judgments 200000] [--overlap 3] [--raters 30] [--repeat 5]
+    python bench/dashboard.py [--judgments 200000] [--overlap 3] [--raters 30] [--repeat 5] [--new 100]
                               [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench_pages]
                               [--keep] [--reuse]
 
@@ -13,8 +13,12 @@ with about --judgments judgments (written in bulk, --overlap raters per task, dr
 - after a change: the first read after one more judgment written as the admin writes it (the
   curated version moved on: recomputed whatever the figures' age).
 
-It prints the median wall time and the number of queries of each, and the rows read. The
-figures are this machine's: on a shared machine they are noisy.
+It prints the median wall time and the number of queries of each, and the rows read. Then the
+background worker's recompute of both pages' figures (annotation.quality.figures_refresh), its
+wall time and CPU (its own and its PostgreSQL backend's), three ways in this process: each page
+reading the answers itself (the baseline), one reading for both, and the answer table kept from
+the last recompute with --new judgments added since (kept_answer_table). The figures are this
+machine's: on a shared machine they are noisy.
 """
 # ruff: noqa: E402
 
@@ -126,12 +130,80 @@ def timed(client, url: str, *, before=None, repeat: int) -> tuple[float, int]:
     return statistics.median(times), queries
 
 
+def _cpu_seconds(backend) -> float:
+    ours, theirs = time.process_time(), backend.cpu_times()
+    return ours + theirs.user + theirs.system
+
+
+def worker_refresh(project_id: int, people: list, *, new: int) -> None:
+    """The background worker's recompute of both pages, three ways (see the module)."""
+    import psutil
+    from django.core.cache import caches
+    from django.db import connection
+
+    from annotation import quality
+    from annotation.models import Project, Task, stats_version
+    from tests.factories import write_judgment
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = psutil.Process(cursor.fetchone()[0])
+    project = Project.objects.get(pk=project_id)
+    cache = caches["stats"]
+
+    def due() -> None:  # both pages shown, neither current
+        cache.clear()
+        for page in quality.PAGES:
+            cache.add(quality._figures_key(project_id, page) + ":refresh", True)
+
+    def measured(run) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), _cpu_seconds(backend)
+        run()
+        return time.perf_counter() - wall, _cpu_seconds(backend) - cpu
+
+    rows = [
+        (
+            "each page reading the answers",
+            measured(lambda: [quality.figures_compute(project, page) for page in quality.PAGES]),
+        )
+    ]
+    quality._kept.clear()
+    due()
+    rows.append(
+        (
+            "one reading for both",
+            measured(lambda: quality.figures_refresh(project_id=project_id, name="dashboard")),
+        )
+    )
+    tasks = Task.objects.filter(project_id=project_id).exclude(judgments__rater=people[-1])[:new]
+    for task in tasks:
+        write_judgment(task, people[-1], {"quality": ("likert", {"helpful": 3, "accurate": 5})})
+    due()
+    rows.append(
+        (
+            f"kept table, {len(tasks)} new",
+            measured(lambda: quality.figures_refresh(project_id=project_id, name="dashboard")),
+        )
+    )
+    assert cache.get(quality._figures_key(project_id, "raters")).judged == stats_version(project_id)[0]
+    print(
+        "\nthe background worker: both pages' figures recomputed (CPU: the process and its PostgreSQL backend)"
+    )
+    print(f"{'recompute':<32} {'wall s':>8} {'CPU s':>8} {'CPU ratio':>10}")
+    base = rows[0][1][1]
+    for name, (wall, cpu) in rows:
+        print(f"{name:<32} {wall:>8.3f} {cpu:>8.3f} {cpu / base:>10.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--judgments", type=int, default=200_000)
     parser.add_argument("--overlap", type=int, default=3)
     parser.add_argument("--raters", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--new", type=int, default=100, help="judgments added before the kept table's recompute"
+    )
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--keep", action="store_true", help="leave the bench database (dropped by default)")
     parser.add_argument(
@@ -184,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("after a change", timed(client, url, repeat=1)))
             for name, (seconds, queries) in rows:
                 print(f"{page:<12} {name:<22} {seconds:>9.3f} {queries:>8}")
+        worker_refresh(project_id, people, new=args.new)
     finally:
         if not args.keep:
             drop_database(args.database_url)
