@@ -561,11 +561,16 @@ def rater_page(project: Project, *, number: Any, per_page: int | None) -> tuple[
     return page, freshness
 
 
-def review_counts(project: Project) -> dict[str, int]:
-    """Judgments per review status (every status listed)."""
-    counts = dict(
-        Judgment.objects.filter(project=project).order_by().values_list("status").annotate(n=Count("id"))
-    )
+def review_counts(project: Project, *, table: AnswerTable | None = None) -> dict[str, int]:
+    """Judgments per review status (every status listed); from `table`, the project's answer
+    table, if read already."""
+    if table is None:
+        counts = dict(
+            Judgment.objects.filter(project=project).order_by().values_list("status").annotate(n=Count("id"))
+        )
+    else:
+        statuses, n = np.unique(table.statuses.astype(str), return_counts=True)
+        counts = dict(zip(statuses.tolist(), n.tolist(), strict=True))
     return {status: counts.get(status, 0) for status in Judgment.Status.values}
 
 
@@ -915,8 +920,8 @@ def dashboard_compute(project: Project, *, table: AnswerTable | None = None) -> 
     if table is None:
         table = answer_table(project, project_variables(project))  # read once for both
     return DashboardFigures(
-        progress=project_progress(project),
-        review_counts=review_counts(project),
+        progress=project_progress(project, judgments=int(np.count_nonzero(~table.gold))),
+        review_counts=review_counts(project, table=table),
         agreement=project_agreement(project, table=table),
         plots=distribution_plots(score_distributions(project, table=table)),
         qa2=qa2_summary(project) if is_qa2_project(project.questions) else None,

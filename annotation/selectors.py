@@ -174,15 +174,23 @@ def judgment_list(
     return judgments.prefetch_related("answer_rows").order_by("id")
 
 
-def project_progress(project: Project, *, rater: AbstractBaseUser | None = None) -> dict:
-    """Done / remaining task counts (gold tasks aside), and the rater's own count if given."""
-    return projects_progress([project], rater=rater)[project.pk]
+def project_progress(
+    project: Project, *, rater: AbstractBaseUser | None = None, judgments: int | None = None
+) -> dict:
+    """Done / remaining task counts (gold tasks aside), and the rater's own count if given;
+    `judgments`: the project's judgments of non-gold tasks, if counted already."""
+    counted = None if judgments is None else {project.pk: judgments}
+    return projects_progress([project], rater=rater, judgments=counted)[project.pk]
 
 
 def projects_progress(
-    projects: Sequence[Project], *, rater: AbstractBaseUser | None = None
+    projects: Sequence[Project],
+    *,
+    rater: AbstractBaseUser | None = None,
+    judgments: dict[int, int] | None = None,
 ) -> dict[int, dict]:
-    """{project id: its progress} for many projects, in four queries whatever their number.
+    """{project id: its progress} for many projects, in four queries whatever their number (three
+    with `judgments`, their judgments of non-gold tasks counted already).
 
     Tasks and judgments are counted by separate aggregates: counted over a join of tasks with
     their judgments, every task would count once per judgment (overlap > 1 inflates both).
@@ -195,7 +203,8 @@ def projects_progress(
         .values("project_id")
         .annotate(total=Count("id"), done=Count("id", filter=~Q(status=Task.Status.OPEN)))
     }
-    judgments = _count_by_project(Judgment.objects.filter(project_id__in=ids, task__is_gold=False))
+    if judgments is None:
+        judgments = _count_by_project(Judgment.objects.filter(project_id__in=ids, task__is_gold=False))
     progress = {}
     for project in projects:
         counts = tasks.get(project.pk, {"total": 0, "done": 0})

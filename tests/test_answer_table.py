@@ -229,3 +229,13 @@ def test_new_judgments_are_read_in_parts_as_many_as_sqlite_takes_at_once(
     monkeypatch.setattr(quality, "_CHUNK", 2)  # parameters per statement (SQLite), rows per fetch
     table = quality.kept_answer_table(judged, 1)
     same_table(table, quality.answer_table(judged, quality.project_variables(judged)))
+
+
+def test_the_review_counts_and_progress_read_from_the_table_are_those_counted_by_the_database(judged):
+    from annotation.selectors import project_progress
+
+    table = quality.answer_table(judged, quality.project_variables(judged))
+    assert quality.review_counts(judged, table=table) == quality.review_counts(judged)
+    assert sum(quality.review_counts(judged).values()) == Judgment.objects.filter(project=judged).count()
+    counted = int(np.count_nonzero(~table.gold))
+    assert project_progress(judged, judgments=counted) == project_progress(judged)
