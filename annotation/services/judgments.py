@@ -68,21 +68,21 @@ def _write_judgment(judgment: Judgment, cleaned: list, *, task_count: int, task_
     ]
     lease_params = [Lease.State.SUBMITTED, judgment.lease_id]
     task_params = [task_count, task_status, judgment.task_id]
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            answers_sql = ""
-            if answers:
-                rows = ", ".join(["(%s, %s, %s)"] * len(answers))
-                answers_sql = (
-                    "a AS (INSERT INTO annotation_answer (judgment_id, question, kind, value)"
-                    f" SELECT j.id, v.question, v.kind, v.value FROM j, (VALUES {rows}) AS v (question, kind, value)),"
-                )
-            cursor.execute(
-                f"WITH j AS ({_INSERT_JUDGMENT}), {answers_sql}"
-                f" l AS ({_SUBMIT_LEASE}), t AS ({_COUNT_JUDGMENT}) SELECT id FROM j",
-                [*judgment_params, *(p for answer in answers for p in answer), *lease_params, *task_params],
+    if connection.vendor == "postgresql":
+        answers_sql = ""
+        if answers:
+            rows = ", ".join(["(%s, %s, %s)"] * len(answers))
+            answers_sql = (
+                "a AS (INSERT INTO annotation_answer (judgment_id, question, kind, value)"
+                f" SELECT j.id, v.question, v.kind, v.value FROM j, (VALUES {rows}) AS v (question, kind, value)),"
             )
-            return cursor.fetchone()[0]
+        ((judgment_id,),) = fetch_rows(  # prepared: one statement per number of answers
+            f"WITH j AS ({_INSERT_JUDGMENT}), {answers_sql}"
+            f" l AS ({_SUBMIT_LEASE}), t AS ({_COUNT_JUDGMENT}) SELECT id FROM j",
+            [*judgment_params, *(p for answer in answers for p in answer), *lease_params, *task_params],
+        )
+        return judgment_id
+    with connection.cursor() as cursor:
         cursor.execute(_INSERT_JUDGMENT, judgment_params)
         (judgment_id,) = cursor.fetchone()
         if answers:
