@@ -4,14 +4,17 @@ Fleiss' kappa comes from statsmodels (its count table built here with numpy). Kr
 alpha is the `krippendorff` library's computation and Cohen's kappa scikit-learn's, made with
 np.bincount over all units and all rater pairs at once (a project has hundreds of thousands of
 units and hundreds of rater pairs per variable); tests/test_agreement_vectorised.py holds the
-figures to the libraries' own to 1e-9. Values are laid out as a raters × units
-matrix (ReliabilityData); annotation.quality reads them from the judgments and says what is
-measured.
+figures to the libraries' own to 1e-9. Values are a raters × units matrix (ReliabilityData),
+held as its cells with a value (`Cells`): a project's matrix is almost all empty (each unit is
+judged by a few of its hundreds of raters), so the statistics are computed from the cells, in
+time and memory that grow with the judgments, never with raters × units. annotation.quality
+reads the values from the judgments and says what is measured.
 """
 
 from __future__ import annotations
 
 import warnings
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,16 +59,85 @@ class Variable:
         return {0: "first", 1: "second", TIE: "tie"}[value]
 
 
-@dataclass
+@dataclass(frozen=True)
+class Cells:
+    """The cells with a value of a raters × units matrix, by unit then rater (the order of
+    `np.nonzero(present.T)`): their column (unit) and row (rater) indices and values."""
+
+    units: np.ndarray  # int64 column indices, ascending
+    raters: np.ndarray  # int64 row indices, ascending within a unit
+    values: np.ndarray  # float
+    n_units: int
+    n_raters: int
+
+    @classmethod
+    def from_matrix(cls, matrix: Any) -> Cells:
+        matrix = np.asarray(matrix, dtype=float)
+        if matrix.ndim != 2:
+            matrix = np.zeros((0, 0))
+        units, raters = np.nonzero(~np.isnan(matrix.T))
+        return cls(units, raters, matrix.T[units, raters], matrix.shape[1], matrix.shape[0])
+
+    @classmethod
+    def from_indices(
+        cls, raters: np.ndarray, units: np.ndarray, values: np.ndarray, n_raters: int, n_units: int
+    ) -> Cells:
+        """From a value per (row, column), in any order; of two for the same cell the later counts
+        (as assigning them into a matrix in turn would), and NaN values are no values."""
+        values = np.asarray(values, dtype=float)
+        order = np.lexsort((raters, units))  # stable: equal cells keep their order
+        raters, units, values = raters[order], units[order], values[order]
+        last = np.ones(len(units), dtype=bool)
+        last[:-1] = (units[1:] != units[:-1]) | (raters[1:] != raters[:-1])
+        keep = last & ~np.isnan(values)
+        return cls(units[keep], raters[keep], values[keep], n_units, n_raters)
+
+    def matrix(self) -> np.ndarray:
+        matrix = np.full((self.n_raters, self.n_units), np.nan)
+        matrix[self.raters, self.units] = self.values
+        return matrix
+
+    def judged(self) -> np.ndarray:
+        """The number of values of each unit."""
+        return np.bincount(self.units, minlength=self.n_units)
+
+
+def _cells(matrix: Any) -> Cells:
+    return matrix if isinstance(matrix, Cells) else Cells.from_matrix(matrix)
+
+
 class ReliabilityData:
-    variable: Variable
-    raters: list[int]  # user ids, ascending: the matrix's rows
-    units: list[int]  # task ids, ascending: the matrix's columns
-    matrix: np.ndarray  # float, raters × units, NaN where the rater did not judge the unit
+    """The values of one variable: a raters × units matrix (NaN where the rater did not judge the
+    unit), held as its `cells`; `matrix` is made from them when asked for."""
+
+    def __init__(
+        self,
+        variable: Variable,
+        raters: list[int],
+        units: list[int],
+        matrix: np.ndarray | None = None,
+        *,
+        cells: Cells | None = None,
+    ):
+        self.variable = variable
+        self.raters = raters  # user ids, ascending: the matrix's rows
+        self.units = units  # task ids, ascending: the matrix's columns
+        self.cells = Cells.from_matrix(matrix) if cells is None else cells
+        self._matrix = None if matrix is None else np.asarray(matrix, dtype=float)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self._matrix is None:
+            self._matrix = self.cells.matrix()
+        return self._matrix
 
     def column(self, unit: int) -> list[float]:
-        values = self.matrix[:, self.units.index(unit)]
-        return [float(v) for v in values if not np.isnan(v)]
+        """The values of one unit, by rater."""
+        index = bisect_left(self.units, unit)
+        if index == len(self.units) or self.units[index] != unit:
+            raise ValueError(f"no unit {unit}")
+        start, stop = np.searchsorted(self.cells.units, [index, index + 1])
+        return [float(v) for v in self.cells.values[start:stop]]
 
 
 def as_reliability_data(variable: Variable, values: dict[tuple[int, int], int]) -> ReliabilityData:
@@ -85,11 +157,8 @@ def reliability_from_arrays(
     """From parallel arrays of rater ids, unit ids and values (one value per rater and unit)."""
     rater_ids, row = np.unique(np.asarray(raters, dtype=np.int64), return_inverse=True)
     unit_ids, column = np.unique(np.asarray(units, dtype=np.int64), return_inverse=True)
-    matrix = np.full((len(rater_ids), len(unit_ids)), np.nan)
-    matrix[row, column] = values
-    return ReliabilityData(
-        variable=variable, raters=rater_ids.tolist(), units=unit_ids.tolist(), matrix=matrix
-    )
+    cells = Cells.from_indices(row.reshape(-1), column.reshape(-1), values, len(rater_ids), len(unit_ids))
+    return ReliabilityData(variable, rater_ids.tolist(), unit_ids.tolist(), cells=cells)
 
 
 def _finite(value: Any) -> float | None:
@@ -98,7 +167,7 @@ def _finite(value: Any) -> float | None:
 
 
 def krippendorff_alpha(matrix: Any, level: str, *, value_domain: list | None = None) -> float | None:
-    """Krippendorff's alpha of a raters × units matrix (NaN = missing); None when undefined
+    """Krippendorff's alpha of a raters × units matrix (NaN = missing), or of its `Cells`; None when undefined
     (no unit judged twice, or a single value in the data: there is no disagreement to expect; or
     a value outside `value_domain`).
 
@@ -106,23 +175,21 @@ def krippendorff_alpha(matrix: Any, level: str, *, value_domain: list | None = N
     matrix made from per-unit value counts by np.bincount and one matrix product rather than a
     units × values × values array: a project's hundreds of thousands of units fit in a page view.
     """
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.ndim != 2 or matrix.size == 0:
+    cells = _cells(matrix)
+    if not len(cells.values):
         return None
-    present = ~np.isnan(matrix)
-    judged = present.sum(axis=0)
-    pairable = matrix[:, judged >= 2]
-    if pairable.size == 0 or len(np.unique(pairable[~np.isnan(pairable)])) < 2:
+    judged = cells.judged()
+    pairable = cells.values[judged[cells.units] >= 2]
+    if pairable.size == 0 or len(np.unique(pairable)) < 2:
         return None
-    given = np.unique(matrix[present])
+    given = np.unique(cells.values)
     domain = given if value_domain is None else np.asarray(value_domain, dtype=float)
     if len(domain) <= 1 or not np.isin(given, domain).all():
         return None
     labels = len(domain)
     order = np.argsort(domain, kind="stable")
-    units, raters = np.nonzero(present.T)
-    index = order[np.searchsorted(domain[order], matrix[raters, units])]
-    counts = np.bincount(units * labels + index, minlength=matrix.shape[1] * labels).reshape(-1, labels)
+    index = order[np.searchsorted(domain[order], cells.values)]
+    counts = np.bincount(cells.units * labels + index, minlength=cells.n_units * labels).reshape(-1, labels)
     weighted = counts / (np.maximum(counts.sum(axis=1), 2) - 1)[:, None]
     coincidences = weighted.T @ counts - np.diag(weighted.sum(axis=0))
     n_v = coincidences.sum(axis=0)
@@ -145,28 +212,25 @@ def krippendorff_alpha(matrix: Any, level: str, *, value_domain: list | None = N
 def fleiss_table(matrix: Any) -> tuple[np.ndarray | None, int]:
     """Fleiss' units × categories count table, from the units judged by the modal number (≥ 2) of
     raters, and that number of units. The table statsmodels' aggregate_raters makes (categories:
-    the values present, ascending), counted with one np.bincount."""
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.ndim != 2 or matrix.size == 0:
-        return None, 0
-    present = ~np.isnan(matrix)
-    judged = present.sum(axis=0)
+    the values present, ascending), counted with one np.bincount. `matrix`: raters × units, or
+    its `Cells`."""
+    cells = _cells(matrix)
+    judged = cells.judged()
     sizes, units = np.unique(judged[judged >= 2], return_counts=True)
     if not len(sizes):
         return None, 0
     # Most units first, then the larger number of raters.
     raters = int(sizes[np.lexsort((sizes, units))[-1]])
-    chosen = matrix.T[judged == raters]
-    values = chosen[~np.isnan(chosen)]  # row by row: `raters` values per unit
+    values = cells.values[judged[cells.units] == raters]  # unit by unit: `raters` values per unit
     categories, index = np.unique(values, return_inverse=True)
-    n = len(chosen)
+    n = len(values) // raters
     rows = np.repeat(np.arange(n), raters)
-    table = np.bincount(rows * len(categories) + index, minlength=n * len(categories))
+    table = np.bincount(rows * len(categories) + index.reshape(-1), minlength=n * len(categories))
     return table.reshape(n, len(categories)), n
 
 
 def fleiss_kappa(matrix: Any) -> tuple[float | None, int]:
-    """Fleiss' kappa (statsmodels) of a raters × units matrix, and how many units it used."""
+    """Fleiss' kappa (statsmodels) of a raters × units matrix (or its `Cells`), and how many units it used."""
     from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
     table, units = fleiss_table(matrix)
@@ -201,13 +265,13 @@ class PairAgreement:
     kappa: float | None  # None below MIN_SHARED shared units, or when undefined
 
 
-def rater_pairs(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every two ratings of the same unit: rows a < b and their values, as arrays, in unit order."""
-    present = ~np.isnan(matrix)
-    units, raters = np.nonzero(present.T)  # by unit, then rater
-    values = matrix.T[units, raters]
+def rater_pairs(matrix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every two ratings of the same unit: rows a < b and their values, as arrays, in unit order.
+    `matrix`: raters × units, or its `Cells`."""
+    cells = _cells(matrix)
+    units, raters, values = cells.units, cells.raters, cells.values
     firsts, seconds = [], []
-    for gap in range(1, int(present.sum(axis=0).max(initial=0))):
+    for gap in range(1, int(cells.judged().max(initial=0))):
         same = units[:-gap] == units[gap:]
         firsts.append(np.nonzero(same)[0])
         seconds.append(firsts[-1] + gap)
@@ -247,7 +311,7 @@ def pair_agreements(data: ReliabilityData) -> list[PairAgreement]:
     """
     variable = data.variable
     weights = "linear" if variable.kind == "likert" else None
-    first, second, a_values, b_values = rater_pairs(data.matrix)
+    first, second, a_values, b_values = rater_pairs(data.cells)
     if not len(first):
         return []
     raters = len(data.raters)
@@ -299,15 +363,15 @@ class VariableAgreement:
 
 
 def variable_agreement(data: ReliabilityData) -> VariableAgreement:
-    variable, matrix = data.variable, data.matrix
-    judged = (~np.isnan(matrix)).sum(axis=0) if matrix.size else np.zeros(0)
+    variable, cells = data.variable, data.cells
+    judged = cells.judged()
     result = VariableAgreement(variable=variable, raters=len(data.raters), units=int((judged >= 2).sum()))
     if variable.kind == "likert":
-        result.alpha_ordinal = krippendorff_alpha(matrix, "ordinal", value_domain=variable.domain)
-        result.alpha_interval = krippendorff_alpha(matrix, "interval", value_domain=variable.domain)
+        result.alpha_ordinal = krippendorff_alpha(cells, "ordinal", value_domain=variable.domain)
+        result.alpha_interval = krippendorff_alpha(cells, "interval", value_domain=variable.domain)
     else:
-        result.alpha_nominal = krippendorff_alpha(matrix, "nominal", value_domain=variable.domain)
-    result.fleiss, result.fleiss_units = fleiss_kappa(matrix)
+        result.alpha_nominal = krippendorff_alpha(cells, "nominal", value_domain=variable.domain)
+    result.fleiss, result.fleiss_units = fleiss_kappa(cells)
     pairs = pair_agreements(data)
     kappas = [pair.kappa for pair in pairs if pair.kappa is not None]
     result.mean_cohen, result.cohen_pairs = mean(kappas), len(kappas)

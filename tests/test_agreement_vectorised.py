@@ -189,3 +189,53 @@ def test_alpha_matches_the_krippendorff_library(seed, variable, values):
                 assert got is None
             else:
                 assert got == pytest.approx(want, abs=1e-9, rel=0)
+
+
+def test_cells_from_indices_are_the_matrix_cells_in_unit_then_rater_order():
+    rng = np.random.default_rng(5)
+    matrix = rng.integers(1, 6, (7, 40)).astype(float)
+    matrix[rng.random(matrix.shape) < 0.6] = np.nan
+    rows, columns = np.nonzero(~np.isnan(matrix))
+    shuffled = rng.permutation(len(rows))
+    cells = agreement.Cells.from_indices(
+        rows[shuffled], columns[shuffled], matrix[rows, columns][shuffled], *matrix.shape
+    )
+    expected = agreement.Cells.from_matrix(matrix)
+    for name in ("units", "raters", "values"):
+        np.testing.assert_array_equal(getattr(cells, name), getattr(expected, name))
+    np.testing.assert_array_equal(cells.matrix(), matrix)
+    np.testing.assert_array_equal(cells.judged(), (~np.isnan(matrix)).sum(axis=0))
+
+
+def test_of_two_values_for_one_cell_the_later_counts_and_nan_is_no_value():
+    cells = agreement.Cells.from_indices(
+        np.array([0, 1, 0, 1]), np.array([2, 0, 2, 1]), np.array([1.0, 4.0, 3.0, np.nan]), 2, 3
+    )
+    np.testing.assert_array_equal(cells.matrix(), [[np.nan, np.nan, 3.0], [4.0, np.nan, np.nan]])
+
+
+def test_a_column_is_read_from_the_cells():
+    data = agreement.as_reliability_data(LIKERT, {(7, 30): 2, (3, 30): 4, (7, 10): 5, (9, 20): 1})
+    assert data.column(30) == [4.0, 2.0] and data.column(10) == [5.0] and data.column(20) == [1.0]
+    with pytest.raises(ValueError):
+        data.column(15)
+
+
+def test_a_big_sparse_project_is_measured_without_its_raters_by_units_matrix():
+    """2,000 raters and 300,000 units, each judged by three: the dense matrix would be 4.8 GB."""
+    rng = np.random.default_rng(11)
+    units = np.repeat(np.arange(300_000), 3)
+    raters = (np.repeat(rng.integers(0, 2000, 300_000), 3) + np.tile([0, 1, 2], 300_000)) % 2000
+    values = rng.integers(1, 6, len(units)).astype(float)
+    data = agreement.reliability_from_arrays(LIKERT, raters, units, values)
+    result = agreement.variable_agreement(data)
+    assert data._matrix is None  # never made
+    assert result.units == 300_000 and result.fleiss_units == 300_000 and result.raters == 2000
+    assert abs(result.alpha_interval) < 0.01  # random values: no agreement beyond chance
+    # The same figures from a slice small enough to lay out as a matrix.
+    small = units < 2000
+    part = agreement.reliability_from_arrays(LIKERT, raters[small], units[small], values[small])
+    dense = agreement.Cells.from_matrix(part.matrix)
+    assert agreement.krippendorff_alpha(dense, "interval") == agreement.krippendorff_alpha(
+        part.cells, "interval"
+    )
