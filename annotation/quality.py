@@ -666,18 +666,21 @@ def qa2_summary(project: Project, *, statuses: Iterable[str] | None = TRAINING_S
         split=Qa2Group("Raters split evenly"),
         detection=variable_agreement(detection),
     )
-    for unit in detection.units:
-        flags = detection.column(unit)
-        raised = sum(flags)
-        if 2 * raised > len(flags):
+    # Each unit's cells (its raters' flags): every judgment with an acceptability score has one.
+    cells = detection.cells
+    bounds = np.searchsorted(cells.units, np.arange(cells.n_units + 1)).tolist()
+    for index, unit in enumerate(detection.units):
+        start, stop = bounds[index], bounds[index + 1]
+        raised = int(cells.values[start:stop].sum())
+        if 2 * raised > stop - start:
             group = summary.flagged
-        elif 2 * raised < len(flags):
+        elif 2 * raised < stop - start:
             group = summary.not_flagged
         else:
             group = summary.split
         group.tasks += 1
-        for rater in detection.raters:
-            score = acceptable.get((rater, unit))
+        for row in cells.raters[start:stop].tolist():
+            score = acceptable.get((detection.raters[row], unit))
             if score is not None:
                 group.judgments += 1
                 group.acceptable += score
