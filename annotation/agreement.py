@@ -265,19 +265,22 @@ class PairAgreement:
     kappa: float | None  # None below MIN_SHARED shared units, or when undefined
 
 
-def rater_pairs(matrix: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every two ratings of the same unit: rows a < b and their values, as arrays, in unit order.
-    `matrix`: raters × units, or its `Cells`."""
-    cells = _cells(matrix)
-    units, raters, values = cells.units, cells.raters, cells.values
-    firsts, seconds = [], []
-    for gap in range(1, int(cells.judged().max(initial=0))):
-        same = units[:-gap] == units[gap:]
-        firsts.append(np.nonzero(same)[0])
-        seconds.append(firsts[-1] + gap)
-    first = np.concatenate(firsts) if firsts else np.zeros(0, dtype=np.int64)
-    second = np.concatenate(seconds) if seconds else np.zeros(0, dtype=np.int64)
-    return raters[first], raters[second], values[first], values[second]
+def _indicator(cells: Cells, chosen: np.ndarray) -> Any:
+    """Units × raters, 1 where the cell is among `chosen` (a boolean mask over the cells)."""
+    from scipy import sparse
+
+    return sparse.csr_matrix(
+        (np.ones(int(chosen.sum())), (cells.units[chosen], cells.raters[chosen])),
+        shape=(cells.n_units, cells.n_raters),
+    )
+
+
+def _pair_counts(left: Any, right: Any, n_raters: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every two raters a < b: the units where a has a cell of `left` and b one of `right`,
+    as (a × n_raters + b, count) arrays, the pairs with none left out."""
+    product = (left.T @ right).tocoo()
+    upper = (product.row < product.col) & (product.data > 0)
+    return product.row[upper].astype(np.int64) * n_raters + product.col[upper], product.data[upper]
 
 
 def cohen_kappas(confusion: np.ndarray, weights: str | None) -> np.ndarray:
@@ -306,28 +309,41 @@ def pair_agreements(data: ReliabilityData) -> list[PairAgreement]:
     """Every pair of raters who judged a unit in common, with their Cohen's kappa on those units
     (linearly weighted for likert variables), ordered by the pair's rows.
 
+    Counted by sparse products of units × raters indicator matrices (shared units, equal values,
+    and a confusion matrix per pair): the work grows with the pairs of ratings of a unit, in C,
+    and memory with the pairs of raters, never with their ratings' pairs (a unit judged by 500
+    raters is 124,750 of them).
+
     The kappas are scikit-learn's: values outside the variable's domain count as shared units but
     not in the kappa (its `labels`), and a pair whose values leave it undefined has None.
     """
-    variable = data.variable
+    variable, cells = data.variable, data.cells
     weights = "linear" if variable.kind == "likert" else None
-    first, second, a_values, b_values = rater_pairs(data.cells)
-    if not len(first):
+    everything = np.ones(len(cells.values), dtype=bool)
+    raters = cells.n_raters
+    presence = _indicator(cells, everything)
+    pair_ids, shared = _pair_counts(presence, presence, raters)
+    if not len(pair_ids):
         return []
-    raters = len(data.raters)
-    pair_ids, pair = np.unique(first * raters + second, return_inverse=True)
+    order = np.argsort(pair_ids)
+    pair_ids, shared = pair_ids[order], shared[order]
     pairs = len(pair_ids)
-    shared = np.bincount(pair, minlength=pairs)
-    matches = np.bincount(pair, weights=a_values == b_values, minlength=pairs)
+
+    def add(counts: np.ndarray, found: tuple[np.ndarray, np.ndarray], at=()) -> None:
+        keys, n = found
+        counts[(np.searchsorted(pair_ids, keys), *at)] += n
+
+    matches = np.zeros(pairs)
+    for value in np.unique(cells.values):  # the same value, inside the domain or not
+        same = _indicator(cells, cells.values == value)
+        add(matches, _pair_counts(same, same, raters))
     domain = np.asarray(variable.domain, dtype=float)
     labels = len(domain)
-    order = np.argsort(domain)
-    a_label = order[np.clip(np.searchsorted(domain[order], a_values), 0, labels - 1)]
-    b_label = order[np.clip(np.searchsorted(domain[order], b_values), 0, labels - 1)]
-    known = (domain[a_label] == a_values) & (domain[b_label] == b_values)
-    confusion = np.bincount(
-        (pair[known] * labels + a_label[known]) * labels + b_label[known], minlength=pairs * labels * labels
-    ).reshape(pairs, labels, labels)
+    confusion = np.zeros((pairs, labels, labels))
+    by_label = [_indicator(cells, cells.values == label) for label in domain]
+    for a_label, a_cells in enumerate(by_label):
+        for b_label, b_cells in enumerate(by_label):
+            add(confusion, _pair_counts(a_cells, b_cells, raters), (a_label, b_label))
     kappas = cohen_kappas(confusion, weights)
     return [
         PairAgreement(
