@@ -292,7 +292,7 @@ STATS_REFRESH_SECONDS = env_int("STATS_REFRESH_SECONDS", 600)
 # shared through the statistics cache, for projects whose figures a worker computes.
 STATS_JUDGED_COUNT_SECONDS = env_int("STATS_JUDGED_COUNT_SECONDS", 5)
 # The background worker keeps the answer tables of the last STATS_TABLES_KEPT projects it computed
-# in memory (about 60 bytes per judgment and variable) and reads only the judgments added since,
+# in memory (about 41 bytes per judgment and 8 per variable) and reads only the judgments added since,
 # until the project's curated version moves on or the table is STATS_TABLE_MAX_AGE_SECONDS old
 # (annotation.quality.kept_answer_table); 0 reads every table afresh.
 STATS_TABLES_KEPT = env_int("STATS_TABLES_KEPT", 4)
