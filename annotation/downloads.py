@@ -93,6 +93,8 @@ def export_command(
         command += ["--round", str(round_number)]
     if settings.EXPORT_NICE:
         command += ["--nice", str(settings.EXPORT_NICE)]
+        if settings.BACKGROUND_CGROUP:
+            command += ["--cgroup", settings.BACKGROUND_CGROUP]
     # The database this process reads: under a test runner not the one DATABASE_URL names.
     return [*command, "--database-name", str(connection.settings_dict["NAME"])]
 

@@ -2,7 +2,7 @@
 runs in a child process, at a lower CPU priority, and streams to the client.
 
     python -m annotation.export_process PROJECT_ID KIND FORMAT [--status S]... [--round N]
-                                        [--nice N] [--database-name NAME]
+                                        [--nice N] [--cgroup NAME] [--database-name NAME]
 
 Internal: the web view has checked the user's access and the parameters before it starts this, so
 a bad one here is a bug. Any failure exits non-zero with its traceback on standard error, which the
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", type=int, dest="round_number")
     parser.add_argument("--nice", type=int, default=0, help="added to this process's niceness, first")
     parser.add_argument(
+        "--cgroup", default="", help="with --nice: the idle cgroup to move into, where it may"
+    )
+    parser.add_argument(
         "--database-name",
         help="the default database's NAME, the web process's (a test database is not the settings' own)",
     )
@@ -38,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         # Done here rather than in the parent's preexec_fn, which is unsafe in a threaded server.
         # Started in a session of its own, this process leads its scheduling group (an autogroup,
         # where the kernel has them), which gets the same nice value: otherwise it would take its
-        # share from the web server's group (config.priority). Its database backend gets it too.
+        # share from the web server's group (config.priority). It moves into the idle cgroup where
+        # it may, so that a waking rater's process never waits for it. Its database backend gets
+        # its nice value and its cgroup too.
         os.nice(args.nice)
-        from config.priority import lower_autogroup  # (the config package loads Celery's app)
+        from config.priority import enter_background_cgroup, lower_autogroup  # (loads Celery's app)
 
         if os.getsid(0) == os.getpid():
             lower_autogroup(os.getpriority(os.PRIO_PROCESS, 0))
+        enter_background_cgroup(args.cgroup)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 

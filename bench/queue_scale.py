@@ -155,6 +155,7 @@ class PageStats:
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)
     export_bytes: int = 0
     exports_done: int = 0
+    client_cpu: float = 0.0  # CPU-seconds of the curators' and export's client process
     # Curator pages by the state of their figures: "fresh", "recomputing" (the last figures shown
     # while the worker computes), "computing" (none yet), "not recomputed" (the recompute could
     # not be sent).
@@ -224,6 +225,7 @@ def _curators_and_export(conn, base_url: str, project_id: int, cookie_name: str,
                 print(f"a curator's client failed: {outcome!r}", file=sys.stderr)
 
     asyncio.run(until_stopped())
+    stats.client_cpu = time.process_time()
     conn.send(stats)
 
 
@@ -264,6 +266,7 @@ def curator_background(*, base_url: str, project_id: int, curator_ids: list[int]
                 stats.figures[state] = stats.figures.get(state, 0) + n
             stats.export_bytes += found.export_bytes
             stats.exports_done += found.exports_done
+            stats.client_cpu += found.client_cpu
 
     return [run]
 
@@ -525,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{max(values):.0f}  {pages.statuses[what]}"
             )
         print(f"  export: {pages.export_bytes / 1e6:.1f} MB streamed, {pages.exports_done} complete")
+        print(f"  their clients (one process of the bench, nice 0): {pages.client_cpu:.1f} CPU-s")
         print(f"  curator pages by their figures: {pages.figures}")
         print(f"  background worker (figures): nice {worker_nice}, {worker_cpu:.1f} CPU-s over every run")
 

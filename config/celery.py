@@ -3,7 +3,7 @@ import os
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
-from config.priority import lower_autogroup
+from config.priority import enter_background_cgroup, lower_autogroup
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -38,7 +38,9 @@ def lower_the_priority_of_background_workers(sender, **_kwargs) -> None:
     of its own would still take an equal share of the CPU from the web server's session. Such a
     worker, leading its session, therefore gives its whole group the same nice value. One that shares
     a session with other programs leaves the group alone. (Under systemd or in a container the
-    service's cgroup decides the share: give it a lower CPUWeight or cpu_shares.)
+    service's cgroup decides the share: give it a lower CPUWeight or cpu_shares.) Where it may, the
+    worker also moves into the idle cgroup BACKGROUND_CGROUP, which lets a waking web process have a
+    core at once (config.priority).
     """
     from django.conf import settings
 
@@ -49,3 +51,4 @@ def lower_the_priority_of_background_workers(sender, **_kwargs) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, settings.REFINERY_BACKGROUND_NICE)
     if os.getsid(0) == os.getpid():
         lower_autogroup(settings.REFINERY_BACKGROUND_NICE)
+    enter_background_cgroup(settings.BACKGROUND_CGROUP)

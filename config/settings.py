@@ -205,6 +205,10 @@ REFINERY_BACKGROUND_NICE = env_int("REFINERY_BACKGROUND_NICE", 10)
 # backend, a process of its own, would take as much CPU as a rater's. 0 turns this off, as a
 # connection pooler on the database's machine needs (it hands backends on to other clients).
 BACKGROUND_NICE_DATABASE = env_bool("BACKGROUND_NICE_DATABASE", True)
+# Niced processes (and, with BACKGROUND_NICE_DATABASE, their backends) also move into this cgroup,
+# made idle, below their own CPU cgroup, where the machine lets them (config/priority.py): on a busy
+# core a waking rater's process then never waits for them. "" keeps them where they are.
+BACKGROUND_CGROUP = env_str("BACKGROUND_CGROUP", "refinery-background")
 # The statements run on every task are prepared on PostgreSQL (config/postgresql/base.py); 0 turns
 # that off behind a connection pooler that does not carry prepared statements between clients.
 DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)

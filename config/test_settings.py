@@ -7,6 +7,10 @@ SECRET_KEY, so the suite brings its own (tests that start the app in a subproces
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-suite-only-key-" + "x" * 40)
+# The suite's niced processes (export children, workers, their backends) get an idle cgroup of their
+# own where the machine lets them (config.priority), set in the environment for the processes the
+# tests start; tests/conftest.py removes it at the end.
+os.environ.setdefault("BACKGROUND_CGROUP", "refinery-background-tests")
 
 from config.settings import *  # noqa: F403
 from config.settings import REST_FRAMEWORK, STORAGES

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from annotation import downloads, exporting
 from annotation.models import Project
-from config.priority import autogroup_nice
+from config.priority import autogroup_nice, background_cgroup
 from tests import test_export_equivalence as equivalence
 from tests.factories import make_tasks
 from tests.factories import write_judgment as judge
@@ -160,6 +160,10 @@ def test_closing_a_download_early_kills_and_reaps_its_child(project, bob, alice,
     # kernel has autogroups: it takes no share of the web server's group (config.priority).
     assert os.getsid(child.pid) == child.pid
     assert autogroup_nice(child.pid) in (None, nice)
+    # Where the machine lets it, it runs in the idle cgroup: a waking rater's process never waits.
+    group = background_cgroup(settings.BACKGROUND_CGROUP)
+    if group is not None:
+        assert str(child.pid) in (group / "cgroup.procs").read_text().split()
 
     response.close()  # what the server does when the client goes away
 

@@ -72,7 +72,10 @@ connection.settings_dict["NAME"] = sys.argv[2]
 os.nice(int(sys.argv[1]))
 connection.ensure_connection()
 pid = connection.connection.info.backend_pid
-print(os.getpriority(os.PRIO_PROCESS, pid), autogroup_nice(pid))
+with connection.cursor() as cursor:
+    cursor.execute("SHOW max_parallel_workers_per_gather")
+    parallel = cursor.fetchone()[0]
+print(os.getpriority(os.PRIO_PROCESS, pid), autogroup_nice(pid), parallel)
 """
 
 
@@ -95,3 +98,8 @@ def test_a_niced_process_connects_to_a_niced_backend(nice, setting):
     assert int(out[0]) == expected
     if out[1] != "None":
         assert int(out[1]) == expected
+    # Parallel workers are the postmaster's processes, at its priority: a niced session has none.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW max_parallel_workers_per_gather")
+        default = cursor.fetchone()[0]
+    assert out[2] == ("0" if setting == "1" and child > 0 else default)

@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 from annotation import agreement, curation, quality
 from annotation.models import Membership, stats_version
 from annotation.tasks import refresh_figures
-from config.priority import autogroup_nice
+from config.priority import autogroup_nice, background_cgroup
 from tests.curation_data import judge
 from tests.test_agreement import KRIPPENDORFF_2011, curator_client, dashboard_stats
 
@@ -265,16 +265,17 @@ _NICE_CHECK = """
 import os, sys, types
 import django
 django.setup()
+from django.conf import settings
 from config.celery import app, lower_the_priority_of_background_workers
-from config.priority import autogroup_nice
+from config.priority import autogroup_nice, current_background_cgroup
 app.amqp.queues.select(sys.argv[1].split(","))
 lower_the_priority_of_background_workers(sender=types.SimpleNamespace(app=app))
-print(os.getpriority(os.PRIO_PROCESS, 0), autogroup_nice())
+print(current_background_cgroup(settings.BACKGROUND_CGROUP) is not None, os.getpriority(os.PRIO_PROCESS, 0), autogroup_nice())
 """
 
 
 @pytest.mark.parametrize(("queues", "nice"), [("background", 10), ("default,background", 0), ("default", 0)])
-def test_only_a_worker_consuming_the_background_queue_alone_lowers_its_priority(queues, nice):
+def test_only_a_worker_consuming_the_background_queue_alone_lowers_its_priority(queues, nice, settings):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "REFINERY_BACKGROUND_NICE": "10"}
     out = subprocess.run(
         [sys.executable, "-c", _NICE_CHECK, queues],
@@ -285,7 +286,11 @@ def test_only_a_worker_consuming_the_background_queue_alone_lowers_its_priority(
         check=True,
     ).stdout
     ours = os.getpriority(os.PRIO_PROCESS, 0)  # the child starts with it
-    assert int(out.split()[0]) == (max(ours, nice) if nice else ours)
+    in_idle_group, own_nice = out.split()[:2]
+    assert int(own_nice) == (max(ours, nice) if nice else ours)
+    # ... and moves into the idle cgroup where the machine lets it (config.priority)
+    can = background_cgroup(settings.BACKGROUND_CGROUP) is not None
+    assert in_idle_group == str(bool(nice) and can)
 
 
 @pytest.mark.skipif(autogroup_nice() is None, reason="no scheduling autogroups on this kernel")

@@ -10,8 +10,10 @@ with nothing to read, on a connection that libpq holds as open and idle, is take
 any other state still gets Django's `SELECT 1` (and the connection is closed if that fails).
 
 A niced process (background work: an export's child, a background worker) gives each backend it
-connects to its own nice value (config.priority.lower_database_backend), so that the database
-work done for it waits for the raters' as it does.
+connects to its own nice value and its idle cgroup (config.priority.lower_database_backend), so
+that the database work done for it waits for the raters' as it does. Its sessions also run
+without parallel workers: those are processes the postmaster starts at its own priority, in its
+own cgroup, so a niced session's big scan would bring them in at the raters' priority.
 
 `prepared_cursor()` is a cursor whose statements are prepared: parsed and planned by the backend
 once per connection, then executed with new parameters (server-side binding). The statements
@@ -32,7 +34,7 @@ from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.utils.asyncio import async_unsafe
 from psycopg import adapters, pq
 
-from config.priority import lower_database_backend, own_nice
+from config.priority import current_background_cgroup, lower_database_backend, own_nice
 
 
 def _quiet(connection) -> bool:
@@ -75,14 +77,26 @@ class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
 
     def get_new_connection(self, conn_params):
+        nice = own_nice()
+        background = nice > 0 and getattr(settings, "BACKGROUND_NICE_DATABASE", True)
+        if background:  # the session's setting, sent with the start-up packet
+            options = conn_params.get("options", "")
+            conn_params = {
+                **conn_params,
+                "options": f"{options} -c max_parallel_workers_per_gather=0".strip(),
+            }
         connection = super().get_new_connection(conn_params)
         if _prepared_statements() and connection.prepare_threshold is None:
             # Only PreparedCursor asks for preparation: Django's client-side binding cursors never
             # prepare, whatever the threshold (psycopg ignores prepare=True while it is None).
             connection.prepare_threshold = 5
-        nice = own_nice()
-        if nice > 0 and getattr(settings, "BACKGROUND_NICE_DATABASE", True):
-            lower_database_backend(connection.info.host, connection.info.backend_pid, nice)
+        if background:
+            lower_database_backend(
+                connection.info.host,
+                connection.info.backend_pid,
+                nice,
+                cgroup=current_background_cgroup(getattr(settings, "BACKGROUND_CGROUP", "")),
+            )
         return connection
 
     def close_if_health_check_failed(self):
