@@ -62,7 +62,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,7 +85,6 @@ from annotation.agreement import (
     VariableAgreement,
     as_reliability_data,
     gold_checks,
-    mean,
     pair_agreements,
     reliability_from_arrays,
     variable_agreement,
@@ -113,7 +112,7 @@ logger = logging.getLogger(__name__)
 
 # Part of every cache key: changed when the cached figures change shape, so that a shared cache
 # never hands one release's objects to another.
-FIGURES_FORMAT = 3
+FIGURES_FORMAT = 4
 
 
 def project_variables(project: Project) -> list[Variable]:
@@ -420,7 +419,10 @@ class RaterStats:
     gold_passed: int = 0
     shared_items: int = 0
     matching_items: int = 0
-    kappas: list[float] = field(default_factory=list)
+    # Cohen's kappa with each rater they share units with, as a sum and a count: a rater of a
+    # project where everyone judges the same tasks has thousands, and the page shows their mean.
+    kappa_sum: float = 0.0
+    kappa_pairs: int = 0
 
     @property
     def gold_accuracy(self) -> float | None:
@@ -432,7 +434,7 @@ class RaterStats:
 
     @property
     def mean_kappa(self) -> float | None:
-        return mean(self.kappas)
+        return self.kappa_sum / self.kappa_pairs if self.kappa_pairs else None
 
 
 def _gold_results(project: Project) -> dict[int, list[bool]]:
@@ -498,7 +500,8 @@ def rater_figures(project: Project, *, table: AnswerTable | None = None) -> dict
                 row.shared_items += pair.shared
                 row.matching_items += pair.matches
                 if pair.kappa is not None:
-                    row.kappas.append(pair.kappa)
+                    row.kappa_sum += pair.kappa
+                    row.kappa_pairs += 1
     return stats
 
 
