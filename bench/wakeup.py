@@ -35,6 +35,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.queue import percentile  # noqa: E402
 from config.priority import background_cgroup, enter_cgroup, lower_autogroup  # noqa: E402
 
 MODES = ("alone", "niced", "idle cgroup")
@@ -113,11 +114,6 @@ def requests_for(
             os.read(receive, 1)
         latencies.append((time.perf_counter() - started) * 1000)
     return latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,24 +89,17 @@ def _postgresql_flush_deletes_rows():
 def _background_cgroup_removed():
     """The suite's idle cgroup (config/test_settings.py) goes at the end, once its processes have."""
     yield
-    import time
-
     from django.conf import settings
 
     from config.priority import _cpu_cgroup_dir
+    from tests.cgroups import remove_when_empty
 
     here = _cpu_cgroup_dir()
-    if here is None or not settings.BACKGROUND_CGROUP:
-        return
-    group = here / settings.BACKGROUND_CGROUP
-    for _ in range(50):  # a backend leaves it when its connection's end reaches the server
+    if here is not None and settings.BACKGROUND_CGROUP:
         try:
-            group.rmdir()
-            return
-        except FileNotFoundError:
-            return
+            remove_when_empty(here / settings.BACKGROUND_CGROUP, seconds=5)
         except OSError:
-            time.sleep(0.1)
+            pass  # still busy: left for the next run, which uses it as it is
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 
 from config.priority import _cgroup_dir_in, background_cgroup, current_background_cgroup, enter_cgroup
+from tests.cgroups import members, remove_when_empty
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,25 +59,7 @@ def idle_group():
     if group is None:
         pytest.skip("no idle cgroup can be made here")
     yield name, group
-    deadline = time.monotonic() + 10
-    while True:  # a backend leaves it when its connection's end reaches the server
-        try:
-            group.rmdir()
-            break
-        except FileNotFoundError:
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def _cgroup_of(pid: int) -> str:
-    return next(
-        line.split(":", 2)[2]
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-        if line.split(":", 2)[1] in ("", "cpu") or "cpu" in line.split(":", 2)[1].split(",")
-    )
+    remove_when_empty(group)
 
 
 def test_the_background_cgroup_is_idle_and_made_once(idle_group):
@@ -98,18 +81,13 @@ def test_a_process_moved_in_is_in_it_and_so_are_its_children(idle_group):
     )
     try:
         assert enter_cgroup(group, child.pid)
-        assert _cgroup_of(child.pid).endswith("/" + group.name)
+        assert child.pid in members(group)
         deadline = time.monotonic() + 10
-        while not (
-            grandchildren := [
-                int(p) for p in (group / "cgroup.procs").read_text().split() if int(p) != child.pid
-            ]
-        ):
+        while not members(group) - {child.pid}:  # the child's own child, started after the move
             assert time.monotonic() < deadline, "the child's own child never started"
             time.sleep(0.05)
-        assert all(_cgroup_of(pid).endswith("/" + group.name) for pid in grandchildren)
     finally:
-        for pid in [int(p) for p in (group / "cgroup.procs").read_text().split()]:
+        for pid in members(group):
             os.kill(pid, 9)
         child.wait()
 
@@ -124,6 +102,7 @@ import django
 django.setup()
 from django.conf import settings
 from django.db import connection
+from tests.cgroups import members, remove_when_empty
 from config.priority import enter_background_cgroup
 connection.settings_dict["NAME"] = sys.argv[1]
 os.nice(5)
@@ -137,7 +116,7 @@ print(connection.connection.info.backend_pid)
 @pytest.mark.django_db
 @pytest.mark.parametrize("setting", ["1", "0"], ids=["backend-moved", "database-left-alone"])
 def test_a_niced_process_in_the_idle_cgroup_takes_its_backend_along(idle_group, setting):
-    name, _ = idle_group
+    name, group = idle_group
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -160,8 +139,7 @@ def test_a_niced_process_in_the_idle_cgroup_takes_its_backend_along(idle_group, 
     try:
         moved, backend = child.stdout.readline().strip(), int(child.stdout.readline())
         assert moved == "True"
-        assert _cgroup_of(child.pid).endswith("/" + name)
-        in_group = _cgroup_of(backend).endswith("/" + name)
-        assert in_group == (setting == "1")
+        assert child.pid in members(group)
+        assert (backend in members(group)) == (setting == "1")
     finally:
         child.communicate("")
