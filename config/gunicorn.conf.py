@@ -9,6 +9,12 @@ file too, so the bench measures what is deployed.
 import os
 import sys
 
+# The web processes' database sessions run without parallel workers (config/settings.py,
+# DATABASE_PARALLEL_WORKERS): a curator page's count of a million judgments would otherwise take
+# every core for its tens of milliseconds, and every rater's request with it. Set before the app
+# is loaded; a value in the environment is kept.
+os.environ.setdefault("DATABASE_PARALLEL_WORKERS", "0")
+
 # A rater's browser comes back within seconds, after reading a task: keep its connection open
 # meanwhile instead of opening one per task (gunicorn's default closes it after 2 s).
 keepalive = 30

@@ -209,6 +209,12 @@ BACKGROUND_NICE_DATABASE = env_bool("BACKGROUND_NICE_DATABASE", True)
 # made idle, below their own CPU cgroup, where the machine lets them (config/priority.py): on a busy
 # core a waking rater's process then never waits for them. "" keeps them where they are.
 BACKGROUND_CGROUP = env_str("BACKGROUND_CGROUP", "refinery-background")
+# Parallel workers a session's statement may use (PostgreSQL's max_parallel_workers_per_gather;
+# unset: the server's own). The web processes set 0 (config/gunicorn.conf.py): a request's big scan
+# (a curator page counting a million judgments) would otherwise take every core at once, parallel
+# workers being the postmaster's processes at the raters' priority, while the raters' statements
+# are index look-ups that never run in parallel. Niced processes' sessions always run without them.
+DATABASE_PARALLEL_WORKERS = env_int("DATABASE_PARALLEL_WORKERS", None)
 # The statements run on every task are prepared on PostgreSQL (config/postgresql/base.py); 0 turns
 # that off behind a connection pooler that does not carry prepared statements between clients.
 DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)

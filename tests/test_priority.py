@@ -85,6 +85,7 @@ print(os.getpriority(os.PRIO_PROCESS, pid), autogroup_nice(pid), parallel)
 )
 def test_a_niced_process_connects_to_a_niced_backend(nice, setting):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "BACKGROUND_NICE_DATABASE": setting}
+    env.pop("DATABASE_PARALLEL_WORKERS", None)
     out = subprocess.run(
         [sys.executable, "-c", _CONNECT, str(nice), connection.settings_dict["NAME"]],
         cwd=ROOT,
@@ -103,3 +104,38 @@ def test_a_niced_process_connects_to_a_niced_backend(nice, setting):
         cursor.execute("SHOW max_parallel_workers_per_gather")
         default = cursor.fetchone()[0]
     assert out[2] == ("0" if setting == "1" and child > 0 else default)
+
+
+# As gunicorn runs it: the config file is executed in the master before the app is loaded.
+_WEB_CONNECT = """
+import runpy, sys
+runpy.run_path("config/gunicorn.conf.py")
+import django
+django.setup()
+from django.db import connection
+connection.settings_dict["NAME"] = sys.argv[1]
+with connection.cursor() as cursor:
+    cursor.execute("SHOW max_parallel_workers_per_gather")
+    print(cursor.fetchone()[0])
+"""
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("given", "expected"), [(None, "0"), ("1", "1")], ids=["default", "set"])
+def test_web_processes_sessions_run_without_parallel_workers(given, expected):
+    """A request's big scan (a curator page's count of a million judgments) must not take every
+    core at the raters' priority: gunicorn's config gives the web sessions no parallel workers,
+    unless the deployment says otherwise."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    env.pop("DATABASE_PARALLEL_WORKERS", None)
+    if given is not None:
+        env["DATABASE_PARALLEL_WORKERS"] = given
+    out = subprocess.run(
+        [sys.executable, "-c", _WEB_CONNECT, connection.settings_dict["NAME"]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [expected]

@@ -13,7 +13,8 @@ A niced process (background work: an export's child, a background worker) gives 
 connects to its own nice value and its idle cgroup (config.priority.lower_database_backend), so
 that the database work done for it waits for the raters' as it does. Its sessions also run
 without parallel workers: those are processes the postmaster starts at its own priority, in its
-own cgroup, so a niced session's big scan would bring them in at the raters' priority.
+own cgroup, so a niced session's big scan would bring them in at the raters' priority. Other
+sessions get DATABASE_PARALLEL_WORKERS where it is set (the web processes set 0).
 
 `prepared_cursor()` is a cursor whose statements are prepared: parsed and planned by the backend
 once per connection, then executed with new parameters (server-side binding). The statements
@@ -79,11 +80,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params):
         nice = own_nice()
         background = nice > 0 and getattr(settings, "BACKGROUND_NICE_DATABASE", True)
-        if background:  # the session's setting, sent with the start-up packet
+        workers = 0 if background else getattr(settings, "DATABASE_PARALLEL_WORKERS", None)
+        if workers is not None:  # the session's setting, sent with the start-up packet
             options = conn_params.get("options", "")
             conn_params = {
                 **conn_params,
-                "options": f"{options} -c max_parallel_workers_per_gather=0".strip(),
+                "options": f"{options} -c max_parallel_workers_per_gather={int(workers)}".strip(),
             }
         connection = super().get_new_connection(conn_params)
         if _prepared_statements() and connection.prepare_threshold is None:
