@@ -532,7 +532,7 @@ def rater_page(project: Project, *, number: Any, per_page: int | None) -> tuple[
     members = list(
         Membership.objects.filter(project=project).values_list("user_id", username, "role", "is_active")
     )
-    listed = {user_id for user_id, *_ in members}
+    listed = {member[0] for member in members}
     others = [rater_id for rater_id in figures if rater_id not in listed]
     if others:  # they judged here and are members no longer
         members += [
@@ -541,12 +541,12 @@ def rater_page(project: Project, *, number: Any, per_page: int | None) -> tuple[
             .objects.filter(pk__in=others)
             .values_list("pk", get_user_model().USERNAME_FIELD)
         ]
-    members.sort(key=lambda member: str(member[1]).lower())
+    members.sort(key=lambda member: member[1].lower())  # usernames are strings
     page = Paginator(members, per_page or max(1, len(members))).get_page(number)
     rows = []
     for user_id, name, role, is_active in page.object_list:
         row = figures.get(user_id) or RaterStats(user_id=user_id, username="")
-        row.username = str(name)
+        row.username = name
         if role is not None:
             row.role, row.is_active = role, is_active
         rows.append(row)

@@ -1,19 +1,21 @@
 """Curator pages benchmark: the dashboard and raters page of a big project, computed and cached.
 
-    python bench/dashboard.py [--judgments 200000] [--overlap 3] [--raters 30] [--repeat 5] [--new 100]
+    python bench/dashboard.py [--judgments 200000] [--overlap 3] [--raters 30] [--members 0] [--repeat 5]
+                              [--new 100]
                               [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench_pages]
                               [--keep] [--reuse]
 
 It drops and re-creates the bench database, migrates it, seeds one likert + pairwise project
 with about --judgments judgments (written in bulk, --overlap raters per task, drawn from
---raters raters), and reads each page in this process with Django's test client as a curator:
+--raters raters; --members more raters who judged nothing yet), and reads each page in this process with Django's test client as a curator:
 
 - computed: the statistics cache emptied before each read (every figure computed from the rows);
 - cached: the same page again (the statistics version is read, the figures come from the cache);
 - after a change: the first read after one more judgment written as the admin writes it (the
   curated version moved on: recomputed whatever the figures' age).
 
-It prints the median wall time and the number of queries of each, and the rows read. Then the
+It prints the median wall time, the median CPU time of this process (what a web process spends on
+the page, holding the GIL its other requests wait for) and the number of queries of each. Then the
 background worker's recompute of both pages' figures (annotation.quality.figures_refresh), its
 wall time and CPU (its own and its PostgreSQL backend's), three ways in this process: each page
 reading the answers itself (the baseline), one reading for both, and the answer table kept from
@@ -51,7 +53,9 @@ QUESTIONS = [
 BATCH = 5000
 
 
-def seed(*, judgments: int, overlap: int, raters: int, rng: random.Random) -> tuple[int, object, list]:
+def seed(
+    *, judgments: int, overlap: int, raters: int, members: int, rng: random.Random
+) -> tuple[int, object, list]:
     """The project id, its curator, and its raters."""
     from django.contrib.auth import get_user_model
 
@@ -62,8 +66,9 @@ def seed(*, judgments: int, overlap: int, raters: int, rng: random.Random) -> tu
     curator = user_model.objects.create_user("curator")
     Membership.objects.create(user=curator, project=project, role=Membership.Role.CURATOR)
     people = user_model.objects.bulk_create(user_model(username=f"rater{i}") for i in range(raters))
+    idle = user_model.objects.bulk_create(user_model(username=f"member{i}") for i in range(members))
     Membership.objects.bulk_create(
-        Membership(user=user, project=project, role=Membership.Role.RATER) for user in people
+        Membership(user=user, project=project, role=Membership.Role.RATER) for user in people + idle
     )
     n_tasks = judgments // overlap
     for start in range(0, n_tasks, BATCH):
@@ -112,22 +117,23 @@ def seed(*, judgments: int, overlap: int, raters: int, rng: random.Random) -> tu
     return project.pk, curator, people
 
 
-def timed(client, url: str, *, before=None, repeat: int) -> tuple[float, int]:
-    """Median seconds and the queries of one read."""
+def timed(client, url: str, *, before=None, repeat: int) -> tuple[float, float, int]:
+    """Median seconds, median CPU seconds of this process, and the queries of one read."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    times, queries = [], 0
+    times, cpu, queries = [], [], 0
     for _ in range(repeat):
         if before:
             before()
         with CaptureQueriesContext(connection) as captured:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             response = client.get(url)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         assert response.status_code == 200, response.status_code
         queries = len(captured)
-    return statistics.median(times), queries
+    return statistics.median(times), statistics.median(cpu), queries
 
 
 def _cpu_seconds(backend) -> float:
@@ -200,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judgments", type=int, default=200_000)
     parser.add_argument("--overlap", type=int, default=3)
     parser.add_argument("--raters", type=int, default=30)
+    parser.add_argument("--members", type=int, default=0, help="more raters, who judged nothing yet")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
         "--new", type=int, default=100, help="judgments added before the kept table's recompute"
@@ -233,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             people = list(get_user_model().objects.filter(username__startswith="rater").order_by("pk"))
         else:
             project_id, curator, people = seed(
-                judgments=args.judgments, overlap=args.overlap, raters=args.raters, rng=random.Random(0)
+                judgments=args.judgments,
+                overlap=args.overlap,
+                raters=args.raters,
+                members=args.members,
+                rng=random.Random(0),
             )
             with connection.cursor() as cursor:
                 cursor.execute("ANALYZE")
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             f"project: {Judgment.objects.filter(project_id=project_id).count():,} judgments, "
             f"{len(people)} raters, overlap {args.overlap}"
         )
-        print(f"{'page':<12} {'read':<22} {'median s':>9} {'queries':>8}")
+        print(f"{'page':<12} {'read':<22} {'median s':>9} {'CPU ms':>8} {'queries':>8}")
         for page in ("dashboard", "raters"):
             url = f"/projects/{project_id}/{page}/"
             client.get(url)  # imports, templates, matplotlib: not what is measured
@@ -254,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             task = Task.objects.filter(project_id=project_id).exclude(judgments__rater=people[0]).first()
             write_judgment(task, people[0], {"quality": ("likert", {"helpful": 4, "accurate": 4})})
             rows.append(("after a change", timed(client, url, repeat=1)))
-            for name, (seconds, queries) in rows:
-                print(f"{page:<12} {name:<22} {seconds:>9.3f} {queries:>8}")
+            for name, (seconds, cpu, queries) in rows:
+                print(f"{page:<12} {name:<22} {seconds:>9.3f} {1000 * cpu:>8.1f} {queries:>8}")
         worker_refresh(project_id, people, new=args.new)
     finally:
         if not args.keep:

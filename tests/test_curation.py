@@ -706,3 +706,40 @@ def test_the_raters_page_shows_its_members_a_page_at_a_time(project, curator, dj
     # A page out of range or not a number shows the last or the first page, never an error.
     assert client.get(f"/projects/{project.pk}/raters/?page=99").status_code == 200
     assert "page 1 of" in client.get(f"/projects/{project.pk}/raters/?page=x").content.decode()
+
+
+def test_the_raters_pages_own_forms_deactivate_and_reactivate_a_member(
+    project, alice, bob, django_user_model
+):
+    """The rows' forms, as the page renders them (one CSRF token for all of them), do what they say;
+    a member's name is escaped wherever it appears."""
+    odd = django_user_model.objects.create_user('<b>"odd"</b>')
+    Membership.objects.create(user=odd, project=project, role=Membership.Role.RATER)
+    client = client_for(alice, enforce_csrf_checks=True)
+    html = client.get(f"/projects/{project.pk}/raters/").content.decode()
+    assert '<b>"odd"</b>' not in html
+    assert html.count("&lt;b&gt;&quot;odd&quot;&lt;/b&gt;") == 3  # its row, its name, its button
+    own = re.search(r'<tr data-rater="alice".*?</tr>', html, re.S).group()
+    assert "<form" not in own  # a curator does not deactivate themselves
+
+    row = re.search(r'<tr data-rater="bob">.*?</tr>', html, re.S).group()
+    action, token = re.search(
+        r'<form method="post" action="([^"]+)" class="deactivate">'
+        r'<input type="hidden" name="csrfmiddlewaretoken" value="([^"]+)">',
+        row,
+    ).groups()
+    assert action == f"/projects/{project.pk}/raters/{bob.pk}/deactivate/"
+    response = client.post(action, {"csrfmiddlewaretoken": token, "reason": "Paused."})
+    assert response.status_code == 302
+    assert not Membership.objects.get(project=project, user=bob).is_active
+
+    html = client.get(f"/projects/{project.pk}/raters/").content.decode()
+    row = re.search(r'<tr data-rater="bob" class="inactive">.*?</tr>', html, re.S).group()
+    assert "(inactive)" in row and "Deactivate" not in row
+    form = re.search(r'<form method="post" action="([^"]+)">(.*?)</form>', row, re.S)
+    assert form.group(1) == f"/projects/{project.pk}/raters/add/"
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form.group(2)))
+    assert fields.keys() == {"csrfmiddlewaretoken", "username", "role"}
+    assert client.post(form.group(1), fields).status_code == 302
+    membership = Membership.objects.get(project=project, user=bob)
+    assert membership.is_active and membership.role == Membership.Role.RATER
