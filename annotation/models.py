@@ -462,7 +462,8 @@ class StatsVersion(models.Model):
     two versions per project, read together by `stats_version`.
 
     - *judged*, the number of the project's judgments, is not stored: it is counted when a page is
-      viewed (an index-only count), so a rater's submission writes nothing here. Figures younger
+      viewed (on a big project, only those added since the last full count:
+      annotation.quality._page_versions), so a rater's submission writes nothing here. Figures younger
       than STATS_MAX_AGE_SECONDS are still shown after it moved on, saying how many judgments came
       since (raters submit every second).
     - `curated` counts every other change (a curator's review or exclusion, a gold answer, new
@@ -507,25 +508,43 @@ def stats_changed(project_id: int) -> None:
     transaction.on_commit(lambda: _bump(project_id), robust=True)
 
 
+# The highest judgment id of all projects: one step down the primary key, where the project's own
+# would make PostgreSQL read the whole table. One statement, one snapshot: every judgment of the
+# project committed with an id up to it is in the count.
 _VERSIONS = """
     SELECT (SELECT COUNT(*) FROM annotation_judgment WHERE project_id = %s),
+        (SELECT MAX(id) FROM annotation_judgment),
         (SELECT curated FROM annotation_statsversion WHERE project_id = %s)"""
+
+
+def stats_version_counted(project_id: int) -> tuple[int, int, int]:
+    """The project's judged version, the highest judgment id when it was counted (0: none) and its
+    curated version, in one statement (`stats_judged_since` counts on from that id)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_VERSIONS, [project_id, project_id])
+        judged, last, curated = cursor.fetchone()
+    return judged, last or 0, curated or 0
 
 
 def stats_version(project_id: int) -> tuple[int, int]:
     """The project's (judged, curated) statistics versions, in one statement."""
-    with connection.cursor() as cursor:
-        cursor.execute(_VERSIONS, [project_id, project_id])
-        judged, curated = cursor.fetchone()
-    return judged, curated or 0
+    judged, _, curated = stats_version_counted(project_id)
+    return judged, curated
 
 
-def stats_curated(project_id: int) -> int:
-    """The project's curated statistics version alone (no count of its judgments)."""
+_SINCE = """
+    SELECT (SELECT COUNT(*) FROM annotation_judgment WHERE project_id = %s AND id > %s),
+        (SELECT curated FROM annotation_statsversion WHERE project_id = %s)"""
+
+
+def stats_judged_since(project_id: int, last: int) -> tuple[int, int]:
+    """The project's judgments with an id above `last` (those added since a count that ended there:
+    a range of the primary key, not the project's million) and its curated version, in one
+    statement."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT curated FROM annotation_statsversion WHERE project_id = %s", [project_id])
-        row = cursor.fetchone()
-    return row[0] if row else 0
+        cursor.execute(_SINCE, [project_id, last, project_id])
+        added, curated = cursor.fetchone()
+    return added, curated or 0
 
 
 # Rows saved or deleted one at a time (the admin, the API, a submission's new judgment) move the

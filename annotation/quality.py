@@ -95,8 +95,8 @@ from annotation.models import (
     Judgment,
     Membership,
     Project,
-    stats_curated,
-    stats_version,
+    stats_judged_since,
+    stats_version_counted,
 )
 from annotation.plots import distribution_plots
 from annotation.questions import QuestionsConfigError, validate_questions_config
@@ -711,29 +711,49 @@ def _serves(entry: Any, judged: int, curated: int, now: datetime) -> bool:
 
 
 def _page_versions(project_id: int) -> tuple[int, int, bool]:
-    """`stats_version`, as a page view reads it, and whether the count was reused: the judgments of
-    a project whose figures a worker computes are counted at most every STATS_JUDGED_COUNT_SECONDS
-    (the count is shared through the statistics cache), the curated version always read. A judged
-    version a few seconds old only delays "N judgments since" and an age-triggered recompute by as
-    much; figures computed under it count at least as many judgments, as under any version read
-    before computing."""
-    cache, key = caches["stats"], f"stats:judged:{project_id}"
-    seconds = settings.STATS_JUDGED_COUNT_SECONDS
-    counted = None
-    if seconds > 0:
+    """`stats_version`, as a page view reads it, and whether it was counted on from a shared count.
+
+    Counting a big project's judgments is tens of milliseconds of the database's CPU at the
+    raters' priority. So where a worker computes a project's figures, a full count (a page view's
+    or the worker's) is shared through the statistics cache with the id of the last judgment it
+    counted, and for STATS_JUDGED_COUNT_SECONDS page views count on from it: the judgments with a
+    higher id, read off the primary key, with the curated version in the same statement. A
+    judgment whose id was taken before the full count and committed after it is missed until the
+    next full count, which only delays "N judgments since" and an age-triggered recompute by as
+    much: figures computed after reading a version count at least as many judgments as it does.
+    A curator's change (a delete included) moves the curated version on, and the next view counts
+    in full.
+    """
+    shared = None
+    if settings.STATS_JUDGED_COUNT_SECONDS > 0:
         try:
-            counted = cache.get(key)
+            shared = caches["stats"].get(_judged_key(project_id))
         except Exception:  # e.g. Redis down: counted afresh
-            counted = None
-    if counted is not None:
-        return counted, stats_curated(project_id), True
-    judged, curated = stats_version(project_id)
+            shared = None
+    if isinstance(shared, tuple) and len(shared) == 3:
+        judged, last, curated_then = shared
+        added, curated = stats_judged_since(project_id, last)
+        if curated == curated_then:
+            return judged + added, curated, True
+    judged, last, curated = stats_version_counted(project_id)
+    _judged_count_share(project_id, judged, last, curated)
+    return judged, curated, False
+
+
+def _judged_key(project_id: int) -> str:
+    return f"stats:judged:{project_id}"
+
+
+def _judged_count_share(project_id: int, judged: int, last: int, curated: int) -> None:
+    """Share a full count of the project's judgments (`judged`, up to the id `last`, under the
+    curated version `curated`) with the page views of the next STATS_JUDGED_COUNT_SECONDS
+    (`_page_versions`), where a worker computes its figures."""
+    seconds = settings.STATS_JUDGED_COUNT_SECONDS
     if seconds > 0 and _computed_in_background(judged):
         try:
-            cache.set(key, judged, seconds)
+            caches["stats"].set(_judged_key(project_id), (judged, last, curated), seconds)
         except Exception:
             pass
-    return judged, curated, False
 
 
 def _figures_key(project_id: int, name: str) -> str:
@@ -888,7 +908,8 @@ def figures_refresh(*, project_id: int, name: str) -> None:
         project = Project.objects.filter(pk=project_id).first()
         if project is None:
             return  # deleted since
-        judged, curated = stats_version(project_id)
+        judged, last, curated = stats_version_counted(project_id)
+        _judged_count_share(project_id, judged, last, curated)  # counted at the worker's priority
         now = timezone.now()
         due = _refresh_due(cache, project_id, name, judged, curated, now)
         if not due:

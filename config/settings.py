@@ -298,9 +298,10 @@ STATS_MAX_AGE_SECONDS = env_int("STATS_MAX_AGE_SECONDS", 30)
 STATS_INLINE_MAX_JUDGMENTS = env_int("STATS_INLINE_MAX_JUDGMENTS", 20_000)
 STATS_REFRESH_SECONDS = env_int("STATS_REFRESH_SECONDS", 600)
 # Counting a big project's judgments (the judged version) is tens of milliseconds of the database's
-# CPU at the raters' priority: a page view reuses a count STATS_JUDGED_COUNT_SECONDS old (0: never),
-# shared through the statistics cache, for projects whose figures a worker computes.
-STATS_JUDGED_COUNT_SECONDS = env_int("STATS_JUDGED_COUNT_SECONDS", 5)
+# CPU at the raters' priority: where a worker computes a project's figures, a full count is shared
+# through the statistics cache for STATS_JUDGED_COUNT_SECONDS (0: every view counts in full), and
+# page views meanwhile count only the judgments added since (annotation.quality._page_versions).
+STATS_JUDGED_COUNT_SECONDS = env_int("STATS_JUDGED_COUNT_SECONDS", 60)
 # The background worker keeps the answer tables of the last STATS_TABLES_KEPT projects it computed
 # in memory (about 41 bytes per judgment and 8 per variable) and reads only the judgments added since,
 # until the project's curated version moves on or the table is STATS_TABLE_MAX_AGE_SECONDS old

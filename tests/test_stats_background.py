@@ -8,6 +8,7 @@ commit (the statistics versions move on after a commit) and need Redis on 127.0.
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from kombu.exceptions import OperationalError
 
 from annotation import agreement, curation, quality
 from annotation.models import Membership, stats_version
+from annotation.services.judgments import judgment_submit
+from annotation.services.leases import lease_acquire
 from annotation.tasks import refresh_figures
 from config.priority import autogroup_nice, background_cgroup
 from tests.curation_data import judge
@@ -206,40 +209,61 @@ def test_an_unreachable_broker_shows_the_last_figures_and_computes_only_the_firs
     assert len(broker.sent) == 1
 
 
-def _judgment_counts(client, project) -> int:
+def _judgment_counts(client, project) -> tuple[int, int]:
+    """A dashboard view's counts of the project's judgments: (in full, on from a shared count)."""
     with CaptureQueriesContext(connection) as queries:
         dashboard(client, project)
-    return sum("COUNT(*) FROM annotation_judgment" in query["sql"] for query in queries.captured_queries)
+    counts = [
+        query["sql"]
+        for query in queries.captured_queries
+        if re.search(r'COUNT\(\*\) FROM "?annotation_judgment\b', query["sql"])
+    ]
+    since = sum(" > " in sql for sql in counts)
+    return len(counts) - since, since
 
 
-def test_a_big_projects_judgments_are_counted_once_in_a_while_and_its_curated_version_on_every_view(
-    shared_cache, broker, krippendorff, coders, alice, bob, settings
+def _rater_submits(project, rater) -> None:
+    """A judgment through the queue, as a rater submits it: the curated version stays."""
+    Membership.objects.get_or_create(user=rater, project=project, defaults={"role": Membership.Role.RATER})
+    lease = lease_acquire(project=project, rater=rater)
+    judgment_submit(lease_id=lease.pk, rater=rater, answers={"score": {"clarity": 3}})
+
+
+def test_a_big_projects_judgments_are_counted_in_full_once_in_a_while_and_on_from_there(
+    shared_cache, broker, krippendorff, coders, alice, bob, settings, django_user_model
 ):
     """Counting a big project's judgments costs the database tens of milliseconds at the raters'
-    priority: page views share one count for STATS_JUDGED_COUNT_SECONDS. A curator's change still
-    shows at once (the curated version is read on every view)."""
+    priority: page views share one full count, theirs or the worker's, for
+    STATS_JUDGED_COUNT_SECONDS, and count only the judgments added since. A rater's submission is
+    counted at once; a curator's change too, and it makes the next view count in full."""
     project, units = krippendorff
     settings.STATS_JUDGED_COUNT_SECONDS = 3600
     first, second = curator_client(project, alice), curator_client(project, bob)
-    assert _judgment_counts(first, project) == 1
+    assert _judgment_counts(first, project) == (1, 0)
     worker_recomputes(project, "dashboard")
-    assert _judgment_counts(second, project) == 0  # the count of the first view, shared
+    assert _judgment_counts(second, project) == (0, 1)  # on from the first view's count
     shown = dashboard(first, project).context["freshness"]
     assert shown.judgments == JUDGMENTS and not shown.recomputing
 
+    _rater_submits(project, django_user_model.objects.create_user("erin"))
+    assert _judgment_counts(first, project) == (0, 1)
+    shown = dashboard(second, project).context["freshness"]
+    assert (shown.judgments, shown.judgments_since, shown.recomputing) == (JUDGMENTS + 1, 1, False)
+
     judge(units[11], coders[0], {"score": {"clarity": 3}})  # a curator-side save: curated moves on
+    assert _judgment_counts(second, project) == (1, 1)  # seen in the count on, then counted in full
     page = dashboard(second, project)
     assert page.context["freshness"].recomputing and len(broker.sent) == 2  # seen at once
-    worker_recomputes(project, "dashboard")  # it counts afresh: one judgment more than the view's count
-    page = dashboard(first, project)
-    shown = page.context["freshness"]
-    assert not shown.recomputing and shown.judgments == JUDGMENTS + 1  # the worker's figures, served
+    worker_recomputes(project, "dashboard")  # its count is shared too
+    assert _judgment_counts(first, project) == (0, 1)
+    shown = dashboard(first, project).context["freshness"]
+    assert not shown.recomputing and shown.judgments == JUDGMENTS + 2  # the worker's figures, served
     assert len(broker.sent) == 2
 
     shared_cache.delete(f"stats:judged:{project.pk}")  # the count's time is up
-    assert _judgment_counts(first, project) == 1
+    assert _judgment_counts(first, project) == (1, 0)
     settings.STATS_JUDGED_COUNT_SECONDS = 0
-    assert [_judgment_counts(first, project) for _ in range(2)] == [1, 1]
+    assert [_judgment_counts(first, project) for _ in range(2)] == [(1, 0), (1, 0)]
 
 
 def test_a_small_project_computes_in_the_page(shared_cache, broker, computed, krippendorff, alice, settings):
