@@ -3,6 +3,7 @@
     python bench/queue_scale.py [--tasks 1000000] [--raters 5000] [--active 500] [--history 2000]
                                 [--history-kind open|queue|both] [--overlap 3] [--empty-tasks 20000]
                                 [--duration 60] [--warmup 10] [--think-mean 5] [--with-curators] [--one-request]
+                                [--rounds 1]
                                 [--redis-url redis://127.0.0.1:6379/9]
                                 [--database-url postgres://postgres@127.0.0.1:5432/refinery_bench]
 
@@ -21,6 +22,11 @@ average per task) against:
   broker), and a Celery worker on the background queue alone (at its lower priority,
   REFINERY_BACKGROUND_NICE) recomputes the pages' figures; STATS_INLINE_MAX_JUDGMENTS is 0, so
   the figures go to the worker whatever the project's size.
+
+With `--rounds N` the last seeded project's runs (with and without the curators) take turns N times,
+so that a machine whose speed drifts over minutes weighs on both alike: each round's p99 with
+the curators is also given as a ratio to the same round's without them. The database is
+checkpointed after seeding, so that no run writes out the seeding's pages.
 
 Before and after each seeded project's run it prints EXPLAIN (ANALYZE, BUFFERS) of the queue's
 queries for an active rater with history: the rater's place in the queue (services.leases),
@@ -50,6 +56,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import time
 from argparse import Namespace
@@ -271,6 +278,49 @@ def curator_background(*, base_url: str, project_id: int, curator_ids: list[int]
     return [run]
 
 
+def checkpoint() -> None:
+    """Write out the seeding's pages now, not during the first runs."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CHECKPOINT")
+
+
+def print_rounds(reports: dict, *, kind: str, rounds: int, next_task_ms) -> None:
+    """The last seeded project's runs pooled over the rounds, and each round's p99 with the
+    curators against the same round's without them."""
+    names = [kind, f"{kind}+curators"]
+    by_round = {
+        name: [reports.get(name if n == 1 else f"{name} ({n})") for n in range(1, rounds + 1)]
+        for name in names
+    }
+    print(f"\n{rounds} rounds, pooled (p50 / p95 / p99 ms), and each round's p99:")
+    for name, runs in by_round.items():
+        runs = [report for report in runs if report is not None]
+        if not runs:
+            continue
+        pooled = [ms for report in runs for ms in next_task_ms(report)]
+        each = " ".join(f"{percentile(next_task_ms(report), 99):.1f}" for report in runs)
+        print(
+            f"  {name}: {percentile(pooled, 50):.1f} / {percentile(pooled, 95):.1f} / "
+            f"{percentile(pooled, 99):.1f}   rounds: {each}"
+        )
+    pairs = [
+        (without, with_)
+        for without, with_ in zip(*by_round.values(), strict=True)
+        if without is not None and with_ is not None
+    ]
+    if pairs:
+        ratios = sorted(
+            percentile(next_task_ms(with_), 99) / percentile(next_task_ms(without), 99)
+            for without, with_ in pairs
+        )
+        print(
+            f"  p99 with the curators / without, per round: {' '.join(f'{r:.2f}' for r in ratios)} "
+            f"(median {statistics.median(ratios):.2f})"
+        )
+
+
 def curator_env(redis_url: str) -> dict[str, str]:
     """The environment of gunicorn and the background worker in the curators' run: the statistics
     cache shared with the worker, and every project's figures computed by it."""
@@ -389,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         default="redis://127.0.0.1:6379/9",
         help="with --with-curators: the shared statistics cache and the broker of the background worker",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="the last seeded project's runs (and with --with-curators, its runs with them) alternate this often",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
@@ -430,9 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  seeded in {seeded[kind].seconds:.0f}s", file=sys.stderr)
 
+    checkpoint()
     runs = [(name, name) for name in seeded]
     if args.with_curators:
         runs.append((f"{kinds[-1]}+curators", kinds[-1]))
+    last = [run for run in runs if run[1] == kinds[-1]]
+    for round_number in range(2, args.rounds + 1):
+        runs += [(f"{run} ({round_number})", kind) for run, kind in last]
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     server = start_gunicorn(
@@ -465,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                     + queue_plans(project_id=s.project_id, rater_id=s.rater_ids[0])
                 )
             background = ()
-            if run.endswith("+curators"):
+            if "+curators" in run:
                 background = curator_background(
                     base_url=base_url,
                     project_id=s.project_id,
@@ -551,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {run}: {p[0]:.1f} / {p[1]:.1f} / {p[2]:.1f}   p99 ratio {ratio:.2f}   "
             f"({verdict} p99 < {TARGET_P99_MS:.0f} ms and ratio <= 1.2)"
         )
+    if args.rounds > 1:
+        print_rounds(reports, kind=kinds[-1], rounds=args.rounds, next_task_ms=next_task_ms)
 
     failed = False
     if not all(report.correctness.ok for report in reports.values()):

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import Client
 
 from bench.queue import check_correctness, run_load
-from bench.queue_scale import PageStats, curator_background, queue_plans
+from bench.queue_scale import PageStats, curator_background, print_rounds, queue_plans
 from bench.seed import seed_project
 
 pytestmark = pytest.mark.skipif(
@@ -96,3 +96,20 @@ def test_scale_bench_runs_paced_raters_with_history_curators_and_an_export(live_
     assert set(stats.statuses.get("raters page", {200: 1})) == {200}
     assert stats.exports_done >= 1 and stats.statuses["export (whole)"] == {200: stats.exports_done}
     assert "recorded at" in queue_plans(project_id=seeded.project_id, rater_id=seeded.rater_ids[0])
+
+
+def test_rounds_pool_each_run_and_pair_each_round(capsys):
+    """--rounds: each run's latencies pooled over the rounds, and the p99 with the curators divided
+    by the same round's without them (a machine's drift weighs on both)."""
+    reports = {
+        "open": [10.0] * 98 + [20.0] * 2,
+        "open+curators": [10.0] * 98 + [30.0] * 2,
+        "open (2)": [10.0] * 98 + [40.0] * 2,
+        "open+curators (2)": [10.0] * 98 + [40.0] * 2,
+        "empty": [1.0],
+    }
+    print_rounds(reports, kind="open", rounds=2, next_task_ms=lambda latencies: latencies)
+    out = capsys.readouterr().out
+    assert "open: 10.0 / 10.0 / 20.0   rounds: 20.0 40.0" in out
+    assert "open+curators: 10.0 / 10.0 / 30.0   rounds: 30.0 40.0" in out  # nearest rank: 198th of 200
+    assert "per round: 1.00 1.50 (median 1.25)" in out
