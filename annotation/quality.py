@@ -715,8 +715,8 @@ def _page_versions(project_id: int) -> tuple[int, int, bool]:
 
     Counting a big project's judgments is tens of milliseconds of the database's CPU at the
     raters' priority. So where a worker computes a project's figures, a full count (a page view's
-    or the worker's) is shared through the statistics cache with the id of the last judgment it
-    counted, and for STATS_JUDGED_COUNT_SECONDS page views count on from it: the judgments with a
+    or the worker's) is shared through the statistics cache with the highest judgment id when it
+    was taken, and for STATS_JUDGED_COUNT_SECONDS page views count on from it: the judgments with a
     higher id, read off the primary key, with the curated version in the same statement. A
     judgment whose id was taken before the full count and committed after it is missed until the
     next full count, which only delays "N judgments since" and an age-triggered recompute by as

@@ -26,7 +26,8 @@ average per task) against:
 With `--rounds N` the last seeded project's runs (with and without the curators) take turns N times,
 so that a machine whose speed drifts over minutes weighs on both alike: each round's p99 with
 the curators is also given as a ratio to the same round's without them. The database is
-checkpointed after seeding, so that no run writes out the seeding's pages.
+checkpointed after seeding, so that no run writes out the seeding's pages, and a run after the
+curators' waits until the background worker has finished the recomputes they asked for.
 
 Before and after each seeded project's run it prints EXPLAIN (ANALYZE, BUFFERS) of the queue's
 queries for an active rater with history: the rater's place in the queue (services.leases),
@@ -389,6 +390,31 @@ def wait_for_worker_nice(worker: subprocess.Popen, timeout: float = 120) -> int:
     return process.nice()
 
 
+def wait_for_worker_idle(worker: subprocess.Popen, redis_url: str, timeout: float = 300) -> float:
+    """Seconds until the background worker has nothing left to do (its queue empty, its CPU time
+    still for two seconds running), or `timeout`: a recompute the curators asked for would
+    otherwise run on into the next run."""
+    import redis
+    from django.conf import settings
+
+    started = time.monotonic()
+    client = redis.Redis.from_url(redis_url)
+    process = psutil.Process(worker.pid)
+
+    def cpu() -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    still, last = 0, cpu()
+    while time.monotonic() - started < timeout and worker.poll() is None and still < 2:
+        time.sleep(1.0)
+        now = cpu()
+        queued = client.llen(settings.REFINERY_BACKGROUND_QUEUE)
+        still = still + 1 if now - last < 0.02 and not queued else 0
+        last = now
+    return time.monotonic() - started
+
+
 def stop_background_worker(worker: subprocess.Popen) -> float:
     """Stop the worker (a warm shutdown, then SIGKILL); its CPU-seconds."""
     try:
@@ -562,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"[{run}, after the run]\n"
                     + queue_plans(project_id=s.project_id, rater_id=s.rater_ids[0])
                 )
+            if background and worker is not None and (run, kind) != runs[-1]:
+                waited = wait_for_worker_idle(worker, args.redis_url)
+                print(f"  the background worker was busy for {waited:.0f}s more", file=sys.stderr)
     finally:
         stop_gunicorn(server)
         if worker is not None:
