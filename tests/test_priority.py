@@ -79,21 +79,29 @@ print(os.getpriority(os.PRIO_PROCESS, pid), autogroup_nice(pid), parallel)
 """
 
 
+def _connect_in_child(script: str, *args: str, **env: str) -> list[str]:
+    """What `script` prints, run in a Python process of the project's settings with `env` added
+    (and no DATABASE_PARALLEL_WORKERS of this process's)."""
+    environ = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    environ.pop("DATABASE_PARALLEL_WORKERS", None)
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("nice", "setting"), [(6, "1"), (6, "0"), (0, "1")], ids=["niced", "off", "not-niced"]
 )
 def test_a_niced_process_connects_to_a_niced_backend(nice, setting):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "BACKGROUND_NICE_DATABASE": setting}
-    env.pop("DATABASE_PARALLEL_WORKERS", None)
-    out = subprocess.run(
-        [sys.executable, "-c", _CONNECT, str(nice), connection.settings_dict["NAME"]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    out = _connect_in_child(
+        _CONNECT, str(nice), connection.settings_dict["NAME"], BACKGROUND_NICE_DATABASE=setting
+    )
     child = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)  # the child's own nice value
     expected = child if setting == "1" and child > 0 else 0  # a backend starts at the server's, 0
     assert int(out[0]) == expected
@@ -126,16 +134,5 @@ def test_web_processes_sessions_run_without_parallel_workers(given, expected):
     """A request's big scan (a curator page's count of a million judgments) must not take every
     core at the raters' priority: gunicorn's config gives the web sessions no parallel workers,
     unless the deployment says otherwise."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
-    env.pop("DATABASE_PARALLEL_WORKERS", None)
-    if given is not None:
-        env["DATABASE_PARALLEL_WORKERS"] = given
-    out = subprocess.run(
-        [sys.executable, "-c", _WEB_CONNECT, connection.settings_dict["NAME"]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert out == [expected]
+    env = {} if given is None else {"DATABASE_PARALLEL_WORKERS": given}
+    assert _connect_in_child(_WEB_CONNECT, connection.settings_dict["NAME"], **env) == [expected]
