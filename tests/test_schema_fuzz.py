@@ -80,3 +80,17 @@ def test_api_conforms_to_its_schema(case, curator_token, existing):
         if isinstance(value, int) and value % 2 == 0 and collection in existing:
             case.path_parameters[name] = existing[collection]
     case.call_and_validate(headers={"Authorization": f"Token {curator_token}"}, checks=CHECKS)
+
+
+@pytest.mark.django_db
+def test_a_body_that_is_not_json_gets_the_documented_error(curator_token, project):
+    """Every API error is {detail, code} and, where a field is at fault, `field`: a body that does
+    not parse names none."""
+    operation = schema["/api/v1/projects/{project_id}/import/"]["POST"]
+    case = operation.Case(
+        path_parameters={"project_id": project.pk}, body=b'{"rows": "\x83"}', media_type="application/json"
+    )
+    response = case.call(headers={"Authorization": f"Token {curator_token}"})
+    assert response.status_code == 400 and response.json()["code"] == "parse_error"
+    assert "field" not in response.json()
+    case.validate_response(response, checks=CHECKS)

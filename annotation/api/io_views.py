@@ -68,7 +68,7 @@ class ImportResultSerializer(serializers.Serializer):
 class ImportLineErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
-    field = serializers.CharField(allow_null=True)
+    field = serializers.CharField(allow_null=True, required=False)  # absent: the body itself was bad
     line = serializers.IntegerField(allow_null=True, required=False)
 
 
