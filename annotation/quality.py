@@ -735,25 +735,25 @@ def _page_versions(project_id: int) -> tuple[int, int, bool]:
         added, curated = stats_judged_since(project_id, last)
         if curated == curated_then:
             return judged + added, curated, True
-    judged, last, curated = stats_version_counted(project_id)
-    _judged_count_share(project_id, judged, last, curated)
-    return judged, curated, False
+    return *_versions_counted_in_full(project_id), False
 
 
 def _judged_key(project_id: int) -> str:
     return f"stats:judged:{project_id}"
 
 
-def _judged_count_share(project_id: int, judged: int, last: int, curated: int) -> None:
-    """Share a full count of the project's judgments (`judged`, up to the id `last`, under the
-    curated version `curated`) with the page views of the next STATS_JUDGED_COUNT_SECONDS
-    (`_page_versions`), where a worker computes its figures."""
+def _versions_counted_in_full(project_id: int) -> tuple[int, int]:
+    """`stats_version`, its judgments counted in full; the count (with the highest judgment id it
+    saw and the curated version) is shared with the page views of the next
+    STATS_JUDGED_COUNT_SECONDS (`_page_versions`) where a worker computes the project's figures."""
+    judged, last, curated = stats_version_counted(project_id)
     seconds = settings.STATS_JUDGED_COUNT_SECONDS
     if seconds > 0 and _computed_in_background(judged):
         try:
             caches["stats"].set(_judged_key(project_id), (judged, last, curated), seconds)
         except Exception:
             pass
+    return judged, curated
 
 
 def _figures_key(project_id: int, name: str) -> str:
@@ -908,8 +908,7 @@ def figures_refresh(*, project_id: int, name: str) -> None:
         project = Project.objects.filter(pk=project_id).first()
         if project is None:
             return  # deleted since
-        judged, last, curated = stats_version_counted(project_id)
-        _judged_count_share(project_id, judged, last, curated)  # counted at the worker's priority
+        judged, curated = _versions_counted_in_full(project_id)  # shared: counted at the worker's priority
         now = timezone.now()
         due = _refresh_due(cache, project_id, name, judged, curated, now)
         if not due:

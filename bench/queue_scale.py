@@ -390,6 +390,15 @@ def wait_for_worker_nice(worker: subprocess.Popen, timeout: float = 120) -> int:
     return process.nice()
 
 
+def _cpu_seconds(worker: subprocess.Popen) -> float:
+    """The worker's CPU-seconds so far (NaN once it is gone)."""
+    try:
+        times = psutil.Process(worker.pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return float("nan")
+    return times.user + times.system
+
+
 def wait_for_worker_idle(worker: subprocess.Popen, redis_url: str, timeout: float = 300) -> float:
     """Seconds until the background worker has nothing left to do (its queue empty, its CPU time
     still for two seconds running), or `timeout`: a recompute the curators asked for would
@@ -399,16 +408,10 @@ def wait_for_worker_idle(worker: subprocess.Popen, redis_url: str, timeout: floa
 
     started = time.monotonic()
     client = redis.Redis.from_url(redis_url)
-    process = psutil.Process(worker.pid)
-
-    def cpu() -> float:
-        times = process.cpu_times()
-        return times.user + times.system
-
-    still, last = 0, cpu()
+    still, last = 0, _cpu_seconds(worker)
     while time.monotonic() - started < timeout and worker.poll() is None and still < 2:
         time.sleep(1.0)
-        now = cpu()
+        now = _cpu_seconds(worker)
         queued = client.llen(settings.REFINERY_BACKGROUND_QUEUE)
         still = still + 1 if now - last < 0.02 and not queued else 0
         last = now
@@ -417,11 +420,7 @@ def wait_for_worker_idle(worker: subprocess.Popen, redis_url: str, timeout: floa
 
 def stop_background_worker(worker: subprocess.Popen) -> float:
     """Stop the worker (a warm shutdown, then SIGKILL); its CPU-seconds."""
-    try:
-        times = psutil.Process(worker.pid).cpu_times()
-        cpu = times.user + times.system
-    except psutil.NoSuchProcess:
-        cpu = float("nan")
+    cpu = _cpu_seconds(worker)
     stop_session(worker)
     return cpu
 
